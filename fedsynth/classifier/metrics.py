@@ -1,0 +1,305 @@
+"""Binary classification metrics with confidence intervals.
+
+* AUROC and AUPR (average precision) with stratified bootstrap percentile CIs:
+  positives and negatives are resampled separately, so every resample keeps the
+  test set's class counts.
+* Sensitivity and specificity at a threshold fixed beforehand (never chosen on the
+  test set), with Wilson score intervals.
+* :class:`ScoreHistogram`: what a site returns instead of per-image scores. Class-wise
+  counts of the classifier's logit in fixed bins let the server compute the pooled
+  AUROC/AUPR over all sites' test splits (and bootstrap them by resampling each site's
+  class-wise counts), while no per-image score, and so no per-patient record, leaves a
+  site.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy.stats import norm
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+LOGIT_RANGE = 16.0
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    labels = np.asarray(labels)
+    if labels.size == 0 or labels.min() == labels.max():
+        return float("nan")
+    return float(roc_auc_score(labels, scores))
+
+
+def aupr(labels: np.ndarray, scores: np.ndarray) -> float:
+    labels = np.asarray(labels)
+    if labels.size == 0 or labels.max() == 0:
+        return float("nan")
+    return float(average_precision_score(labels, scores))
+
+
+def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    if n == 0:
+        return (float("nan"), float("nan"))
+    z = float(norm.ppf(0.5 + level / 2))
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def stratified_bootstrap(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    statistic: Callable[[np.ndarray, np.ndarray], float],
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile CI of ``statistic`` over resamples drawn within each class."""
+    labels = np.asarray(labels)
+    scores = np.asarray(scores)
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    if n_boot <= 0 or pos.size == 0 or neg.size == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
+        stats[b] = statistic(labels[idx], scores[idx])
+    alpha = (1 - level) / 2
+    return (float(np.nanquantile(stats, alpha)), float(np.nanquantile(stats, 1 - alpha)))
+
+
+def choose_threshold(labels: np.ndarray, probs: np.ndarray, rule: str = "youden") -> float:
+    """Decision threshold on a validation split (synthetic in fedsynth; never the test set)."""
+    labels = np.asarray(labels)
+    if labels.min() == labels.max():
+        return 0.5
+    fpr, tpr, thr = roc_curve(labels, probs)
+    thr = np.clip(thr, 0.0, 1.0)
+    if rule == "youden":
+        best = int(np.argmax(tpr - fpr))
+    elif rule == "sensitivity-0.9":
+        best = int(np.flatnonzero(tpr >= 0.9)[0])
+    else:
+        raise ValueError(f"unknown threshold rule {rule!r}")
+    return float(thr[best])
+
+
+@dataclass
+class BinaryMetrics:
+    n: int
+    n_positive: int
+    n_negative: int
+    auroc: float
+    auroc_ci: tuple[float, float]
+    aupr: float
+    aupr_ci: tuple[float, float]
+    threshold: float
+    sensitivity: float
+    sensitivity_ci: tuple[float, float]
+    specificity: float
+    specificity_ci: tuple[float, float]
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    ci_level: float
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        def clean(v: Any) -> Any:
+            if isinstance(v, float) and math.isnan(v):
+                return None
+            if isinstance(v, (tuple, list)):
+                return [clean(x) for x in v]
+            return v
+
+        return {k: clean(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BinaryMetrics:
+        def nan(v: Any) -> Any:
+            if v is None:
+                return float("nan")
+            if isinstance(v, list):
+                return tuple(nan(x) for x in v)
+            return v
+
+        return cls(**{k: nan(v) for k, v in d.items()})
+
+
+def _confusion(labels: np.ndarray, probs: np.ndarray, threshold: float) -> tuple[int, int, int, int]:
+    pred = probs >= threshold
+    tp = int(np.sum(pred & (labels == 1)))
+    fp = int(np.sum(pred & (labels == 0)))
+    tn = int(np.sum(~pred & (labels == 0)))
+    fn = int(np.sum(~pred & (labels == 1)))
+    return tp, fp, tn, fn
+
+
+def _from_counts(
+    n_pos: int,
+    n_neg: int,
+    auc: float,
+    auc_ci: tuple[float, float],
+    ap: float,
+    ap_ci: tuple[float, float],
+    threshold: float,
+    confusion: tuple[int, int, int, int],
+    level: float,
+) -> BinaryMetrics:
+    tp, fp, tn, fn = confusion
+    sens = tp / (tp + fn) if tp + fn else float("nan")
+    spec = tn / (tn + fp) if tn + fp else float("nan")
+    note = ""
+    if n_pos == 0 or n_neg == 0:
+        note = "only one class in the test split: AUROC is undefined"
+    return BinaryMetrics(
+        n=n_pos + n_neg,
+        n_positive=n_pos,
+        n_negative=n_neg,
+        auroc=auc,
+        auroc_ci=auc_ci,
+        aupr=ap,
+        aupr_ci=ap_ci,
+        threshold=threshold,
+        sensitivity=sens,
+        sensitivity_ci=wilson_interval(tp, tp + fn, level),
+        specificity=spec,
+        specificity_ci=wilson_interval(tn, tn + fp, level),
+        tp=tp,
+        fp=fp,
+        tn=tn,
+        fn=fn,
+        ci_level=level,
+        note=note,
+    )
+
+
+def evaluate_scores(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    threshold: float,
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> BinaryMetrics:
+    labels = np.asarray(labels).astype(np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    if labels.shape != probs.shape:
+        raise ValueError(f"labels {labels.shape} and probs {probs.shape} differ in shape")
+    return _from_counts(
+        int((labels == 1).sum()),
+        int((labels == 0).sum()),
+        auroc(labels, probs),
+        stratified_bootstrap(labels, probs, auroc, n_boot, level, seed),
+        aupr(labels, probs),
+        stratified_bootstrap(labels, probs, aupr, n_boot, level, seed + 1),
+        threshold,
+        _confusion(labels, probs, threshold),
+        level,
+    )
+
+
+# ---- pooled metrics from per-site score histograms --------------------------------------
+
+
+def _to_logit(probs: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.clip(np.log(p) - np.log1p(-p), -LOGIT_RANGE, LOGIT_RANGE)
+
+
+@dataclass
+class ScoreHistogram:
+    """Class-wise counts of scores in ``bins`` equal-width logit bins on [-16, 16]."""
+
+    positive: np.ndarray
+    negative: np.ndarray
+
+    @classmethod
+    def from_scores(cls, labels: np.ndarray, probs: np.ndarray, bins: int = 2000) -> ScoreHistogram:
+        labels = np.asarray(labels)
+        idx = np.floor((_to_logit(probs) + LOGIT_RANGE) / (2 * LOGIT_RANGE) * bins).astype(np.int64)
+        idx = np.clip(idx, 0, bins - 1)
+        return cls(
+            positive=np.bincount(idx[labels == 1], minlength=bins).astype(np.int64),
+            negative=np.bincount(idx[labels == 0], minlength=bins).astype(np.int64),
+        )
+
+    def __post_init__(self) -> None:
+        self.positive = np.asarray(self.positive, dtype=np.int64)
+        self.negative = np.asarray(self.negative, dtype=np.int64)
+        if self.positive.shape != self.negative.shape or self.positive.ndim != 1:
+            raise ValueError("positive and negative counts must be 1-D and of equal length")
+        if (self.positive < 0).any() or (self.negative < 0).any():
+            raise ValueError("histogram counts must be non-negative")
+
+
+def _hist_auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    p, n = pos.sum(), neg.sum()
+    if p == 0 or n == 0:
+        return float("nan")
+    neg_below = np.cumsum(neg) - neg
+    return float((pos * (neg_below + 0.5 * neg)).sum() / (p * n))
+
+
+def _hist_aupr(pos: np.ndarray, neg: np.ndarray) -> float:
+    p = pos.sum()
+    if p == 0:
+        return float("nan")
+    tp = np.cumsum(pos[::-1])
+    fp = np.cumsum(neg[::-1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+    recall_step = pos[::-1] / p
+    return float((recall_step * precision).sum())
+
+
+def pooled_metrics(
+    histograms: list[ScoreHistogram],
+    confusions: list[tuple[int, int, int, int]],
+    threshold: float,
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> BinaryMetrics:
+    """Metrics over the union of the sites' test splits, from their histograms alone."""
+    if not histograms:
+        raise ValueError("no histogram to pool")
+    pos = np.sum([h.positive for h in histograms], axis=0)
+    neg = np.sum([h.negative for h in histograms], axis=0)
+    auc, ap = _hist_auroc(pos, neg), _hist_aupr(pos, neg)
+    auc_ci = ap_ci = (float("nan"), float("nan"))
+    if n_boot > 0 and pos.sum() and neg.sum():
+        rng = np.random.default_rng(seed)
+        aucs, aps = np.empty(n_boot), np.empty(n_boot)
+        for b in range(n_boot):
+            bp = np.zeros_like(pos)
+            bn = np.zeros_like(neg)
+            for h in histograms:  # stratified by site and class
+                for counts, acc in ((h.positive, bp), (h.negative, bn)):
+                    total = counts.sum()
+                    if total:
+                        acc += rng.multinomial(total, counts / total)
+            aucs[b], aps[b] = _hist_auroc(bp, bn), _hist_aupr(bp, bn)
+        alpha = (1 - level) / 2
+        auc_ci = (float(np.nanquantile(aucs, alpha)), float(np.nanquantile(aucs, 1 - alpha)))
+        ap_ci = (float(np.nanquantile(aps, alpha)), float(np.nanquantile(aps, 1 - alpha)))
+    confusion = tuple(int(sum(c[i] for c in confusions)) for i in range(4))
+    return _from_counts(int(pos.sum()), int(neg.sum()), auc, auc_ci, ap, ap_ci, threshold, confusion, level)  # type: ignore[arg-type]
+
+
+def format_metric(value: float, ci: tuple[float, float]) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    lo, hi = ci
+    if lo is None or (isinstance(lo, float) and math.isnan(lo)):
+        return f"{value:.3f}"
+    return f"{value:.3f} [{lo:.3f}, {hi:.3f}]"

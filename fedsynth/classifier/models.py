@@ -1,0 +1,62 @@
+"""Pneumonia classifiers: one logit out, one grayscale channel in (inputs scaled to [-1, 1])."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torchvision.models import resnet18
+
+
+class SmallCNN(nn.Module):
+    """Four conv blocks and global pooling; for 16-32 px images."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            )
+
+        self.features = nn.Sequential(
+            block(1, width), block(width, 2 * width), block(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1)
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(4 * width, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)).squeeze(1)
+
+
+class ResNet18(nn.Module):
+    """torchvision ResNet-18 with a one-channel stem; for 64 px and above.
+
+    Below 128 px the stem is a 3x3 stride-1 conv without max-pooling (the usual
+    adaptation to small images), so a 64 px image still reaches the last stage at 8x8.
+    """
+
+    def __init__(self, resolution: int):
+        super().__init__()
+        net = resnet18(weights=None, num_classes=1)
+        if resolution < 128:
+            net.conv1 = nn.Conv2d(1, 64, 3, 1, 1, bias=False)
+            net.maxpool = nn.Identity()
+        else:
+            net.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+
+def build_classifier(arch: str, resolution: int) -> nn.Module:
+    if arch == "small-cnn":
+        return SmallCNN()
+    if arch == "resnet18":
+        return ResNet18(resolution)
+    raise ValueError(f"unknown classifier arch {arch!r} (use small-cnn or resnet18)")

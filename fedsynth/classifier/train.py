@@ -1,0 +1,199 @@
+"""Train the pneumonia classifier (on synthetic images in fedsynth) and use it.
+
+Model selection and the decision threshold come from a validation split of the
+training data (synthetic), never from real test images.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fedsynth import __version__
+from fedsynth.classifier.metrics import auroc, choose_threshold
+from fedsynth.classifier.models import build_classifier
+from fedsynth.config import ClassifierSection
+from fedsynth.generators.base import ProgressFn, check_training_data, resolve_device, seeded
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random small affine (rotation, scale, shift), gamma/contrast and noise; x in [-1, 1]."""
+    b = x.shape[0]
+    dev = x.device
+
+    def u(lo: float, hi: float, *shape: int) -> torch.Tensor:
+        return (torch.rand(b, *shape, generator=gen) * (hi - lo) + lo).to(dev)
+
+    angle = u(-7, 7) * math.pi / 180
+    scale = u(0.9, 1.1)
+    shift = u(-0.06, 0.06, 2)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    img = ((x + 1) / 2).clamp(0, 1) ** u(0.8, 1.25)[:, None, None, None]
+    img = (img - 0.5) * u(0.85, 1.15)[:, None, None, None] + 0.5 + u(-0.05, 0.05)[:, None, None, None]
+    img = img + torch.randn(x.shape, generator=gen).to(dev) * u(0.0, 0.02)[:, None, None, None]
+    return img.clamp(0, 1) * 2 - 1
+
+
+def _stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    val = []
+    for c in (0, 1):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        if idx.size >= 2:
+            val.append(idx[: max(1, int(round(fraction * idx.size)))])
+    val_idx = np.sort(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)
+    train_idx = np.setdiff1d(np.arange(labels.size), val_idx)
+    return train_idx, val_idx
+
+
+@dataclass
+class Classifier:
+    """A trained classifier with everything needed to score new images the same way."""
+
+    model: nn.Module
+    arch: str
+    resolution: int
+    threshold: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @torch.inference_mode()
+    def predict_proba(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim != 3 or images.shape[1:] != (self.resolution, self.resolution):
+            raise ValueError(
+                f"images must have shape (N, {self.resolution}, {self.resolution}); got {images.shape}"
+            )
+        self.model.eval()
+        dev = next(self.model.parameters()).device
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(images[start : start + batch_size])[:, None].to(dev) * 2 - 1
+            out.append(torch.sigmoid(self.model(x)).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+
+    def header(self) -> dict[str, Any]:
+        return {"arch": self.arch, "resolution": self.resolution, "threshold": self.threshold, **self.meta}
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file(self.state_dict(), str(path), metadata={"fedsynth_classifier": json.dumps(self.header())})
+
+    @classmethod
+    def from_state(cls, header: dict[str, Any], state: dict[str, torch.Tensor], device: str = "cpu") -> Classifier:
+        model = build_classifier(header["arch"], int(header["resolution"]))
+        model.load_state_dict(state)
+        model.to(resolve_device(device)).eval()
+        meta = {k: v for k, v in header.items() if k not in ("arch", "resolution", "threshold")}
+        return cls(model, header["arch"], int(header["resolution"]), float(header["threshold"]), meta)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> Classifier:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        if "fedsynth_classifier" not in meta:
+            raise ValueError(f"{path}: not a fedsynth classifier file")
+        return cls.from_state(json.loads(meta["fedsynth_classifier"]), load_file(str(path)), device)
+
+
+def train_classifier(
+    images: np.ndarray,
+    labels: np.ndarray,
+    config: ClassifierSection,
+    *,
+    arch: str,
+    resolution: int,
+    seed: int = 0,
+    device: str = "auto",
+    progress: ProgressFn | None = None,
+    trained_on: str = "synthetic",
+) -> Classifier:
+    images, labels = check_training_data(images, labels, resolution)
+    dev = resolve_device(device)
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = _stratified_split(labels, config.val_fraction, rng)
+    if len(np.unique(labels[val_idx])) < 2:
+        raise ValueError("the classifier's validation split needs both classes; release more images per class")
+    x_all = torch.from_numpy(images)[:, None] * 2 - 1
+    y_all = torch.from_numpy(labels).float()
+    x_val = x_all[val_idx].to(dev)
+    start = time.perf_counter()
+    with seeded(seed):
+        model = build_classifier(arch, resolution).to(dev)
+        gen = torch.Generator().manual_seed(seed)
+        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        steps_per_epoch = max(1, math.ceil(len(train_idx) / config.batch_size))
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.2
+        )
+        best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+        history = []
+        for epoch in range(config.epochs):
+            model.train()
+            order = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=gen)]
+            total = 0.0
+            for s in range(steps_per_epoch):
+                idx = order[s * config.batch_size : (s + 1) * config.batch_size]
+                if len(idx) < 2:  # BatchNorm needs two rows
+                    continue
+                xb, yb = x_all[idx].to(dev), y_all[idx].to(dev)
+                if config.augment:
+                    xb = augment(xb, gen)
+                loss = F.binary_cross_entropy_with_logits(model(xb), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.item() * len(idx)
+            val_probs = _predict(model, x_val)
+            val_auc = auroc(labels[val_idx], val_probs)
+            row = {"epoch": epoch + 1, "loss": total / len(train_idx), "val_auroc": val_auc}
+            history.append(row)
+            if progress is not None:
+                progress(epoch + 1, config.epochs, row)
+            if best is None or val_auc > best[0]:
+                best = (val_auc, epoch + 1, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    assert best is not None
+    model.load_state_dict(best[2])
+    val_probs = _predict(model, x_val)
+    threshold = choose_threshold(labels[val_idx], val_probs, config.threshold_rule)
+    return Classifier(
+        model=model.eval(),
+        arch=arch,
+        resolution=resolution,
+        threshold=threshold,
+        meta={
+            "trained_on": trained_on,
+            "n_train": int(len(train_idx)),
+            "n_val": int(len(val_idx)),
+            "best_epoch": best[1],
+            "val_auroc": best[0],
+            "threshold_rule": config.threshold_rule,
+            "seconds": time.perf_counter() - start,
+            "history": history,
+            "fedsynth_version": __version__,
+        },
+    )
+
+
+@torch.inference_mode()
+def _predict(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    model.eval()
+    return torch.cat([torch.sigmoid(model(x[i : i + 512])) for i in range(0, len(x), 512)]).cpu().numpy()

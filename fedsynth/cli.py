@@ -1,0 +1,243 @@
+"""The ``fedsynth`` command line. Every command is a thin call into the packages.
+
+Errors a user can cause print one clear message (exit code 2), never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+import typer
+from rich.table import Table
+
+from fedsynth import __version__
+from fedsynth.errors import FedsynthError
+from fedsynth.progress import console
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="fedsynth",
+    help="Federated, privacy-focused synthetic chest X-rays: train a pneumonia classifier "
+    "on synthetic images that hospitals release instead of their X-rays.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Ingest, fetch and generate data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def friendly(fn: F) -> F:
+    """Turn user errors into one red line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FedsynthError as err:
+            console.print(f"[bold red]error:[/] {err}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
+        force=True,
+    )
+    for noisy in ("flwr", "ray", "alembic", "matplotlib", "PIL", "filelock", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"fedsynth {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True, help="Show the version."),
+) -> None:
+    pass
+
+
+# ---- simulate ------------------------------------------------------------------------------
+
+
+def print_results(metrics: dict) -> None:
+    from fedsynth.classifier.metrics import format_metric
+
+    table = Table(title=f"run {metrics['run_id']}: classifier trained on synthetic images only, "
+                        "tested on each site's real test split")
+    for col in ("site", "status", "released", "test n", "AUROC [95% CI]", "AUPR [95% CI]", "sens", "spec"):
+        table.add_column(col)
+    for name, site in metrics["sites"].items():
+        ev = site.get("evaluation")
+        rel = site.get("release", {})
+        if ev:
+            table.add_row(
+                name, site["status"], str(rel.get("n_released", "-")), str(ev["n"]),
+                format_metric(ev["auroc"], ev["auroc_ci"]), format_metric(ev["aupr"], ev["aupr_ci"]),
+                format_metric(ev["sensitivity"], (None, None)), format_metric(ev["specificity"], (None, None)),
+            )
+        else:
+            reason = "; ".join(f["reason"] for f in site.get("failures", []))
+            table.add_row(name, f"[red]{site.get('status', 'failed')}[/]", str(rel.get("n_released", "-")), "-",
+                          reason[:60], "", "", "")
+    pooled = metrics.get("pooled")
+    if pooled:
+        table.add_row(
+            "[bold]pooled[/]", "", "", str(pooled["n"]), format_metric(pooled["auroc"], pooled["auroc_ci"]),
+            format_metric(pooled["aupr"], pooled["aupr_ci"]), format_metric(pooled["sensitivity"], (None, None)),
+            format_metric(pooled["specificity"], (None, None)),
+        )
+    console.print(table)
+    for w in metrics.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+
+
+@app.command()
+@friendly
+def simulate(
+    config: Optional[Path] = typer.Argument(None, help="Run config (YAML). Default: the built-in demo."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set federation.num_sites=4"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Flower and Ray logs."),
+) -> None:
+    """Simulate the whole federation on this machine with Flower's simulation engine."""
+    from fedsynth.config import load_config
+    from fedsynth.progress import epoch_bar
+    from fedsynth.server.simulation import simulate as run
+
+    _logging(verbose)
+    cfg = load_config(config, set_)
+    console.print(
+        f"fedsynth {__version__}: {cfg.federation.num_sites} sites, mode {cfg.run.mode}, "
+        f"data {cfg.data.source} at {cfg.data.resolution} px, generator {cfg.generator.family}"
+    )
+    run_dir, metrics = run(cfg, verbose=verbose, progress=epoch_bar)
+    print_results(metrics)
+    console.print(f"outputs: {run_dir.path}")
+
+
+# ---- predict ---------------------------------------------------------------------------------
+
+
+@app.command()
+@friendly
+def predict(
+    run_dir: Path = typer.Argument(..., help="A finished run directory (or a classifier .safetensors file)."),
+    input: Path = typer.Argument(..., help="An npz bundle, a folder of PNG/JPEG/DICOM, or one image file."),
+    out: Path = typer.Option(Path("scores.csv"), "--out", "-o", help="CSV to write: one row per input image."),
+) -> None:
+    """Score images with a run's classifier (preprocessed exactly as in training)."""
+    from fedsynth.classifier.predict import load_run_classifier, predict as score, write_csv
+
+    clf = load_run_classifier(run_dir)
+    rows, report = score(clf, input)
+    write_csv(rows, out)
+    n_ok = sum(r.status == "ok" for r in rows)
+    console.print(f"scored {n_ok} image(s) at {clf.resolution} px, threshold {clf.threshold:.3f}; wrote {out}")
+    if clf.meta.get("phantom"):
+        console.print("[yellow]warning:[/] this classifier was trained on synthetic images made from PHANTOMS")
+    for s in report.skipped:
+        console.print(f"[yellow]skipped[/] {s.path}: {s.reason}", highlight=False)
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+
+@data_app.command("ingest")
+@friendly
+def data_ingest(
+    source: Path = typer.Argument(..., help="A folder of PNG/JPEG/DICOM (labels.csv or NORMAL/ PNEUMONIA/ folders), "
+                                            "or an npz bundle."),
+    out: Path = typer.Option(..., "--out", "-o", help="npz bundle to write."),
+    resolution: int = typer.Option(64, "--resolution", "-r", help="Output size in pixels (square)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Ingestion report (JSON). "
+                                                                  "Default: next to --out."),
+) -> None:
+    """Read a site's images into one npz bundle; list every skipped file with its reason."""
+    from fedsynth.data.dataset import save_npz
+    from fedsynth.data.ingest import load_source
+
+    ds, rep = load_source(source, resolution)
+    save_npz(ds, str(out))
+    report_path = report or out.with_suffix(".ingest.json")
+    rep.write(report_path)
+    console.print(rep.summary(), highlight=False)
+    for s in rep.skipped:
+        console.print(f"[yellow]skipped[/] {s.path}: {s.reason}", highlight=False)
+    console.print(f"wrote {out} and {report_path}")
+
+
+@data_app.command("fetch")
+@friendly
+def data_fetch(
+    dataset: str = typer.Argument(..., help="Dataset name: pneumoniamnist."),
+    size: int = typer.Option(64, "--size", help="Image size: 28, 64, 128 or 224."),
+    out: Path = typer.Option(Path("data"), "--out", "-o", help="Folder to download into."),
+    url: Optional[str] = typer.Option(None, "--url", help="Mirror URL (the checksum is still verified)."),
+    md5: Optional[str] = typer.Option(None, "--md5", help="Expected MD5 when --url names another file."),
+) -> None:
+    """Download a public dataset (needs internet), verified by checksum."""
+    from fedsynth.data.fetch import fetch_pneumoniamnist
+    from fedsynth.errors import DataError
+
+    if dataset.lower() != "pneumoniamnist":
+        raise DataError(f"unknown dataset {dataset!r}; available: pneumoniamnist")
+    path = fetch_pneumoniamnist(size, out, url=url, md5=md5)
+    console.print(f"PneumoniaMNIST {size} px verified at {path}; use it as data.source in a run config")
+
+
+@data_app.command("phantom")
+@friendly
+def data_phantom(
+    out: Path = typer.Option(..., "--out", "-o", help="npz bundle to write."),
+    n: int = typer.Option(200, "--n", help="Number of images."),
+    resolution: int = typer.Option(64, "--resolution", "-r"),
+    prevalence: float = typer.Option(0.5, "--prevalence"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Write procedural phantom CXRs (not medical images) as an npz bundle."""
+    from fedsynth.data.dataset import save_npz
+    from fedsynth.data.phantom import make_phantoms
+
+    try:
+        ds = make_phantoms(n, resolution, prevalence=prevalence, seed=seed)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    save_npz(ds, str(out))
+    console.print(f"wrote {n} phantom images ({resolution} px) to {out}")
+
+
+# ---- config -----------------------------------------------------------------------------------
+
+
+@app.command("config")
+@friendly
+def show_config(
+    config: Optional[Path] = typer.Argument(None, help="Run config (YAML). Default: the built-in demo."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config value."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of YAML."),
+) -> None:
+    """Print the resolved run config (every default filled in)."""
+    from fedsynth.config import load_config
+
+    cfg = load_config(config, set_)
+    typer.echo(json.dumps(cfg.to_dict(), indent=2) if as_json else cfg.to_yaml())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

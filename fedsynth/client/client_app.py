@@ -1,0 +1,99 @@
+"""Flower ClientApp: translates messages to and from :class:`fedsynth.client.site.Site`.
+
+No ML or privacy logic lives here. Where the site's data comes from:
+
+* simulation: ``partition-id`` in the node config picks this site's share of the
+  dataset named by the run config (:mod:`fedsynth.client.site_data`);
+* deployment: ``data-path`` in the node config (``flower-supernode --node-config
+  'data-path=/data/site-a site-name=site-a'``) points at the site's own files.
+
+A failure inside the site becomes an error reply whose reason starts with the site's
+name, so the server can report which site failed and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from pathlib import Path
+
+import torch
+from flwr.app import Context, Error, Message
+from flwr.clientapp import ClientApp
+
+from fedsynth.classifier.train import Classifier
+from fedsynth.client.deployment import deployed_site_data
+from fedsynth.client.site import Site
+from fedsynth.client.site_data import simulated_site
+from fedsynth.config import RunConfig
+from fedsynth.protocol import (
+    decode_evaluate_request,
+    decode_train_request,
+    encode_eval_result,
+    encode_release,
+)
+
+log = logging.getLogger("fedsynth.client")
+
+SITE_ERROR = 1001  # Error.code of a failure fedsynth caught and explained
+
+
+def site_for(context: Context, config: RunConfig, run_dir: str) -> Site:
+    node = context.node_config
+    if "data-path" in node:
+        data = deployed_site_data(node, config)
+        out = node.get("output-dir") or str(Path("fedsynth-site") / data.name)
+        return Site(data, str(out), device=config.run.device)
+    if "partition-id" in node:
+        data = simulated_site(config, int(node["partition-id"]))
+        out = Path(run_dir) / "sites" / data.name if run_dir else None
+        return Site(data, out, device=config.run.device)
+    raise RuntimeError("node config has neither 'data-path' (deployment) nor 'partition-id' (simulation)")
+
+
+def _threads(config: RunConfig) -> None:
+    # one simulated site per reserved core: keep torch from oversubscribing the machine
+    torch.set_num_threads(max(1, int(config.federation.cpus_per_site)))
+
+
+def _site_label(context: Context) -> str:
+    node = context.node_config
+    if "site-name" in node:
+        return str(node["site-name"])
+    if "partition-id" in node:
+        return f"site-{int(node['partition-id'])}"
+    return f"node-{context.node_id}"
+
+
+def _error_reply(msg: Message, context: Context, err: BaseException) -> Message:
+    log.error("%s failed:\n%s", _site_label(context), traceback.format_exc())
+    reason = f"{_site_label(context)}: {type(err).__name__}: {err}"
+    return Message(Error(code=SITE_ERROR, reason=reason), reply_to=msg)
+
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    try:
+        req = decode_train_request(msg.content)
+        _threads(req.config)
+        site = site_for(context, req.config, req.run_dir)
+        release = site.release(req.config, req.run_id)
+        return Message(encode_release(release), reply_to=msg)
+    except Exception as err:  # reported to the server, which drops this site
+        return _error_reply(msg, context, err)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    try:
+        req = decode_evaluate_request(msg.content)
+        _threads(req.config)
+        site = site_for(context, req.config, req.run_dir)
+        clf = Classifier.from_state(req.classifier_header, req.classifier_state, device=req.config.run.device)
+        result = site.evaluate(clf, req.config)
+        return Message(encode_eval_result(result), reply_to=msg)
+    except Exception as err:
+        return _error_reply(msg, context, err)

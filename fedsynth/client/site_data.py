@@ -1,0 +1,63 @@
+"""Where a site's real images come from.
+
+In a simulation every virtual site derives its share of one dataset deterministically
+from the run config and its partition id, the way Flower's own simulation templates
+partition a dataset: no real image crosses from one simulated site to another, and
+none goes to the server. The loaded dataset is cached per process, because Flower
+reuses a worker process for many messages.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+from fedsynth.config import DataSection, FederationSection, RunConfig
+from fedsynth.data.dataset import ImageSet
+from fedsynth.data.ingest import load_source
+from fedsynth.data.partition import SiteSplit, partition
+from fedsynth.data.phantom import make_phantoms
+
+
+def load_dataset(data: DataSection, seed: int) -> ImageSet:
+    if data.source == "phantom":
+        p = data.phantom
+        return make_phantoms(
+            p.n_images,
+            data.resolution,
+            prevalence=p.prevalence,
+            images_per_patient=p.images_per_patient,
+            seed=seed,
+        )
+    ds, _report = load_source(data.source, data.resolution)
+    return ds
+
+
+@functools.lru_cache(maxsize=4)
+def _partitioned(data_json: str, federation_json: str, seed: int) -> tuple[SiteSplit, ...]:
+    data = DataSection.model_validate(json.loads(data_json))
+    fed = FederationSection.model_validate(json.loads(federation_json))
+    ds = load_dataset(data, seed)
+    return tuple(
+        partition(
+            ds,
+            fed.num_sites,
+            scheme=fed.partition,
+            alpha=fed.dirichlet_alpha,
+            seed=seed,
+            test_fraction=data.test_fraction,
+            min_site_images=fed.min_site_images,
+        )
+    )
+
+
+def simulated_sites(config: RunConfig) -> tuple[SiteSplit, ...]:
+    """All simulated sites of a run (each process computes the same split)."""
+    return _partitioned(config.data.model_dump_json(), config.federation.model_dump_json(), config.run.seed)
+
+
+def simulated_site(config: RunConfig, partition_id: int) -> SiteSplit:
+    sites = simulated_sites(config)
+    if not 0 <= partition_id < len(sites):
+        raise ValueError(f"partition id {partition_id} out of range for {len(sites)} sites")
+    return sites[partition_id]

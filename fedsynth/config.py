@@ -1,0 +1,249 @@
+"""The run configuration: one typed tree, loaded from YAML, with every default here.
+
+A run is reproducible from its resolved config (``config.yaml`` in the run directory).
+Unknown keys and bad values are rejected with a message that names the field, so a
+typo in a YAML file never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedsynth.errors import ConfigError
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class _Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class RunSection(_Section):
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name; prefix of the run id.")
+    seed: int = Field(0, ge=0, description="Seed for every random choice in the run.")
+    output_dir: str = Field("runs", description="Run directories are created under this folder.")
+    mode: Literal["substitution"] = Field(
+        "substitution",
+        description="substitution: each site trains a generator locally and releases synthetic images once.",
+    )
+    device: Device = Field("auto", description="Torch device for training; auto picks CUDA when present.")
+
+
+class PhantomSection(_Section):
+    n_images: int = Field(900, ge=20, description="Phantom images generated for the whole federation.")
+    prevalence: float = Field(0.5, gt=0, lt=1, description="Fraction of phantoms with pneumonia.")
+    images_per_patient: int = Field(2, ge=1, le=10, description="Upper bound of images per phantom patient.")
+
+
+class DataSection(_Section):
+    source: str = Field(
+        "phantom",
+        description="'phantom', or a path to an npz bundle, a folder of PNG/JPEG/DICOM, or a folder of DICOMs.",
+    )
+    resolution: int = Field(32, description="Images are centre-cropped and resized to resolution x resolution.")
+    phantom: PhantomSection = Field(default_factory=PhantomSection)
+    test_fraction: float = Field(
+        0.25, gt=0, lt=1, description="Share of each site's patients kept as its local real test split "
+        "when the source has no official split.",
+    )
+
+    @field_validator("resolution")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v not in (16, 32, 64, 128, 256):
+            raise ValueError("must be one of 16, 32, 64, 128, 256")
+        return v
+
+
+class FederationSection(_Section):
+    num_sites: int = Field(3, ge=1, le=64, description="Simulated sites the source is split into.")
+    partition: Literal["iid", "dirichlet"] = Field(
+        "iid", description="iid: patients spread at random; dirichlet: label skew by Dirichlet(alpha)."
+    )
+    dirichlet_alpha: float = Field(0.5, gt=0, description="Concentration of the label-skew partition.")
+    min_site_images: int = Field(10, ge=2, description="Every simulated site gets at least this many images.")
+    min_sites: int = Field(1, ge=1, description="The run stops if fewer sites than this return a usable release.")
+    site_timeout_s: float = Field(3600.0, gt=0, description="A site that has not replied after this long is dropped.")
+    cpus_per_site: float = Field(1.0, gt=0, description="CPU cores reserved for each simulated site.")
+    gpus_per_site: float = Field(0.0, ge=0, description="GPU share reserved for each simulated site.")
+
+
+class GANSection(_Section):
+    family: Literal["gan"] = "gan"
+    latent_dim: int = Field(64, ge=2, description="Size of the noise vector.")
+    base_channels: int = Field(32, ge=4, description="Width of the narrowest convolution (doubles per level).")
+    epochs: int = Field(40, ge=1, description="Passes over the site's training images.")
+    batch_size: int = Field(64, ge=2)
+    lr_generator: float = Field(2e-4, gt=0)
+    lr_discriminator: float = Field(2e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1, description="Adam beta1 for both networks.")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="Decay of the generator EMA used for sampling (0: off).")
+    diff_augment: bool = Field(
+        True, description="Differentiable augmentation of the discriminator's inputs (helps small sites)."
+    )
+
+
+class ReleaseSection(_Section):
+    n_per_class: int = Field(
+        400, ge=1, description="Synthetic images each site releases per class (normal, pneumonia)."
+    )
+    min_class_images: int = Field(
+        10, ge=1, description="A site releases a class only if it trained on at least this many images of it."
+    )
+
+
+class ClassifierSection(_Section):
+    arch: Literal["auto", "small-cnn", "resnet18"] = Field(
+        "auto", description="auto: small-cnn up to 32 px, resnet18 above."
+    )
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    val_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of the pooled synthetic data held out for model selection."
+    )
+    augment: bool = Field(True, description="Random affine, contrast and noise augmentation while training.")
+    threshold_rule: Literal["youden", "sensitivity-0.9"] = Field(
+        "youden", description="How the decision threshold is chosen on the synthetic validation split."
+    )
+
+
+class EvaluationSection(_Section):
+    bootstrap: int = Field(1000, ge=0, description="Stratified bootstrap resamples for confidence intervals (0: off).")
+    ci_level: float = Field(0.95, gt=0, lt=1)
+    histogram_bins: int = Field(
+        2000, ge=10, description="Score-histogram bins a site returns so the server can pool metrics "
+        "without per-image scores.",
+    )
+    grid_images: int = Field(8, ge=1, le=64, description="Images per row in the real-vs-synthetic grids.")
+
+
+class RunConfig(_Section):
+    """The whole run. Defaults are the built-in demo: a 3-site federation on phantoms."""
+
+    run: RunSection = Field(default_factory=RunSection)
+    data: DataSection = Field(default_factory=DataSection)
+    federation: FederationSection = Field(default_factory=FederationSection)
+    generator: GANSection = Field(default_factory=GANSection)
+    release: ReleaseSection = Field(default_factory=ReleaseSection)
+    classifier: ClassifierSection = Field(default_factory=ClassifierSection)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.federation.min_sites > self.federation.num_sites:
+            raise ValueError(
+                f"federation.min_sites ({self.federation.min_sites}) exceeds "
+                f"federation.num_sites ({self.federation.num_sites})"
+            )
+        return self
+
+    # ---- conversions -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        return _validate(cls, _json_loads(text), "<message>")
+
+    def classifier_arch(self) -> str:
+        if self.classifier.arch != "auto":
+            return self.classifier.arch
+        return "small-cnn" if self.data.resolution <= 32 else "resnet18"
+
+
+def _json_loads(text: str) -> Any:
+    import json
+
+    return json.loads(text)
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid run config ({origin}):"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see configs/demo.yaml for every key)"
+        elif "input" in e and e["type"] not in ("missing",):
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"  {where}: {msg}")
+    return "\n".join(lines)
+
+
+def _validate(model: type[RunConfig], data: Any, origin: str) -> RunConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid run config ({origin}): the top level must be a mapping of sections")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, origin)) from None
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {p!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ``["federation.num_sites=4", "run.seed=1"]`` into a nested dict (values parsed as YAML)."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a run config from YAML (or the built-in defaults when ``path`` is None)."""
+    data: dict[str, Any] = {}
+    origin = "built-in defaults"
+    if path is not None:
+        p = Path(path)
+        origin = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {p} is not valid YAML: {err}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"invalid run config ({p}): the top level must be a mapping of sections")
+        data = loaded or {}
+    if overrides:
+        data = _merge(data, parse_overrides(overrides))
+        origin += " + overrides"
+    return _validate(RunConfig, data, origin)

@@ -1,0 +1,134 @@
+"""ImageSet: the one in-memory form of a labelled set of chest X-rays.
+
+Images are float32 in [0, 1], shape (N, H, W), square, one channel, 0 = black.
+Labels are 0 (normal) or 1 (pneumonia). ``patient`` and ``split`` are optional
+per-image string arrays; ``origin`` names where the images came from, and
+``phantom`` marks procedurally generated images so every output made from them can
+say so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from fedsynth.errors import DataError
+
+CLASS_NAMES = ("normal", "pneumonia")
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    images: np.ndarray
+    labels: np.ndarray
+    patient: np.ndarray | None = None
+    split: np.ndarray | None = None
+    origin: str = ""
+    phantom: bool = False
+    sources: np.ndarray | None = field(default=None, repr=False)  # per-image file path, where known
+
+    def __post_init__(self) -> None:
+        imgs, labels = self.images, self.labels
+        if imgs.ndim != 3 or imgs.shape[1] != imgs.shape[2]:
+            raise DataError(f"images must have shape (N, S, S), got {imgs.shape}")
+        if imgs.dtype != np.float32:
+            raise DataError(f"images must be float32 in [0, 1], got {imgs.dtype}")
+        if labels.shape != (imgs.shape[0],):
+            raise DataError(f"labels must have shape ({imgs.shape[0]},), got {labels.shape}")
+        if labels.size and not np.isin(labels, (0, 1)).all():
+            bad = sorted(set(np.unique(labels).tolist()) - {0, 1})
+            raise DataError(f"labels must be 0 (normal) or 1 (pneumonia); found {bad}")
+        for name in ("patient", "split", "sources"):
+            arr = getattr(self, name)
+            if arr is not None and arr.shape != (imgs.shape[0],):
+                raise DataError(f"{name} must have one entry per image ({imgs.shape[0]}), got {arr.shape}")
+
+    # ---- basic facts ---------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def resolution(self) -> int:
+        return int(self.images.shape[1])
+
+    def class_counts(self) -> dict[str, int]:
+        return {name: int((self.labels == c).sum()) for c, name in enumerate(CLASS_NAMES)}
+
+    def patient_keys(self) -> np.ndarray:
+        """Grouping key for patient-disjoint splits: (split, patient) when both are known.
+
+        Some datasets (Kermany) restart patient numbering per official split, so the
+        split is part of the key. Without patient ids every image is its own group.
+        """
+        n = len(self)
+        if self.patient is None:
+            return np.array([f"img{i}" for i in range(n)], dtype=object)
+        if self.split is None:
+            return self.patient.astype(str).astype(object)
+        return np.char.add(np.char.add(self.split.astype(str), "/"), self.patient.astype(str)).astype(object)
+
+    def subset(self, index: np.ndarray) -> ImageSet:
+        index = np.asarray(index, dtype=np.int64)
+
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[index]
+
+        return replace(
+            self,
+            images=self.images[index],
+            labels=self.labels[index],
+            patient=pick(self.patient),
+            split=pick(self.split),
+            sources=pick(self.sources),
+        )
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the quantised pixels and labels: names the data a model was trained on."""
+        h = hashlib.sha256()
+        h.update(np.asarray(self.images.shape, dtype=np.int64).tobytes())
+        h.update(to_uint8(self.images).tobytes())
+        h.update(self.labels.astype(np.uint8).tobytes())
+        return h.hexdigest()
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """[0, 1] floats to uint8 with rounding (the wire and file format of images)."""
+    return np.clip(np.rint(np.asarray(images, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def from_uint8(images: np.ndarray) -> np.ndarray:
+    return np.asarray(images, dtype=np.float32) / 255.0
+
+
+def concat(sets: list[ImageSet], origin: str = "") -> ImageSet:
+    if not sets:
+        raise DataError("nothing to concatenate")
+
+    def cat(name: str) -> np.ndarray | None:
+        arrays = [getattr(s, name) for s in sets]
+        if any(a is None for a in arrays):
+            return None
+        return np.concatenate(arrays)
+
+    return ImageSet(
+        images=np.concatenate([s.images for s in sets]).astype(np.float32),
+        labels=np.concatenate([s.labels for s in sets]).astype(np.int64),
+        patient=cat("patient"),
+        split=cat("split"),
+        sources=cat("sources"),
+        origin=origin or "+".join(sorted({s.origin for s in sets})),
+        phantom=any(s.phantom for s in sets),
+    )
+
+
+def save_npz(ds: ImageSet, path: str) -> None:
+    """Write an npz bundle the loaders read back (images as uint8)."""
+    arrays: dict[str, np.ndarray] = {"images": to_uint8(ds.images), "labels": ds.labels.astype(np.uint8)}
+    if ds.patient is not None:
+        arrays["patient"] = ds.patient.astype(str)
+    if ds.split is not None:
+        arrays["split"] = ds.split.astype(str)
+    arrays["phantom"] = np.array(ds.phantom)
+    np.savez_compressed(path, **arrays)

@@ -1,0 +1,166 @@
+"""Procedural chest X-ray phantoms, so the demo and the tests run anywhere with no data.
+
+Each phantom is drawn in normalised coordinates (x to the image right, y down, both in
+[-1, 1]) and rendered at the requested resolution: a soft-tissue thorax, two lung
+fields cut by the diaphragm domes, the heart shadow to the image right (the patient's
+left in a PA view), spine and mediastinum, clavicles and curved posterior ribs. The
+pose (rotation, scale, shift), contrast (gamma, window) and noise vary per image.
+Pneumonia is drawn as patchy opacities inside the lungs: a few blobs of varying size
+and density, modulated by low-frequency noise, from faint to dense.
+
+Nothing here is a medical image: outputs made from phantoms say so (``phantom=True``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedsynth.data.dataset import ImageSet
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    coarse = torch.from_numpy(rng.standard_normal((1, 1, cells, cells)).astype(np.float32))
+    fine = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+    return fine[0, 0].numpy()
+
+
+def _soft(d: np.ndarray, edge: float) -> np.ndarray:
+    """1 inside (d < 1), 0 outside, with a sigmoid edge of relative width ``edge``."""
+    return 1.0 / (1.0 + np.exp((d - 1.0) / edge))
+
+
+def _ellipse(x, y, cx, cy, ax, ay):
+    return np.sqrt(((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2)
+
+
+class _Anatomy:
+    """Per-patient anatomy; each image of the patient re-draws pose, contrast and noise."""
+
+    def __init__(self, rng: np.random.Generator):
+        u = rng.uniform
+        self.body_w = u(0.95, 1.15)
+        self.lung_w = u(0.27, 0.34)
+        self.lung_h = u(0.48, 0.6)
+        self.lung_gap = u(0.34, 0.42)
+        self.lung_y = u(-0.12, 0.0)
+        self.heart_w = u(0.22, 0.33)
+        self.heart_h = u(0.2, 0.27)
+        self.heart_x = u(0.06, 0.16)
+        self.dome_y = u(0.42, 0.52)
+        self.rib_spacing = u(0.15, 0.19)
+        self.rib_curve = u(0.25, 0.45)
+        self.tissue = u(0.55, 0.7)
+        self.lung_dark = u(0.32, 0.42)
+
+
+def _render(
+    rng: np.random.Generator, anatomy: _Anatomy, size: int, pneumonia: bool
+) -> np.ndarray:
+    u = rng.uniform
+    lin = (np.arange(size) + 0.5) / size * 2.0 - 1.0
+    y0, x0 = np.meshgrid(lin, lin, indexing="ij")
+    # pose: inverse-map the pixel grid into the anatomy frame
+    theta = np.deg2rad(u(-7, 7))
+    scale = u(0.9, 1.08)
+    dx, dy = u(-0.07, 0.07, size=2)
+    c, s = np.cos(theta), np.sin(theta)
+    x = (c * (x0 - dx) + s * (y0 - dy)) / scale
+    y = (-s * (x0 - dx) + c * (y0 - dy)) / scale
+
+    a = anatomy
+    body = _soft(_ellipse(x, y, 0.0, 0.2, a.body_w, 1.05), 0.03)
+    img = 0.06 + a.tissue * body
+
+    # lungs: ellipses widening towards the base, cut by the diaphragm domes
+    lungs = np.zeros_like(x)
+    for side in (-1.0, 1.0):
+        cx = side * a.lung_gap
+        widen = 1.0 + 0.35 * np.clip((y - a.lung_y) / a.lung_h, -1, 1)
+        d = _ellipse(x, y, cx, a.lung_y, a.lung_w * widen, a.lung_h)
+        dome = a.dome_y + (0.04 if side < 0 else 0.0) - 0.12 * ((x - cx) / a.lung_w) ** 2
+        below = _soft((y - dome) / 0.05 + 1.0, 0.4)  # ~1 above the dome, ~0 below
+        lungs = np.maximum(lungs, _soft(d, 0.05) * below)
+    heart = _soft(_ellipse(x, y, a.heart_x, a.lung_y + 0.42, a.heart_w, a.heart_h), 0.06)
+    lungs = lungs * (1.0 - 0.85 * heart)
+    texture = 0.03 * _smooth_noise(rng, size, 12)  # vascular markings
+    img = img - a.lung_dark * lungs + texture * lungs
+
+    # spine / mediastinum and clavicles
+    img = img + 0.12 * _soft(np.abs(x) / 0.09, 0.15) * body
+    for side in (-1.0, 1.0):
+        t = (x - side * 0.3) / 0.32
+        clav = np.abs(y - (-0.62 + 0.08 * t**2 - side * 0.03 * t)) / 0.025
+        img = img + 0.08 * _soft(clav, 0.3) * (np.abs(t) < 1.0)
+
+    # posterior ribs: curved bands across each hemithorax
+    ribs = np.zeros_like(x)
+    for k in range(9):
+        base = a.lung_y - a.lung_h + 0.05 + k * a.rib_spacing
+        for side in (-1.0, 1.0):
+            xs = (x - side * 0.05) * side
+            curve = base + a.rib_curve * (xs - 0.35) ** 2 - 0.05
+            band = np.abs(y - curve) / 0.022
+            ribs = np.maximum(ribs, _soft(band, 0.35) * (xs > 0.05) * (xs < a.lung_gap + a.lung_w + 0.05))
+    img = img + u(0.03, 0.06) * ribs * body * _soft((y + 1.0) / (a.dome_y + 1.05), 0.03)
+
+    if pneumonia:
+        opacity = np.zeros_like(x)
+        n_patches = rng.integers(1, 4)
+        for _ in range(n_patches):
+            side = rng.choice([-1.0, 1.0])
+            px = side * a.lung_gap + u(-0.6, 0.6) * a.lung_w
+            py = a.lung_y + u(-0.2, 0.75) * a.lung_h  # lower zones more often
+            r = u(0.1, 0.26)
+            blob = np.exp(-(((x - px) ** 2 + ((y - py) / 1.3) ** 2) / (2 * r**2)))
+            opacity += u(0.5, 1.0) * blob
+        patchy = np.clip(0.65 + 0.6 * _smooth_noise(rng, size, 10), 0.0, 1.4)
+        density = u(0.07, 0.28)
+        img = img + density * np.clip(opacity, 0, 1.2) * patchy * lungs
+
+    # exposure: gamma and window, then blur-free quantum noise
+    img = np.clip(img, 0.0, 1.0) ** u(0.8, 1.25)
+    lo, hi = u(-0.04, 0.05), u(0.85, 1.05)
+    img = (img - lo) / (hi - lo)
+    img = img + rng.normal(0.0, u(0.008, 0.03), size=img.shape)
+    return np.clip(img, 0.0, 1.0).astype(np.float32)
+
+
+def make_phantoms(
+    n: int,
+    resolution: int = 32,
+    *,
+    prevalence: float = 0.5,
+    images_per_patient: int = 2,
+    seed: int = 0,
+) -> ImageSet:
+    """``n`` phantom CXRs with labels and patient ids, deterministic by ``seed``."""
+    if n < 1:
+        raise ValueError("n must be at least 1")
+    if not 0 < prevalence < 1:
+        raise ValueError("prevalence must be in (0, 1)")
+    rng = np.random.default_rng(seed)
+    images = np.empty((n, resolution, resolution), dtype=np.float32)
+    labels = np.empty(n, dtype=np.int64)
+    patients = np.empty(n, dtype=object)
+    i = 0
+    p = 0
+    while i < n:
+        count = int(min(rng.integers(1, images_per_patient + 1), n - i))
+        label = int(rng.random() < prevalence)
+        patient_rng = np.random.default_rng(rng.integers(2**63))
+        anatomy = _Anatomy(patient_rng)
+        for _ in range(count):
+            images[i] = _render(patient_rng, anatomy, resolution, bool(label))
+            labels[i] = label
+            patients[i] = f"phantom-{p:05d}"
+            i += 1
+        p += 1
+    return ImageSet(
+        images=images,
+        labels=labels,
+        patient=patients,
+        origin=f"phantom(n={n}, seed={seed})",
+        phantom=True,
+    )

@@ -1,0 +1,39 @@
+"""Image generators behind one interface: ``fit``, ``sample``, ``save``/``load``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fedsynth.generators.base import FitReport, Generator
+from fedsynth.generators.gan import ConditionalGAN
+
+FAMILIES: dict[str, type[Generator]] = {"gan": ConditionalGAN}
+
+
+def build_generator(config: Any, resolution: int, seed: int = 0, device: str = "auto") -> Generator:
+    """A fresh generator of ``config.family`` (a generator config section)."""
+    family = getattr(config, "family", None)
+    if family not in FAMILIES:
+        raise ValueError(f"unknown generator family {family!r} (known: {', '.join(FAMILIES)})")
+    return FAMILIES[family](config, resolution=resolution, seed=seed, device=device)
+
+
+def load_generator(path: str | Path, device: str = "auto") -> Generator:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    family = meta.get("family")
+    if family not in FAMILIES:
+        raise ValueError(f"{path}: not a fedsynth generator file (family {family!r})")
+    cls = FAMILIES[family]
+    gen = cls.from_config_dict(json.loads(meta["config"]), int(meta["resolution"]), device=device)
+    gen.load_sampling_state(load_file(str(path), device=str(gen.device)))
+    return gen
+
+
+__all__ = ["FAMILIES", "ConditionalGAN", "FitReport", "Generator", "build_generator", "load_generator"]

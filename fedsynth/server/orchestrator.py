@@ -1,0 +1,251 @@
+"""The federation, server side: plain Python, independent of how messages travel.
+
+``run_substitution`` asks every site for a synthetic release, checks and pools what
+comes back, trains the classifier on synthetic images only, has every site evaluate it
+on its local real test split and writes the run's outputs. A site that fails or does
+not answer is recorded with its reason and the run goes on without it, as long as
+``federation.min_sites`` sites remain.
+
+How requests reach the sites is a :class:`Transport`: Flower's Grid in the ServerApp,
+or direct calls in tests (:class:`LocalTransport`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import numpy as np
+
+from fedsynth import __version__
+from fedsynth.classifier.metrics import BinaryMetrics, pooled_metrics
+from fedsynth.classifier.train import Classifier, train_classifier
+from fedsynth.client.site import Site
+from fedsynth.config import RunConfig
+from fedsynth.data.dataset import CLASS_NAMES, from_uint8
+from fedsynth.errors import FederationError
+from fedsynth.evaluation.grids import image_grid
+from fedsynth.generators.base import ProgressFn
+from fedsynth.protocol import EvalResult, EvaluateRequest, Release, TrainRequest
+from fedsynth.server.rundir import CLASSIFIER_FILE, METRICS_FILE, RunDir, write_json
+
+log = logging.getLogger("fedsynth.server")
+
+PHANTOM_WARNING = (
+    "PHANTOM DATA: these results come from procedurally generated phantoms, not X-rays; "
+    "they show the pipeline works, not that the classifier does."
+)
+NOT_PRIVATE_WARNING = "NOT PRIVATE: no site trained with differential privacy in this run."
+
+
+ProgressFactory = Callable[[str, int], AbstractContextManager[ProgressFn | None]]
+
+
+@contextlib.contextmanager
+def no_progress(description: str, total: int) -> Iterator[None]:
+    yield None
+
+
+@dataclass
+class SiteFailure:
+    site: str
+    stage: str
+    reason: str
+
+
+class Transport(Protocol):
+    def release(self, request: TrainRequest) -> tuple[list[Release], list[SiteFailure]]: ...
+
+    def evaluate(self, request: EvaluateRequest) -> tuple[list[EvalResult], list[SiteFailure]]: ...
+
+
+class LocalTransport:
+    """Calls :class:`Site` objects directly: the federation without Flower (tests, debugging)."""
+
+    def __init__(self, sites: list[Site]):
+        self.sites = sites
+
+    def release(self, request: TrainRequest) -> tuple[list[Release], list[SiteFailure]]:
+        ok, failed = [], []
+        for site in self.sites:
+            try:
+                ok.append(site.release(request.config, request.run_id))
+            except Exception as err:  # a failing site must not sink the run
+                log.debug("site %s failed:\n%s", site.name, traceback.format_exc())
+                failed.append(SiteFailure(site.name, "release", f"{type(err).__name__}: {err}"))
+        return ok, failed
+
+    def evaluate(self, request: EvaluateRequest) -> tuple[list[EvalResult], list[SiteFailure]]:
+        clf = Classifier.from_state(request.classifier_header, request.classifier_state)
+        ok, failed = [], []
+        for site in self.sites:
+            try:
+                ok.append(site.evaluate(clf, request.config))
+            except Exception as err:
+                failed.append(SiteFailure(site.name, "evaluate", f"{type(err).__name__}: {err}"))
+        return ok, failed
+
+
+def check_release(rel: Release, config: RunConfig) -> str | None:
+    """Why a release cannot be pooled, or None when it can."""
+    s = config.data.resolution
+    imgs, labels = rel.images, rel.labels
+    if not isinstance(imgs, np.ndarray) or imgs.dtype != np.uint8:
+        return f"images must be uint8, got {getattr(imgs, 'dtype', type(imgs).__name__)}"
+    if imgs.ndim != 3 or imgs.shape[1:] != (s, s):
+        return f"images must have shape (n, {s}, {s}), got {imgs.shape}"
+    if labels.shape != (imgs.shape[0],):
+        return f"labels must have shape ({imgs.shape[0]},), got {labels.shape}"
+    if imgs.shape[0] == 0:
+        return "empty release"
+    if not np.isin(labels, (0, 1)).all():
+        return f"labels must be 0 or 1, found {sorted(set(np.unique(labels).tolist()) - {0, 1})}"
+    limit = 2 * config.release.n_per_class
+    if imgs.shape[0] > limit:
+        return f"{imgs.shape[0]} images exceed the requested {limit}"
+    return None
+
+
+def _require_sites(n_ok: int, config: RunConfig, stage: str, failures: list[SiteFailure]) -> None:
+    if n_ok < config.federation.min_sites:
+        reasons = "; ".join(f"{f.site}: {f.reason}" for f in failures) or "no site answered"
+        raise FederationError(
+            f"only {n_ok} site(s) completed {stage}, fewer than federation.min_sites="
+            f"{config.federation.min_sites}. {reasons}"
+        )
+
+
+def run_substitution(
+    config: RunConfig, transport: Transport, run_dir: RunDir, progress: ProgressFactory = no_progress
+) -> dict:
+    """Run one data-substitution round end to end; returns (and writes) metrics.json."""
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    failures: list[SiteFailure] = []
+
+    # 1. sites train generators and release synthetic images
+    log.info("asking sites for synthetic releases")
+    releases, failed = transport.release(TrainRequest(run_dir.run_id, config, str(run_dir.path)))
+    failures += failed
+    accepted: list[Release] = []
+    for rel in releases:
+        problem = check_release(rel, config)
+        if problem:
+            log.warning("release from %s rejected: %s", rel.site, problem)
+            failures.append(SiteFailure(rel.site, "release-check", problem))
+        else:
+            accepted.append(rel)
+    accepted.sort(key=lambda r: r.site)
+    _require_sites(len(accepted), config, "a usable release", failures)
+    timings["release_s"] = time.perf_counter() - t0
+    phantom = any(r.meta.get("phantom") for r in accepted)
+
+    # 2. pool and train the classifier on synthetic images only
+    images = from_uint8(np.concatenate([r.images for r in accepted]))
+    labels = np.concatenate([r.labels for r in accepted]).astype(np.int64)
+    if len(np.unique(labels)) < 2:
+        raise FederationError("the pooled releases contain only one class; no classifier can be trained")
+    _synthetic_grids(accepted, run_dir, config, phantom)
+    t1 = time.perf_counter()
+    log.info("training the classifier on %d pooled synthetic images", len(labels))
+    with progress("classifier on pooled synthetic images", config.classifier.epochs) as on_epoch:
+        clf = train_classifier(
+            images,
+            labels,
+            config.classifier,
+            arch=config.classifier_arch(),
+            resolution=config.data.resolution,
+            seed=config.run.seed,
+            device=config.run.device,
+            progress=on_epoch,
+            trained_on="synthetic (phantom)" if phantom else "synthetic",
+        )
+    clf.meta["sites"] = [r.site for r in accepted]
+    clf.meta["phantom"] = phantom
+    clf.save(run_dir.file(CLASSIFIER_FILE))
+    timings["classifier_s"] = time.perf_counter() - t1
+
+    # 3. every site evaluates the classifier on its real test split
+    t2 = time.perf_counter()
+    results, failed = transport.evaluate(
+        EvaluateRequest(run_dir.run_id, config, clf.header(), clf.state_dict(), str(run_dir.path))
+    )
+    failures += failed
+    results.sort(key=lambda r: r.site)
+    timings["evaluate_s"] = time.perf_counter() - t2
+    ev = config.evaluation
+    pooled = None
+    if results:
+        pooled = pooled_metrics(
+            [r.histogram for r in results],
+            [(r.metrics["tp"], r.metrics["fp"], r.metrics["tn"], r.metrics["fn"]) for r in results],
+            clf.threshold,
+            n_boot=ev.bootstrap,
+            level=ev.ci_level,
+            seed=config.run.seed,
+        )
+    timings["total_s"] = time.perf_counter() - t0
+
+    metrics = _metrics_document(config, run_dir, accepted, results, pooled, clf, failures, phantom, timings)
+    write_json(run_dir.file(METRICS_FILE), metrics)
+    return metrics
+
+
+def _synthetic_grids(releases: list[Release], run_dir: RunDir, config: RunConfig, phantom: bool) -> None:
+    k = config.evaluation.grid_images
+    for rel in releases:
+        rows = [
+            (f"synthetic {name}", from_uint8(rel.images[rel.labels == c][:k]))
+            for c, name in enumerate(CLASS_NAMES)
+            if (rel.labels == c).any()
+        ]
+        image_grid(rows, run_dir.file(f"grids/synthetic_{rel.site}.png"), f"{rel.site}: released synthetic images",
+                   phantom=phantom)
+
+
+def _metrics_document(
+    config: RunConfig,
+    run_dir: RunDir,
+    releases: list[Release],
+    results: list[EvalResult],
+    pooled: BinaryMetrics | None,
+    clf: Classifier,
+    failures: list[SiteFailure],
+    phantom: bool,
+    timings: dict[str, float],
+) -> dict:
+    sites: dict[str, dict] = {}
+    for rel in releases:
+        sites[rel.site] = {"status": "ok", "release": {**rel.meta, "n_released": int(len(rel.labels))}}
+    for res in results:
+        sites.setdefault(res.site, {"status": "ok"})["evaluation"] = res.metrics
+    for f in failures:
+        entry = sites.setdefault(f.site, {})
+        entry["status"] = "failed"
+        entry.setdefault("failures", []).append(asdict(f))
+    warnings = []
+    if phantom:
+        warnings.append(PHANTOM_WARNING)
+    warnings.append(NOT_PRIVATE_WARNING)
+    if failures:
+        warnings.append("sites dropped or failed: " + ", ".join(sorted({f.site for f in failures})))
+    return {
+        "run_id": run_dir.run_id,
+        "mode": config.run.mode,
+        "fedsynth_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "data": {"source": config.data.source, "resolution": config.data.resolution, "phantom": phantom},
+        "private": False,
+        "warnings": warnings,
+        "sites": dict(sorted(sites.items())),
+        "pooled": pooled.to_dict() if pooled else None,
+        "classifier": {k: v for k, v in clf.header().items() if k != "history"},
+        "failures": [asdict(f) for f in failures],
+        "timings": timings,
+    }

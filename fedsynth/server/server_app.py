@@ -1,0 +1,141 @@
+"""Flower ServerApp: carries the orchestrator's requests over Flower's Grid.
+
+No ML or privacy logic lives here: :class:`GridTransport` turns requests into Flower
+messages to every connected SuperNode and replies (or errors, or silence past the
+timeout) back into results and :class:`~fedsynth.server.orchestrator.SiteFailure`.
+
+``flwr run .`` uses the module-level ``app``, which reads ``config`` (a YAML path;
+empty = built-in demo) from the run config in ``pyproject.toml``. ``fedsynth simulate``
+builds its own app around an already-created run directory (:func:`make_server_app`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from fedsynth.config import RunConfig, load_config
+from fedsynth.protocol import (
+    EvalResult,
+    EvaluateRequest,
+    Release,
+    TrainRequest,
+    decode_eval_result,
+    decode_release,
+    encode_evaluate_request,
+    encode_train_request,
+)
+from fedsynth.server.orchestrator import ProgressFactory, SiteFailure, no_progress, run_substitution
+from fedsynth.server.rundir import RunDir
+
+log = logging.getLogger("fedsynth.server")
+
+
+class GridTransport:
+    """Sends one request to every SuperNode and gathers replies within a timeout."""
+
+    def __init__(self, grid: Grid, expected_sites: int, timeout_s: float, connect_timeout_s: float = 600.0):
+        self.grid = grid
+        self.expected = expected_sites
+        self.timeout = timeout_s
+        self.connect_timeout = connect_timeout_s
+        self.names: dict[int, str] = {}  # node id -> site name, learned from replies
+
+    def _nodes(self) -> list[int]:
+        deadline = time.monotonic() + self.connect_timeout
+        nodes = list(self.grid.get_node_ids())
+        while len(nodes) < self.expected and time.monotonic() < deadline:
+            time.sleep(1.0)
+            nodes = list(self.grid.get_node_ids())
+        if len(nodes) < self.expected:
+            log.warning("%d of %d expected sites connected; going on with them", len(nodes), self.expected)
+        return sorted(nodes)
+
+    def _broadcast(
+        self, encode: Callable[[], RecordDict], message_type: str, stage: str
+    ) -> tuple[list[tuple[int, RecordDict]], list[SiteFailure]]:
+        nodes = self._nodes()
+        messages = [Message(encode(), node, message_type, group_id=stage) for node in nodes]
+        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        ok, failed = [], []
+        answered = set()
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            answered.add(node)
+            if reply.has_error():
+                reason = reply.error.reason or f"error code {reply.error.code}"
+                site, _, detail = reason.partition(": ")
+                if not detail or site.startswith("<"):
+                    site, detail = self.names.get(node, f"node-{node}"), reason
+                failed.append(SiteFailure(site, stage, detail))
+            else:
+                ok.append((node, reply.content))
+        for node in nodes:
+            if node not in answered:
+                failed.append(
+                    SiteFailure(self.names.get(node, f"node-{node}"), stage, f"no reply within {self.timeout:g} s")
+                )
+        return ok, failed
+
+    def release(self, request: TrainRequest) -> tuple[list[Release], list[SiteFailure]]:
+        replies, failed = self._broadcast(lambda: encode_train_request(request), MessageType.TRAIN, "release")
+        out = []
+        for node, content in replies:
+            try:
+                rel = decode_release(content)
+            except Exception as err:  # malformed reply: reject, do not pool
+                failed.append(SiteFailure(f"node-{node}", "release", f"malformed reply: {err}"))
+                continue
+            self.names[node] = rel.site
+            out.append(rel)
+        return out, failed
+
+    def evaluate(self, request: EvaluateRequest) -> tuple[list[EvalResult], list[SiteFailure]]:
+        replies, failed = self._broadcast(lambda: encode_evaluate_request(request), MessageType.EVALUATE, "evaluate")
+        out = []
+        for node, content in replies:
+            try:
+                out.append(decode_eval_result(content))
+            except Exception as err:
+                failed.append(SiteFailure(self.names.get(node, f"node-{node}"), "evaluate", f"malformed reply: {err}"))
+        return out, failed
+
+
+def serve(grid: Grid, config: RunConfig, run_dir: RunDir, progress: ProgressFactory = no_progress) -> dict:
+    transport = GridTransport(grid, config.federation.num_sites, config.federation.site_timeout_s)
+    return run_substitution(config, transport, run_dir, progress)
+
+
+def make_server_app(
+    config: RunConfig,
+    run_dir: RunDir,
+    on_done: Callable[[dict], None] | None = None,
+    progress: ProgressFactory = no_progress,
+) -> ServerApp:
+    """A ServerApp bound to a config and a run directory created by the caller."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        metrics = serve(grid, config, run_dir, progress)
+        if on_done is not None:
+            on_done(metrics)
+
+    return app
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    path = str(context.run_config.get("config", "") or "")
+    config = load_config(Path(path) if path else None)
+    run_dir = RunDir.create(config)
+    log.info("run %s: writing to %s", run_dir.run_id, run_dir.path)
+    serve(grid, config, run_dir)
