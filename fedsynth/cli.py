@@ -68,7 +68,9 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True, help="Show the version."),
+    version: bool = typer.Option(
+        False, "--version", callback=version_callback, is_eager=True, help="Show the version."
+    ),
 ) -> None:
     pass
 
@@ -142,7 +144,8 @@ def predict(
     out: Path = typer.Option(Path("scores.csv"), "--out", "-o", help="CSV to write: one row per input image."),
 ) -> None:
     """Score images with a run's classifier (preprocessed exactly as in training)."""
-    from fedsynth.classifier.predict import load_run_classifier, predict as score, write_csv
+    from fedsynth.classifier.predict import load_run_classifier, write_csv
+    from fedsynth.classifier.predict import predict as score
 
     clf = load_run_classifier(run_dir)
     rows, report = score(clf, input)

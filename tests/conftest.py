@@ -58,3 +58,14 @@ def assert_images(arr: np.ndarray, n: int, size: int) -> None:
     assert arr.shape == (n, size, size)
     assert arr.dtype == np.float32
     assert np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 1
+
+
+@pytest.fixture
+def flower_identity():
+    """Flower stamps messages with the running task's identity; give tests one."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved

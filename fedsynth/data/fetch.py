@@ -10,6 +10,7 @@ downloaded npz is read as is by :func:`fedsynth.data.ingest.load_source`.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import tempfile
 import urllib.error
@@ -64,7 +65,7 @@ def download(
             )
         tmp.replace(dest)
         return dest
-    except (urllib.error.URLError, TimeoutError, OSError) as err:
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError, ValueError) as err:
         raise DataError(f"download of {url} failed: {err}") from None
     finally:
         tmp.unlink(missing_ok=True)

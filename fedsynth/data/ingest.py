@@ -143,7 +143,7 @@ class _Entry:
 
 def _entries_from_csv(csv_path: Path, report: IngestReport, labeled: bool) -> list[_Entry]:
     root = csv_path.parent
-    with csv_path.open(newline="") as fh:
+    with csv_path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: Excel writes a BOM
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
         path_col = _find_column(header, _PATH_COLUMNS)
@@ -158,6 +158,7 @@ def _entries_from_csv(csv_path: Path, report: IngestReport, labeled: bool) -> li
         for row_no, row in enumerate(reader, start=2):
             rel = (row.get(path_col) or "").strip()
             if not rel:
+                report.n_found += 1
                 report.skip(f"{csv_path}:{row_no}", "empty path")
                 continue
             path = (root / rel) if not Path(rel).is_absolute() else Path(rel)
@@ -166,6 +167,7 @@ def _entries_from_csv(csv_path: Path, report: IngestReport, labeled: bool) -> li
                 try:
                     label = parse_label(row.get(label_col))
                 except ValueError as err:
+                    report.n_found += 1
                     report.skip(path, str(err))
                     continue
             entries.append(
@@ -223,7 +225,10 @@ def _load_entries(entries: list[_Entry], resolution: int, report: IngestReport, 
 def _load_folder(root: Path, resolution: int, report: IngestReport, labeled: bool):
     csv_path = root / LABEL_FILE
     if csv_path.is_file():
-        entries = _entries_from_csv(csv_path, report, labeled)
+        try:
+            entries = _entries_from_csv(csv_path, report, labeled)
+        except UnicodeDecodeError as err:
+            raise DataError(f"{csv_path}: not UTF-8 text ({err}); save it as CSV UTF-8") from None
     else:
         entries = _entries_from_tree(root, report, labeled)
     return _load_entries(entries, resolution, report, labeled)
