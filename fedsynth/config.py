@@ -68,6 +68,10 @@ class FederationSection(_Section):
     )
     dirichlet_alpha: float = Field(0.5, gt=0, description="Concentration of the label-skew partition.")
     min_site_images: int = Field(10, ge=2, description="Every simulated site gets at least this many images.")
+    site_keys: dict[str, str] = Field(
+        default_factory=dict, description="Server's registry: site name -> Ed25519 public key file. Empty in "
+        "a simulation: each simulated site gets a key pair in sites.state_dir.",
+    )
     min_sites: int = Field(1, ge=1, description="The run stops if fewer sites than this return a usable release.")
     site_timeout_s: float = Field(3600.0, gt=0, description="A site that has not replied after this long is dropped.")
     cpus_per_site: float = Field(1.0, gt=0, description="CPU cores reserved for each simulated site.")
@@ -78,15 +82,58 @@ class GANSection(_Section):
     family: Literal["gan"] = "gan"
     latent_dim: int = Field(64, ge=2, description="Size of the noise vector.")
     base_channels: int = Field(32, ge=4, description="Width of the narrowest convolution (doubles per level).")
-    epochs: int = Field(40, ge=1, description="Passes over the site's training images.")
-    batch_size: int = Field(64, ge=2)
+    epochs: int = Field(50, ge=1, description="Passes over the site's training images.")
+    batch_size: int = Field(16, ge=2, description="Real images per discriminator step (the expected size under DP).")
     lr_generator: float = Field(2e-4, gt=0)
     lr_discriminator: float = Field(2e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1, description="Adam beta1 for both networks.")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="Decay of the generator EMA used for sampling (0: off).")
+    loss: Literal["bce", "hinge"] = Field("bce", description="Adversarial loss: non-saturating BCE or hinge.")
     diff_augment: bool = Field(
         True, description="Differentiable augmentation of the discriminator's inputs (helps small sites)."
     )
+
+
+class PrivacySection(_Section):
+    """Differential privacy for every module that sees real images (DP-SGD via Opacus)."""
+
+    epsilon: float = Field(..., gt=0, description="Target epsilon of one site's generator training.")
+    delta: float | None = Field(
+        None, gt=0, lt=1, description="Target delta; default min(1e-5, 1/(10 n)) for a site of n images."
+    )
+    max_grad_norm: float = Field(1.0, gt=0, description="Per-sample gradient clipping bound.")
+    accountant: Literal["rdp", "prv"] = Field("rdp", description="Accountant for calibration and reporting.")
+    secure_rng: bool = Field(False, description="Cryptographically secure noise (needs torchcsprng).")
+
+
+class BudgetSection(_Section):
+    epsilon: float = Field(30.0, gt=0, description="A site's total epsilon over everything in its ledger.")
+    delta: float = Field(1e-5, gt=0, lt=1, description="The delta at which the budget is composed.")
+
+
+class SitesSection(_Section):
+    """What simulated sites decide for themselves (in a deployment: each site's site.yaml)."""
+
+    state_dir: str = Field(
+        "", description="Where simulated sites keep their keys and ledgers; empty = inside the run directory. "
+        "Point several runs at one folder to compose their budgets.",
+    )
+    budget: BudgetSection = Field(default_factory=BudgetSection)
+    budgets: dict[str, BudgetSection] = Field(
+        default_factory=dict, description="Per-site budget overrides, by site name (site-0, site-1, ...)."
+    )
+
+    def budget_for(self, site: str) -> BudgetSection:
+        return self.budgets.get(site, self.budget)
+
+
+class GateSection(_Section):
+    enabled: bool = Field(True, description="Drop synthetic images that sit too close to a training image.")
+    quantile: float = Field(
+        0.01, ge=0, lt=0.5, description="Threshold: this quantile of real-to-real nearest-neighbour distances."
+    )
+    max_rounds: int = Field(5, ge=1, description="Rounds of re-sampling to replace dropped images.")
+    membership_audit: bool = Field(True, description="Measure a membership-inference attack's AUC on the release.")
 
 
 class ReleaseSection(_Section):
@@ -132,12 +179,20 @@ class RunConfig(_Section):
     data: DataSection = Field(default_factory=DataSection)
     federation: FederationSection = Field(default_factory=FederationSection)
     generator: GANSection = Field(default_factory=GANSection)
+    privacy: PrivacySection | None = Field(None, description="Absent: no DP, and every output says not private.")
+    sites: SitesSection = Field(default_factory=SitesSection)
+    gate: GateSection = Field(default_factory=GateSection)
     release: ReleaseSection = Field(default_factory=ReleaseSection)
     classifier: ClassifierSection = Field(default_factory=ClassifierSection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
+        if self.privacy is not None and self.privacy.delta is not None:
+            for name, b in {"sites.budget": self.sites.budget, **{f"sites.budgets.{k}": v for k, v in
+                                                                self.sites.budgets.items()}}.items():
+                if self.privacy.delta > b.delta:
+                    raise ValueError(f"privacy.delta ({self.privacy.delta:g}) exceeds {name}.delta ({b.delta:g})")
         if self.federation.min_sites > self.federation.num_sites:
             raise ValueError(
                 f"federation.min_sites ({self.federation.min_sites}) exceeds "
@@ -247,3 +302,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = _merge(data, parse_overrides(overrides))
         origin += " + overrides"
     return _validate(RunConfig, data, origin)
+
+
+class SiteConfig(_Section):
+    """A deployed site's own settings (site.yaml, named by the SuperNode's node config).
+
+    The site, not the server, decides its budget; its keys and ledger live in state_dir.
+    """
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    data_path: str = Field(..., description="The site's images: an npz bundle or a folder (see README, Data).")
+    state_dir: str = Field(..., description="Holds <name>.key, <name>.pub and ledger.jsonl; keep it backed up.")
+    budget: BudgetSection = Field(default_factory=BudgetSection)
+    output_dir: str = Field("", description="Site-local outputs (grids, generator); default state_dir/outputs.")
+    device: Device = "auto"
+
+
+def load_site_config(path: str | Path) -> SiteConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"site config not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"site config {p} is not valid YAML: {err}") from None
+    try:
+        return SiteConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, str(p)).replace("run config", "site config")) from None

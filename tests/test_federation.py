@@ -7,7 +7,7 @@ import pytest
 from flwr.app import Error, Message, MessageType, RecordDict
 
 from fedsynth.client.site import Site
-from fedsynth.client.site_data import simulated_sites
+from fedsynth.client.site_data import simulated_site_state, simulated_sites, simulation_registry
 from fedsynth.errors import FederationError
 from fedsynth.protocol import (
     Release,
@@ -25,7 +25,13 @@ from fedsynth.server.server_app import GridTransport
 
 
 def _sites(cfg, run_dir):
-    return [Site(s, run_dir.site_dir(s.name), device="cpu") for s in simulated_sites(cfg)]
+    simulation_registry(cfg, run_dir.path)  # every simulated site gets its key pair
+    return [Site(s, simulated_site_state(cfg, run_dir.path, s.name), run_dir.site_dir(s.name), device="cpu")
+            for s in simulated_sites(cfg)]
+
+
+def _run(cfg, sites, run_dir):
+    return run_substitution(cfg, LocalTransport(sites), run_dir, simulation_registry(cfg, run_dir.path))
 
 
 class BrokenSite(Site):
@@ -35,7 +41,7 @@ class BrokenSite(Site):
 
 def test_local_federation_end_to_end(tiny_config):
     run_dir = RunDir.create(tiny_config)
-    metrics = run_substitution(tiny_config, LocalTransport(_sites(tiny_config, run_dir)), run_dir)
+    metrics = _run(tiny_config, _sites(tiny_config, run_dir), run_dir)
     assert set(metrics["sites"]) == {"site-0", "site-1", "site-2"}
     for site in metrics["sites"].values():
         assert site["status"] == "ok"
@@ -57,8 +63,8 @@ def test_local_federation_end_to_end(tiny_config):
 def test_failed_site_is_dropped_with_its_reason(tiny_config):
     run_dir = RunDir.create(tiny_config)
     sites = _sites(tiny_config, run_dir)
-    sites[1] = BrokenSite(sites[1].data, None, device="cpu")
-    metrics = run_substitution(tiny_config, LocalTransport(sites), run_dir)
+    sites[1] = BrokenSite(sites[1].data, sites[1].state, None, device="cpu")
+    metrics = _run(tiny_config, sites, run_dir)
     assert metrics["sites"]["site-1"]["status"] == "failed"
     assert "disk full" in metrics["sites"]["site-1"]["failures"][0]["reason"]
     assert metrics["sites"]["site-0"]["status"] == "ok"
@@ -69,9 +75,9 @@ def test_too_few_sites_stops_with_a_clear_error(tiny_config):
     tiny_config.federation.min_sites = 3
     run_dir = RunDir.create(tiny_config)
     sites = _sites(tiny_config, run_dir)
-    sites[0] = BrokenSite(sites[0].data, None, device="cpu")
+    sites[0] = BrokenSite(sites[0].data, sites[0].state, None, device="cpu")
     with pytest.raises(FederationError, match="min_sites=3.*disk full"):
-        run_substitution(tiny_config, LocalTransport(sites), run_dir)
+        _run(tiny_config, sites, run_dir)
 
 
 def test_malformed_releases_are_rejected(tiny_config):

@@ -4,8 +4,9 @@ No ML or privacy logic lives here. Where the site's data comes from:
 
 * simulation: ``partition-id`` in the node config picks this site's share of the
   dataset named by the run config (:mod:`fedsynth.client.site_data`);
-* deployment: ``data-path`` in the node config (``flower-supernode --node-config
-  'data-path=/data/site-a site-name=site-a'``) points at the site's own files.
+* deployment: ``site-config`` in the node config (``flower-supernode --node-config
+  'site-config="/etc/fedsynth/site-a.yaml"'``) names the site's own settings: its
+  data, its keys and ledger, its budget (:mod:`fedsynth.client.deployment`).
 
 A failure inside the site becomes an error reply whose reason starts with the site's
 name, so the server can report which site failed and why.
@@ -22,9 +23,9 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
 from fedsynth.classifier.train import Classifier
-from fedsynth.client.deployment import deployed_site_data
+from fedsynth.client.deployment import deployed_site, site_config_from_node
 from fedsynth.client.site import Site
-from fedsynth.client.site_data import simulated_site
+from fedsynth.client.site_data import simulated_site, simulated_site_state
 from fedsynth.config import RunConfig
 from fedsynth.protocol import (
     decode_evaluate_request,
@@ -40,15 +41,22 @@ SITE_ERROR = 1001  # Error.code of a failure fedsynth caught and explained
 
 def site_for(context: Context, config: RunConfig, run_dir: str) -> Site:
     node = context.node_config
-    if "data-path" in node:
-        data = deployed_site_data(node, config)
-        out = node.get("output-dir") or str(Path("fedsynth-site") / data.name)
-        return Site(data, str(out), device=config.run.device)
+    if "site-config" in node:
+        data, state, site = deployed_site(node, config)
+        out = site.output_dir or str(Path(site.state_dir) / "outputs")
+        return Site(data, state, out, device=site.device)
     if "partition-id" in node:
+        if int(node.get("num-partitions", config.federation.num_sites)) != config.federation.num_sites:
+            raise RuntimeError(
+                f"the simulation has {node['num-partitions']} SuperNodes but federation.num_sites is "
+                f"{config.federation.num_sites}; start it with as many SuperNodes as sites"
+            )
         data = simulated_site(config, int(node["partition-id"]))
+        state = simulated_site_state(config, run_dir, data.name)
+        state.ensure_keys()
         out = Path(run_dir) / "sites" / data.name if run_dir else None
-        return Site(data, out, device=config.run.device)
-    raise RuntimeError("node config has neither 'data-path' (deployment) nor 'partition-id' (simulation)")
+        return Site(data, state, out, device=config.run.device)
+    raise RuntimeError("node config has neither 'site-config' (deployment) nor 'partition-id' (simulation)")
 
 
 def _threads(config: RunConfig) -> None:
@@ -58,8 +66,11 @@ def _threads(config: RunConfig) -> None:
 
 def _site_label(context: Context) -> str:
     node = context.node_config
-    if "site-name" in node:
-        return str(node["site-name"])
+    if "site-config" in node:
+        try:
+            return site_config_from_node(node).name
+        except Exception:  # the label of a failure must not fail itself
+            return Path(str(node["site-config"])).stem
     if "partition-id" in node:
         return f"site-{int(node['partition-id'])}"
     return f"node-{context.node_id}"

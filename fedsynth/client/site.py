@@ -2,8 +2,12 @@
 
 The site holds its real images and never lets them out. It answers two requests:
 
-* ``release``: train a generator on its real training split and return synthetic
-  images with their labels and a few statistics (a :class:`~fedsynth.protocol.Release`);
+* ``release``: check the request against its privacy budget (refusing before any
+  training if it would overspend), train a generator on its real training split (with
+  DP-SGD when the run asks for it), record the training in its signed ledger, pass the
+  samples through the release gate, record the release, and return the synthetic
+  images with their labels, statistics and the signed ledger (a
+  :class:`~fedsynth.protocol.Release`);
 * ``evaluate``: score the server's classifier on its real test split and return only
   metrics and class-wise score histograms (an :class:`~fedsynth.protocol.EvalResult`).
 
@@ -29,6 +33,11 @@ from fedsynth.data.partition import SiteSplit
 from fedsynth.errors import DataError
 from fedsynth.evaluation.grids import image_grid
 from fedsynth.generators import build_generator
+from fedsynth.privacy.dp import BudgetCheck, DPPlan, check_budget, plan_training
+from fedsynth.privacy.gate import membership_auc, release_gate
+from fedsynth.privacy.ledger import DP_TRAINING, RELEASE, TRAINING, spent_epsilon
+from fedsynth.privacy.release import content_hash
+from fedsynth.privacy.state import SiteState
 from fedsynth.protocol import EvalResult, Release
 
 log = logging.getLogger("fedsynth.site")
@@ -41,8 +50,11 @@ def site_seed(run_seed: int, site: str) -> int:
 
 
 class Site:
-    def __init__(self, data: SiteSplit, output_dir: str | Path | None = None, device: str = "auto"):
+    def __init__(self, data: SiteSplit, state: SiteState, output_dir: str | Path | None = None, device: str = "auto"):
+        if state.name != data.name:
+            raise ValueError(f"site state {state.name!r} does not belong to site {data.name!r}")
         self.data = data
+        self.state = state
         self.name = data.name
         self.output_dir = Path(output_dir) if output_dir else None
         self.device = device
@@ -55,14 +67,28 @@ class Site:
         seed = site_seed(config.run.seed, self.name)
         counts = train.class_counts()
         min_class = config.release.min_class_images
-        released, withheld = [], {}
+        per_class, withheld = {}, {}
         for c, name in enumerate(CLASS_NAMES):
             if counts[name] >= min_class:
-                released.append(c)
+                per_class[c] = config.release.n_per_class
             else:
                 withheld[name] = f"{counts[name]} training images, fewer than release.min_class_images={min_class}"
-        if not released:
+        if not per_class:
             raise DataError(f"{self.name}: no class has release.min_class_images={min_class} training images")
+
+        # privacy first: refuse before any training step if the budget does not allow it
+        fingerprint = train.fingerprint()
+        ledger, key = self.state.ledger(), self.state.signing_key()
+        plan: DPPlan | None = None
+        budget_check: BudgetCheck | None = None
+        if config.privacy is not None:
+            plan = plan_training(config.privacy, len(train), config.generator.batch_size, config.generator.epochs)
+            budget_check = check_budget(self.name, ledger.entries(), plan, self.state.budget, fingerprint)
+            log.info("%s: DP plan noise=%.3f q=%.4f steps=%d; budget spent %.3g -> %.3g of %g", self.name,
+                     plan.noise_multiplier, plan.sample_rate, plan.steps, budget_check.spent_before,
+                     budget_check.spent_after, self.state.budget.epsilon)
+        else:
+            ledger.entries()  # a damaged ledger stops the site here, before any training
 
         gen = build_generator(config.generator, config.data.resolution, seed=seed, device=self.device)
         started = time.perf_counter()
@@ -73,25 +99,78 @@ class Site:
                 log.info("%s: generator epoch %d/%d loss_d=%.3f loss_g=%.3f", self.name, epoch, total,
                          row.get("loss_d", float("nan")), row.get("loss_g", float("nan")))
 
-        report = gen.fit(train.images, train.labels, progress=progress)
-        n = config.release.n_per_class
-        labels = np.repeat(np.asarray(released, dtype=np.int64), n)
-        images = gen.sample(len(labels), labels, seed=seed + 1)
+        report = gen.fit(train.images, train.labels, privacy=plan, progress=progress)
+        training_entry = ledger.append(self._training_entry(run_id, fingerprint, gen.family, report), key)
+
+        # the release gate, then the membership audit on what will actually be released
+        if config.gate.enabled:
+            gate = release_gate(
+                lambda n, c, s: gen.sample(n, c, seed=s), per_class, train.images, train.labels,
+                config.gate.quantile, config.gate.max_rounds, seed,
+            )
+            images, labels, gate_summary = gate.images, gate.labels, gate.summary()
+        else:
+            labels = np.concatenate([np.full(n, c, dtype=np.int64) for c, n in per_class.items()])
+            images, gate_summary = gen.sample(len(labels), labels, seed=seed + 1), {"enabled": False}
+        images_u8, labels_u8 = to_uint8(images), labels.astype(np.uint8)
+        mia = None
+        if config.gate.membership_audit:
+            mia = membership_auc(train.images, self.data.test.images, images_u8.astype(np.float32) / 255, seed=seed)
+        accountant = config.privacy.accountant if config.privacy else "rdp"
+        budget = self.state.budget
+        release_entry = ledger.append(
+            {
+                "type": RELEASE,
+                "run_id": run_id,
+                "dataset_fingerprint": fingerprint,
+                "content_hash": content_hash(images_u8, labels_u8),
+                "n_images": int(len(labels_u8)),
+                "per_class": {CLASS_NAMES[c]: int((labels_u8 == c).sum()) for c in per_class},
+                "training_entry": training_entry["hash"],
+                "private": plan is not None,
+                "gate": gate_summary,
+                "membership_auc": mia,
+                "budget": {"epsilon": budget.epsilon, "delta": budget.delta},
+                "spent": {"epsilon": spent_epsilon(ledger.entries(), budget.delta, accountant),
+                          "delta": budget.delta, "accountant": accountant},
+            },
+            key,
+        )
         self._write_local_outputs(gen, images, labels, config)
         meta = {
             "site": self.name,
             "run_id": run_id,
             "fedsynth_version": __version__,
-            "generator": {"family": gen.family, **report.to_dict()},
+            "generator": {"family": gen.family, **{k: v for k, v in report.to_dict().items() if k != "history"}},
             "train_counts": counts,
             "test_counts": self.data.test.class_counts(),
-            "released_per_class": {CLASS_NAMES[c]: n for c in released},
+            "released_per_class": release_entry["per_class"],
             "withheld_classes": withheld,
             "phantom": bool(train.phantom),
-            "private": False,
+            "private": plan is not None,
+            "privacy": {
+                "epsilon": training_entry.get("epsilon"),
+                "delta": plan.delta if plan else None,
+                "spent_epsilon": release_entry["spent"]["epsilon"],
+                "budget": release_entry["budget"],
+            },
+            "gate": gate_summary,
+            "membership_auc": mia,
             "seconds": time.perf_counter() - started,
+            "ledger": ledger.entries(),
         }
-        return Release(site=self.name, images=to_uint8(images), labels=labels.astype(np.uint8), meta=meta)
+        return Release(site=self.name, images=images_u8, labels=labels_u8, meta=meta)
+
+    def _training_entry(self, run_id: str, fingerprint: str, family: str, report) -> dict:
+        body = {
+            "run_id": run_id,
+            "dataset_fingerprint": fingerprint,
+            "details": {"generator": family, "epochs": report.epochs, "steps": report.steps,
+                        "n_train": len(self.data.train)},
+        }
+        if report.privacy is None:
+            return {"type": TRAINING, **body, "mechanism": None, "epsilon": None}
+        return {"type": DP_TRAINING, **body, **report.privacy}
 
     def _write_local_outputs(self, gen, images: np.ndarray, labels: np.ndarray, config: RunConfig) -> None:
         if self.output_dir is None:

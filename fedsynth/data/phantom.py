@@ -112,11 +112,11 @@ def _render(
             side = rng.choice([-1.0, 1.0])
             px = side * a.lung_gap + u(-0.6, 0.6) * a.lung_w
             py = a.lung_y + u(-0.2, 0.75) * a.lung_h  # lower zones more often
-            r = u(0.1, 0.26)
+            r = u(0.14, 0.3)
             blob = np.exp(-(((x - px) ** 2 + ((y - py) / 1.3) ** 2) / (2 * r**2)))
             opacity += u(0.5, 1.0) * blob
         patchy = np.clip(0.65 + 0.6 * _smooth_noise(rng, size, 10), 0.0, 1.4)
-        density = u(0.07, 0.28)
+        density = u(0.15, 0.4)
         img = img + density * np.clip(opacity, 0, 1.2) * patchy * lungs
 
     # exposure: gamma and window, then blur-free quantum noise

@@ -34,6 +34,7 @@ from fedsynth.generators.base import (
     check_training_data,
     seeded,
 )
+from fedsynth.privacy.dp import DPPlan, PrivateTraining
 
 
 def _levels(resolution: int) -> int:
@@ -76,29 +77,45 @@ def diff_augment(x: torch.Tensor) -> torch.Tensor:
     return torch.where(cut.unsqueeze(1), torch.full_like(x, -1.0), x)
 
 
+class ConditionalBatchNorm(nn.Module):
+    """BatchNorm whose scale and shift depend on the class (de Vries et al. 2017)."""
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        self.gain = nn.Embedding(num_classes, channels)
+        self.bias = nn.Embedding(num_classes, channels)
+        nn.init.ones_(self.gain.weight)
+        nn.init.zeros_(self.bias.weight)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.norm(x) * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None]
+
+
 class GeneratorNet(nn.Module):
     def __init__(self, resolution: int, latent_dim: int, base: int, num_classes: int = 2):
         super().__init__()
         levels = _levels(resolution)
         self.latent_dim = latent_dim
         top = base * 2 ** (levels - 1)
-        self.embed = nn.Embedding(num_classes, latent_dim)
-        self.project = nn.Linear(2 * latent_dim, top * 16, bias=False)
-        self.project_norm = nn.BatchNorm2d(top)
+        self.project = nn.Linear(latent_dim, top * 16, bias=False)
         self.top = top
-        blocks: list[nn.Module] = []
+        self.norms = nn.ModuleList([ConditionalBatchNorm(top, num_classes)])
+        self.ups = nn.ModuleList()
         ch = top
         for _ in range(levels):
             out = max(base, ch // 2)
-            blocks += [nn.ConvTranspose2d(ch, out, 4, 2, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+            self.ups.append(nn.ConvTranspose2d(ch, out, 4, 2, 1, bias=False))
+            self.norms.append(ConditionalBatchNorm(out, num_classes))
             ch = out
-        self.body = nn.Sequential(*blocks)
         self.to_image = nn.Conv2d(ch, 1, 3, 1, 1)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = self.project(torch.cat([z, self.embed(y)], dim=1)).view(-1, self.top, 4, 4)
-        h = F.relu(self.project_norm(h))
-        return torch.tanh(self.to_image(self.body(h)))
+        h = self.project(z).view(-1, self.top, 4, 4)
+        h = F.relu(self.norms[0](h, y))
+        for up, norm in zip(self.ups, self.norms[1:]):
+            h = F.relu(norm(up(h), y))
+        return torch.tanh(self.to_image(h))
 
 
 class DiscriminatorNet(nn.Module):
@@ -122,6 +139,20 @@ class DiscriminatorNet(nn.Module):
         return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)
 
 
+def _d_loss(logits: torch.Tensor, n_real: int, kind: str) -> torch.Tensor:
+    """Discriminator loss over one batch whose first ``n_real`` rows are real."""
+    real, fake = logits[:n_real], logits[n_real:]
+    if kind == "hinge":
+        per_row = torch.cat([F.relu(1.0 - real), F.relu(1.0 + fake)])
+    else:
+        per_row = torch.cat([F.softplus(-real), F.softplus(fake)])  # BCE with targets 1 / 0
+    return per_row.mean()
+
+
+def _g_loss(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    return -logits.mean() if kind == "hinge" else F.softplus(-logits).mean()
+
+
 class ConditionalGAN(Generator):
     family = "gan"
 
@@ -142,31 +173,42 @@ class ConditionalGAN(Generator):
         self,
         images: np.ndarray,
         labels: np.ndarray,
-        privacy: Any = None,
+        privacy: DPPlan | None = None,
         progress: ProgressFn | None = None,
     ) -> FitReport:
+        """Train on (images, labels); with a DP plan the discriminator trains with DP-SGD."""
         images, labels = check_training_data(images, labels, self.resolution)
-        if privacy is not None:
-            raise ValueError("privacy: DP training is wired through fedsynth.privacy; see issue 3")
         cfg = self.config
+        if privacy is not None and (privacy.n != len(images) or privacy.epochs != cfg.epochs):
+            raise ValueError(
+                f"privacy: the plan was made for {privacy.n} images and {privacy.epochs} epochs; "
+                f"got {len(images)} images and {cfg.epochs} epochs"
+            )
         x = torch.from_numpy(images)[:, None] * 2.0 - 1.0
         y = torch.from_numpy(labels)
+        batch = privacy.batch_size if privacy is not None else min(cfg.batch_size, len(x))
         with seeded(self.seed + 1):
-            loader_gen = torch.Generator().manual_seed(self.seed + 2)
             loader = DataLoader(
                 TensorDataset(x, y),
-                batch_size=min(cfg.batch_size, len(x)),
-                shuffle=True,
-                drop_last=len(x) >= 2 * cfg.batch_size,
-                generator=loader_gen,
+                batch_size=batch,
+                shuffle=privacy is None,  # under DP, Opacus replaces this with Poisson sampling
+                drop_last=privacy is None and len(x) >= 2 * batch,
+                generator=torch.Generator().manual_seed(self.seed + 2),
             )
-            return self._train(loader, progress)
+            return self._train(loader, progress, privacy)
 
-    def _train(self, loader: DataLoader, progress: ProgressFn | None) -> FitReport:
+    def _train(self, loader: DataLoader, progress: ProgressFn | None, privacy: DPPlan | None) -> FitReport:
         cfg = self.config
         g, d = self.generator, self.discriminator
         opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_generator, betas=(cfg.beta1, 0.999))
         opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_discriminator, betas=(cfg.beta1, 0.999))
+        d_step = d
+        dp = None
+        if privacy is not None:
+            # Only the discriminator sees real images, so only it is made private; the
+            # generator learns through it and is post-processing of its DP outputs.
+            dp = PrivateTraining(privacy)
+            d_step, opt_d, loader = dp.wrap(d, opt_d, loader, torch.Generator().manual_seed(self.seed + 3))
         g.train()
         d.train()
         start = time.perf_counter()
@@ -176,45 +218,58 @@ class ConditionalGAN(Generator):
             sums = {"loss_d": 0.0, "loss_g": 0.0, "d_real": 0.0, "d_fake": 0.0}
             batches = 0
             for xb, yb in loader:
-                if xb.shape[0] == 0:
+                b = xb.shape[0]
+                if privacy is None and b == 0:
                     continue
                 xb, yb = xb.to(self.device), yb.to(self.device)
-                b = xb.shape[0]
+                if privacy is not None:
+                    # a fixed number of fakes with random labels: nothing about the fake rows
+                    # may depend on which real images the Poisson sample drew
+                    n_fake = privacy.expected_batch_size
+                    y_fake = torch.randint(0, 2, (n_fake,), device=self.device)
+                else:
+                    n_fake, y_fake = b, yb
                 # discriminator: real and fake rows in one forward pass
                 with torch.no_grad():
-                    fake = g(torch.randn(b, cfg.latent_dim, device=self.device), yb)
-                both = torch.cat([xb, fake])
+                    fake = g(torch.randn(n_fake, cfg.latent_dim, device=self.device), y_fake)
+                both = torch.cat([xb.to(fake.dtype), fake])
                 if cfg.diff_augment:
                     both = diff_augment(both)
-                logits = d(both, torch.cat([yb, yb]))
-                target = torch.cat([torch.ones(b, device=self.device), torch.zeros(b, device=self.device)])
-                loss_d = F.binary_cross_entropy_with_logits(logits, target)
+                logits = d_step(both, torch.cat([yb, y_fake]))
+                loss_d = _d_loss(logits, b, cfg.loss)
                 opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
                 opt_d.step()
-                # generator: non-saturating loss through the (frozen) discriminator
-                yg = yb[torch.randperm(b, device=self.device)]
+                # generator: through the frozen discriminator, per-sample hooks off
+                if dp is not None:
+                    d_step.disable_hooks()
                 d.requires_grad_(False)
-                fake_g = g(torch.randn(b, cfg.latent_dim, device=self.device), yg)
+                yg = y_fake[torch.randperm(n_fake, device=self.device)]
+                fake_g = g(torch.randn(n_fake, cfg.latent_dim, device=self.device), yg)
                 logits_g = d(diff_augment(fake_g) if cfg.diff_augment else fake_g, yg)
-                loss_g = F.binary_cross_entropy_with_logits(logits_g, torch.ones(b, device=self.device))
+                loss_g = _g_loss(logits_g, cfg.loss)
                 opt_g.zero_grad(set_to_none=True)
                 loss_g.backward()
                 opt_g.step()
                 d.requires_grad_(True)
+                if dp is not None:
+                    d_step.enable_hooks()
                 steps += 1
                 self._update_ema(steps)
                 seen += b
                 batches += 1
                 sums["loss_d"] += loss_d.item()
                 sums["loss_g"] += loss_g.item()
-                sums["d_real"] += torch.sigmoid(logits[:b]).mean().item()
+                if b:
+                    sums["d_real"] += torch.sigmoid(logits[:b]).mean().item()
                 sums["d_fake"] += torch.sigmoid(logits[b:]).mean().item()
             row = {k: v / max(batches, 1) for k, v in sums.items()}
             row["epoch"] = epoch + 1
             history.append(row)
             if progress is not None:
                 progress(epoch + 1, cfg.epochs, row)
+        if dp is not None:
+            d_step.remove_hooks()
         self.fitted = True
         return FitReport(
             family=self.family,
@@ -223,6 +278,7 @@ class ConditionalGAN(Generator):
             seconds=time.perf_counter() - start,
             images_seen=seen,
             history=history,
+            privacy=dp.result() if dp is not None else None,
         )
 
     @torch.no_grad()

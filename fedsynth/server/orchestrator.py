@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -32,6 +34,9 @@ from fedsynth.data.dataset import CLASS_NAMES, from_uint8
 from fedsynth.errors import FederationError
 from fedsynth.evaluation.grids import image_grid
 from fedsynth.generators.base import ProgressFn
+from fedsynth.privacy.keys import load_public_key
+from fedsynth.privacy.ledger import canonical
+from fedsynth.privacy.release import check_signed_release
 from fedsynth.protocol import EvalResult, EvaluateRequest, Release, TrainRequest
 from fedsynth.server.rundir import CLASSIFIER_FILE, METRICS_FILE, RunDir, write_json
 
@@ -42,6 +47,7 @@ PHANTOM_WARNING = (
     "they show the pipeline works, not that the classifier does."
 )
 NOT_PRIVATE_WARNING = "NOT PRIVATE: no site trained with differential privacy in this run."
+PARTLY_PRIVATE_WARNING = "NOT PRIVATE at every site: these releases were trained without DP: {sites}."
 
 
 ProgressFactory = Callable[[str, int], AbstractContextManager[ProgressFn | None]]
@@ -121,10 +127,38 @@ def _require_sites(n_ok: int, config: RunConfig, stage: str, failures: list[Site
         )
 
 
+def verify_release(rel: Release, config: RunConfig, registry: dict[str, Path]) -> str | None:
+    """Shape checks, then signature, chain, epsilon and budget checks; None when acceptable."""
+    problem = check_release(rel, config)
+    if problem:
+        return problem
+    key_path = registry.get(rel.site)
+    key = load_public_key(key_path) if key_path is not None else None
+    required = config.privacy.epsilon if config.privacy is not None else None
+    return check_signed_release(rel.site, rel.images, rel.labels, rel.meta.get("ledger"), key, required)
+
+
+def _keep_ledger(rel: Release, run_dir: RunDir, registry: dict[str, Path]) -> None:
+    """Copy the site's ledger (as received, byte for byte) and its registered public key
+    into the run directory, for ``fedsynth audit verify``."""
+    ledgers = run_dir.path / "ledgers"
+    ledgers.mkdir(exist_ok=True)
+    (ledgers / f"{rel.site}.jsonl").write_bytes(b"".join(canonical(e) + b"\n" for e in rel.meta["ledger"]))
+    if rel.site in registry:
+        shutil.copyfile(registry[rel.site], ledgers / f"{rel.site}.pub")
+
+
 def run_substitution(
-    config: RunConfig, transport: Transport, run_dir: RunDir, progress: ProgressFactory = no_progress
+    config: RunConfig,
+    transport: Transport,
+    run_dir: RunDir,
+    registry: dict[str, Path],
+    progress: ProgressFactory = no_progress,
 ) -> dict:
-    """Run one data-substitution round end to end; returns (and writes) metrics.json."""
+    """Run one data-substitution round end to end; returns (and writes) metrics.json.
+
+    ``registry`` maps each site's name to the public key the server trusts for it.
+    """
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     failures: list[SiteFailure] = []
@@ -135,7 +169,9 @@ def run_substitution(
     failures += failed
     accepted: list[Release] = []
     for rel in releases:
-        problem = check_release(rel, config)
+        problem = verify_release(rel, config, registry)
+        if isinstance(rel.meta.get("ledger"), list) and rel.meta["ledger"]:
+            _keep_ledger(rel, run_dir, registry)
         if problem:
             log.warning("release from %s rejected: %s", rel.site, problem)
             failures.append(SiteFailure(rel.site, "release-check", problem))
@@ -222,7 +258,8 @@ def _metrics_document(
 ) -> dict:
     sites: dict[str, dict] = {}
     for rel in releases:
-        sites[rel.site] = {"status": "ok", "release": {**rel.meta, "n_released": int(len(rel.labels))}}
+        shown = {k: v for k, v in rel.meta.items() if k != "ledger"}
+        sites[rel.site] = {"status": "ok", "release": {**shown, "n_released": int(len(rel.labels))}}
     for res in results:
         sites.setdefault(res.site, {"status": "ok"})["evaluation"] = res.metrics
     for f in failures:
@@ -232,7 +269,11 @@ def _metrics_document(
     warnings = []
     if phantom:
         warnings.append(PHANTOM_WARNING)
-    warnings.append(NOT_PRIVATE_WARNING)
+    not_private = [r.site for r in releases if not r.meta.get("private")]
+    if len(not_private) == len(releases):
+        warnings.append(NOT_PRIVATE_WARNING)
+    elif not_private:
+        warnings.append(PARTLY_PRIVATE_WARNING.format(sites=", ".join(not_private)))
     if failures:
         warnings.append("sites dropped or failed: " + ", ".join(sorted({f.site for f in failures})))
     return {
@@ -241,7 +282,12 @@ def _metrics_document(
         "fedsynth_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "data": {"source": config.data.source, "resolution": config.data.resolution, "phantom": phantom},
-        "private": False,
+        "private": bool(releases) and not not_private,
+        "privacy": {
+            "requested": config.privacy.model_dump() if config.privacy else None,
+            "sites": {r.site: {**r.meta.get("privacy", {}), "gate": r.meta.get("gate"),
+                               "membership_auc": r.meta.get("membership_auc")} for r in releases},
+        },
         "warnings": warnings,
         "sites": dict(sorted(sites.items())),
         "pooled": pooled.to_dict() if pooled else None,

@@ -19,7 +19,9 @@ from pathlib import Path
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from fedsynth.client.site_data import simulation_registry
 from fedsynth.config import RunConfig, load_config
+from fedsynth.errors import ConfigError
 from fedsynth.protocol import (
     EvalResult,
     EvaluateRequest,
@@ -106,9 +108,24 @@ class GridTransport:
         return out, failed
 
 
+def site_registry(config: RunConfig, run_dir: RunDir) -> dict[str, Path]:
+    """The public keys the server trusts, by site name.
+
+    A deployment lists them in ``federation.site_keys``; a simulation gives each simulated
+    site a key pair in its state directory (as each hospital would) and registers those.
+    """
+    if config.federation.site_keys:
+        registry = {name: Path(p) for name, p in config.federation.site_keys.items()}
+        missing = [f"{n}: {p}" for n, p in registry.items() if not p.is_file()]
+        if missing:
+            raise ConfigError("federation.site_keys: public key file(s) not found: " + ", ".join(missing))
+        return registry
+    return simulation_registry(config, run_dir.path)
+
+
 def serve(grid: Grid, config: RunConfig, run_dir: RunDir, progress: ProgressFactory = no_progress) -> dict:
     transport = GridTransport(grid, config.federation.num_sites, config.federation.site_timeout_s)
-    return run_substitution(config, transport, run_dir, progress)
+    return run_substitution(config, transport, run_dir, site_registry(config, run_dir), progress)
 
 
 def make_server_app(

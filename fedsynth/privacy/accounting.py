@@ -1,0 +1,111 @@
+"""Privacy accounting: epsilon comes from an Opacus accountant and the mechanism, never typed in.
+
+A mechanism is the subsampled Gaussian mechanism of DP-SGD (and of a noisy histogram,
+with sample rate 1 and one step): ``(noise_multiplier, sample_rate, steps)``. A site's
+spending is the composition of every such mechanism in its ledger, computed by the
+same accountant that trained it (RDP or PRV). RDP uses a wider set of orders than
+Opacus's default, because at large noise or many steps the default largest order can be
+the optimal one (Opacus warns) and the bound is then looser than it needs to be.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+ACCOUNTANTS = ("rdp", "prv")
+RDP_ORDERS: list[float] = (
+    [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + list(range(64, 256, 8)) + [256, 384, 512, 1024]
+)
+PRV_EPS_ERROR = 0.01
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """One run of the subsampled Gaussian mechanism, as the accountant sees it."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+    def __post_init__(self) -> None:
+        if not self.noise_multiplier > 0:
+            raise ValueError(f"noise_multiplier must be > 0, got {self.noise_multiplier}")
+        if not 0 < self.sample_rate <= 1:
+            raise ValueError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _accountant(name: str):
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    if name == "rdp":
+        return RDPAccountant()
+    if name == "prv":
+        return PRVAccountant()
+    raise ValueError(f"unknown accountant {name!r} (use one of {', '.join(ACCOUNTANTS)})")
+
+
+def accountant_epsilon(accountant, delta: float) -> float:
+    """Epsilon of an Opacus accountant's history at ``delta``, with fedsynth's settings."""
+    if not accountant.history:
+        return 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "optimal order is the largest": orders are already wide
+        if accountant.mechanism() == "rdp":
+            return float(accountant.get_epsilon(delta=delta, alphas=RDP_ORDERS))
+        return float(accountant.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
+
+
+def epsilon(mechanisms: Iterable[Mechanism], delta: float, accountant: str = "rdp") -> float:
+    """Epsilon of the composition of ``mechanisms`` at ``delta``."""
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    acc = _accountant(accountant)
+    acc.history = [(m.noise_multiplier, m.sample_rate, m.steps) for m in mechanisms if m.steps > 0]
+    return accountant_epsilon(acc, delta)
+
+
+def noise_for_target(
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
+) -> float:
+    """The smallest noise multiplier (to 0.01 in epsilon) that keeps ``steps`` steps within target."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    if not target_epsilon > 0:
+        raise ValueError(f"target epsilon must be > 0, got {target_epsilon}")
+    kwargs = {"alphas": RDP_ORDERS} if accountant == "rdp" else {"eps_error": PRV_EPS_ERROR}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=accountant,
+                epsilon_tolerance=0.01,
+                **kwargs,
+            )
+        )
+
+
+def default_delta(n: int) -> float:
+    """delta well below 1/n: min(1e-5, 1/(10 n))."""
+    if n <= 0:
+        raise ValueError("the dataset is empty")
+    return min(1e-5, 1.0 / (10.0 * n))
+
+
+def same_epsilon(a: float, b: float, rel: float = 1e-6) -> bool:
+    return math.isclose(a, b, rel_tol=rel, abs_tol=1e-9)
+
+
+def history_of(mechanisms: Sequence[Mechanism]) -> list[list[float]]:
+    return [[m.noise_multiplier, m.sample_rate, m.steps] for m in mechanisms]

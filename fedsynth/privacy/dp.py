@@ -1,0 +1,189 @@
+"""DP-SGD wiring: plan a private training, check it against the site's budget, wrap it with Opacus.
+
+The plan fixes the mechanism before any step: Poisson sample rate ``q = 1 / ceil(n / B)``
+(the rate Opacus derives from a loader of batch size B), ``steps = epochs * ceil(n / B)``,
+and the noise multiplier that keeps those steps within the requested epsilon at delta
+for the chosen accountant. The budget check composes that mechanism with everything in
+the site's ledger and refuses before training if the total would exceed the budget.
+After training, epsilon is read from the Opacus accountant that counted the real steps.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from fedsynth.errors import FedsynthError
+from fedsynth.privacy.accounting import Mechanism, accountant_epsilon, default_delta, epsilon, noise_for_target
+from fedsynth.privacy.ledger import dp_mechanisms, non_private_over, spent_epsilon
+
+# Opacus warns on every engine without a secure RNG: every ledger entry records
+# secure_rng instead, and the audit report says it. The backward-hook warning fires on the
+# first layer, whose input (an image) needs no gradient; per-sample gradients are unaffected.
+warnings.filterwarnings("ignore", message="Secure RNG turned off")
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect")
+
+
+class BudgetExceeded(FedsynthError):
+    """A request would spend more privacy than the site's budget allows."""
+
+
+class PrivacyUnavailable(FedsynthError):
+    """A requested privacy feature cannot be provided here (e.g. a secure RNG)."""
+
+
+@dataclass(frozen=True)
+class DPPlan:
+    target_epsilon: float
+    delta: float
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    batch_size: int
+    epochs: int
+    max_grad_norm: float
+    accountant: str
+    secure_rng: bool
+    n: int
+
+    def mechanism(self) -> Mechanism:
+        return Mechanism(self.noise_multiplier, self.sample_rate, self.steps)
+
+    @property
+    def expected_batch_size(self) -> int:
+        """Real examples per step on average under Poisson sampling (q * n)."""
+        return max(1, int(round(self.sample_rate * self.n)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Budget:
+    epsilon: float
+    delta: float
+
+
+def plan_training(privacy: Any, n: int, batch_size: int, epochs: int) -> DPPlan:
+    """A DP-SGD plan for ``n`` private examples (``privacy`` is the config's privacy section)."""
+    if n < 2:
+        raise ValueError("DP training needs at least 2 examples")
+    batch_size = min(batch_size, n)
+    batches = math.ceil(n / batch_size)  # Opacus: sample rate = 1 / len(loader)
+    q = 1.0 / batches
+    steps = epochs * batches
+    delta = privacy.delta if privacy.delta is not None else default_delta(n)
+    if delta >= 1.0 / n:
+        raise ValueError(f"privacy.delta={delta:g} is not below 1/n = {1.0 / n:.3g} for this site's {n} images")
+    if privacy.secure_rng:
+        try:
+            import torchcsprng  # noqa: F401
+        except ImportError:
+            raise PrivacyUnavailable(
+                "privacy.secure_rng=true needs the torchcsprng package, which is not installed"
+            ) from None
+    sigma = noise_for_target(privacy.epsilon, delta, q, steps, privacy.accountant)
+    return DPPlan(
+        target_epsilon=float(privacy.epsilon),
+        delta=float(delta),
+        noise_multiplier=sigma,
+        sample_rate=q,
+        steps=steps,
+        batch_size=batch_size,
+        epochs=epochs,
+        max_grad_norm=float(privacy.max_grad_norm),
+        accountant=privacy.accountant,
+        secure_rng=bool(privacy.secure_rng),
+        n=n,
+    )
+
+
+@dataclass(frozen=True)
+class BudgetCheck:
+    spent_before: float
+    spent_after: float
+    budget: Budget
+    accountant: str
+
+    @property
+    def remaining(self) -> float:
+        return self.budget.epsilon - self.spent_after
+
+
+def check_budget(
+    site: str,
+    entries: list[dict[str, Any]],
+    plan: DPPlan,
+    budget: Budget,
+    fingerprint: str,
+) -> BudgetCheck:
+    """Refuse (BudgetExceeded) before training if ``plan`` would overspend the budget."""
+    if plan.delta > budget.delta:
+        raise BudgetExceeded(
+            f"{site}: the request's delta {plan.delta:g} exceeds the site's budget delta {budget.delta:g}"
+        )
+    tainted = non_private_over(entries, fingerprint)
+    if tainted:
+        raise BudgetExceeded(
+            f"{site}: ledger entry {tainted[0]['index']} trained without DP on this same dataset; "
+            "no DP guarantee can be given for it any more"
+        )
+    before = spent_epsilon(entries, budget.delta, plan.accountant)
+    after = epsilon([*dp_mechanisms(entries), plan.mechanism()], budget.delta, plan.accountant)
+    if after > budget.epsilon + 1e-9:
+        raise BudgetExceeded(
+            f"{site}: this training (epsilon {plan.target_epsilon:g} at delta {plan.delta:g}) composed with the "
+            f"{before:.3g} already spent gives epsilon {after:.3g} at delta {budget.delta:g}, over the site's "
+            f"budget of {budget.epsilon:g}"
+        )
+    return BudgetCheck(before, after, budget, plan.accountant)
+
+
+class PrivateTraining:
+    """Opacus around one module: ``wrap`` before the first step, ``result`` after the last."""
+
+    def __init__(self, plan: DPPlan):
+        from opacus import PrivacyEngine
+
+        self.plan = plan
+        self.engine = PrivacyEngine(accountant=plan.accountant, secure_mode=plan.secure_rng)
+
+    def wrap(self, module, optimizer, loader, noise_generator=None):
+        module, optimizer, loader = self.engine.make_private(
+            module=module,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=self.plan.noise_multiplier,
+            max_grad_norm=self.plan.max_grad_norm,
+            poisson_sampling=True,
+            grad_sample_mode="hooks",
+            noise_generator=noise_generator,
+        )
+        q = 1.0 / len(loader)
+        if not math.isclose(q, self.plan.sample_rate, rel_tol=1e-9):
+            raise RuntimeError(f"Opacus sample rate {q} differs from the planned {self.plan.sample_rate}")
+        return module, optimizer, loader
+
+    def result(self) -> dict[str, Any]:
+        """The mechanism as the accountant counted it, and its epsilon."""
+        history = list(self.engine.accountant.history)
+        if len(history) != 1:
+            raise RuntimeError(f"expected one mechanism in the accountant's history, got {history}")
+        sigma, q, steps = history[0]
+        eps = accountant_epsilon(self.engine.accountant, self.plan.delta)
+        return {
+            "mechanism": {
+                "name": "subsampled-gaussian (DP-SGD, Poisson sampling)",
+                "noise_multiplier": float(sigma),
+                "sample_rate": float(q),
+                "steps": int(steps),
+                "max_grad_norm": self.plan.max_grad_norm,
+                "delta": self.plan.delta,
+                "accountant": self.plan.accountant,
+                "secure_rng": self.plan.secure_rng,
+            },
+            "epsilon": eps,
+            "target_epsilon": self.plan.target_epsilon,
+        }

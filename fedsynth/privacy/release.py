@@ -1,0 +1,74 @@
+"""Signed releases: what a site attaches to its synthetic images, and what the server checks.
+
+A release carries the site's whole ledger. Its last entry (type ``release``) names the
+SHA-256 of the released images and labels, the training entry that produced them, the
+gate's and the membership audit's results, the site's budget and what it has spent. The
+server accepts the release only if, with the public key it has registered for the site,
+the ledger verifies (chain, hashes, signatures, every epsilon recomputed), the content
+hash matches what arrived, and the spending stays within the budget (and, when the run
+asks for DP, the training was DP within the requested epsilon).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fedsynth.privacy.ledger import DP_TRAINING, RELEASE, verify_entries
+
+EPSILON_SLACK = 1e-6  # relative; the accountant's own calibration lands just under target
+
+
+def content_hash(images: np.ndarray, labels: np.ndarray) -> str:
+    h = hashlib.sha256()
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    labels = np.ascontiguousarray(labels, dtype=np.uint8)
+    h.update(np.asarray(images.shape, dtype=np.int64).tobytes())
+    h.update(images.tobytes())
+    h.update(labels.tobytes())
+    return h.hexdigest()
+
+
+def check_signed_release(
+    site: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    ledger: Any,
+    public_key: Ed25519PublicKey | None,
+    required_epsilon: float | None,
+) -> str | None:
+    """Why a release must be rejected, or None when it checks out."""
+    if public_key is None:
+        return f"unknown site {site!r}: no public key is registered for it"
+    if not isinstance(ledger, list) or not ledger:
+        return "unsigned release: no ledger attached"
+    verification = verify_entries(ledger, public_key, "release ledger")
+    if not verification.ok:
+        return "ledger does not verify: " + "; ".join(verification.failures()[:3])
+    last = ledger[-1]
+    if last.get("type") != RELEASE:
+        return "the ledger's last entry is not this release"
+    if last.get("site") != site:
+        return f"the signed release is from {last.get('site')!r}, not {site!r}"
+    if last.get("content_hash") != content_hash(images, labels):
+        return "content does not match its signed hash (tampered in transit or by the sender)"
+    if int(last.get("n_images", -1)) != len(labels):
+        return f"signed entry says {last.get('n_images')} images, {len(labels)} arrived"
+    training = next((e for e in ledger if e.get("hash") == last.get("training_entry")), None)
+    if training is None:
+        return "the training entry this release names is not in the ledger"
+    spent, budget = last.get("spent") or {}, last.get("budget") or {}
+    if required_epsilon is not None:
+        if training.get("type") != DP_TRAINING:
+            return "not trained with differential privacy, but this run requires DP"
+        eps = float(training.get("epsilon", float("inf")))
+        if eps > required_epsilon * (1 + EPSILON_SLACK) + 1e-9:
+            return f"trained at epsilon {eps:.4g}, over the run's required {required_epsilon:g}"
+        if not budget or spent.get("epsilon") is None:
+            return "no budget statement in the signed release entry"
+    if budget and spent.get("epsilon") is not None and float(spent["epsilon"]) > float(budget["epsilon"]) + 1e-9:
+        return f"over budget: spent epsilon {float(spent['epsilon']):.4g} > budget {float(budget['epsilon']):g}"
+    return None
