@@ -1,0 +1,138 @@
+"""DP-SGD: calibration, budgets refused before training, epsilon equal to Opacus's own."""
+
+import numpy as np
+import pytest
+
+from fedsynth.client.site import Site
+from fedsynth.client.site_data import simulated_site_state, simulated_sites
+from fedsynth.config import GANSection, PrivacySection
+from fedsynth.generators import build_generator
+from fedsynth.privacy.accounting import Mechanism, default_delta, epsilon, noise_for_target
+from fedsynth.privacy.dp import Budget, BudgetExceeded, PrivacyUnavailable, check_budget, plan_training
+from fedsynth.privacy.ledger import RELEASE, verify_ledger
+
+TINY_GAN = GANSection(epochs=2, base_channels=8, latent_dim=16, batch_size=16)
+
+
+def test_noise_matches_the_facts_checked_for_kermany():
+    # epsilon 10, delta 1e-5, sample rate 256/5216, 50 epochs (issue 3's facts)
+    q = 256 / 5216
+    steps = int(50 / q)
+    assert noise_for_target(10, 1e-5, q, steps, "rdp") == pytest.approx(1.094, abs=0.005)
+    assert noise_for_target(10, 1e-5, q, steps, "prv") == pytest.approx(1.045, abs=0.005)
+
+
+def test_plan_uses_opacus_sample_rate_and_a_sound_default_delta():
+    plan = plan_training(PrivacySection(epsilon=8), n=500, batch_size=64, epochs=3)
+    assert plan.sample_rate == pytest.approx(1 / 8) and plan.steps == 24
+    assert plan.delta == default_delta(500) < 1 / 500
+    assert epsilon([plan.mechanism()], plan.delta) <= 8.0 + 1e-9
+    with pytest.raises(ValueError, match="not below 1/n"):
+        plan_training(PrivacySection(epsilon=8, delta=0.05), n=50, batch_size=16, epochs=1)
+
+
+def test_secure_rng_without_torchcsprng_is_refused():
+    try:
+        import torchcsprng  # noqa: F401
+    except ImportError:
+        with pytest.raises(PrivacyUnavailable, match="torchcsprng"):
+            plan_training(PrivacySection(epsilon=8, secure_rng=True), n=100, batch_size=16, epochs=1)
+    else:
+        pytest.skip("torchcsprng is installed")
+
+
+def test_recorded_epsilon_equals_opacus_accountant(phantoms16):
+    plan = plan_training(PrivacySection(epsilon=5), len(phantoms16), TINY_GAN.batch_size, TINY_GAN.epochs)
+    gen = build_generator(TINY_GAN, 16, seed=0, device="cpu")
+    report = gen.fit(phantoms16.images, phantoms16.labels, privacy=plan)
+    priv = report.privacy
+    mech = priv["mechanism"]
+    assert (mech["noise_multiplier"], mech["sample_rate"], mech["steps"]) == (
+        plan.noise_multiplier, plan.sample_rate, plan.steps
+    ), "the accountant counted exactly the planned steps"
+    from opacus.accountants import RDPAccountant
+
+    from fedsynth.privacy.accounting import RDP_ORDERS
+
+    fresh = RDPAccountant()
+    fresh.history = [(mech["noise_multiplier"], mech["sample_rate"], mech["steps"])]
+    assert priv["epsilon"] == pytest.approx(fresh.get_epsilon(delta=plan.delta, alphas=RDP_ORDERS), rel=1e-12)
+    assert 4.5 < priv["epsilon"] <= 5.0 + 1e-9
+
+
+def test_empty_poisson_batches_do_not_break_training_or_accounting():
+    from fedsynth.data.phantom import make_phantoms
+
+    ds = make_phantoms(24, 16, seed=1)
+    cfg = GANSection(epochs=3, base_channels=8, latent_dim=8, batch_size=2)  # q = 1/12: empty batches are common
+    plan = plan_training(PrivacySection(epsilon=20, delta=1e-3), len(ds), cfg.batch_size, cfg.epochs)
+    report = build_generator(cfg, 16, seed=0, device="cpu").fit(ds.images, ds.labels, privacy=plan)
+    assert report.privacy["mechanism"]["steps"] == plan.steps == 36
+    assert report.steps == 36
+
+
+def test_budget_composes_the_ledger_and_refuses():
+    plan = plan_training(PrivacySection(epsilon=6, delta=1e-5), n=200, batch_size=20, epochs=2)
+    prior = [{"type": "dp-training", "mechanism": {**plan.mechanism().to_dict(), "delta": 1e-5, "accountant": "rdp"},
+              "dataset_fingerprint": "x"}]
+    ok = check_budget("s", [], plan, Budget(10, 1e-5), "x")
+    assert ok.spent_before == 0 and ok.spent_after <= 6.0 + 1e-9
+    # two such trainings compose (RDP) to about 7.6: within 10, over 7
+    assert check_budget("s", prior, plan, Budget(10, 1e-5), "x").spent_after == pytest.approx(7.62, abs=0.05)
+    with pytest.raises(BudgetExceeded, match="over the site's budget of 7"):
+        check_budget("s", prior, plan, Budget(7, 1e-5), "x")
+    with pytest.raises(BudgetExceeded, match="budget delta"):
+        check_budget("s", [], plan, Budget(100, 1e-6), "x")
+    tainted = [{"type": "training", "index": 0, "mechanism": None, "dataset_fingerprint": "x"}]
+    with pytest.raises(BudgetExceeded, match="without DP on this same dataset"):
+        check_budget("s", tainted, plan, Budget(100, 1e-5), "x")
+
+
+def test_over_budget_request_is_refused_before_any_training_step(tiny_config, tmp_path, monkeypatch):
+    cfg = tiny_config
+    cfg.privacy = PrivacySection(epsilon=10)
+    cfg.sites.budget.epsilon = 5
+    data = simulated_sites(cfg)[0]
+    state = simulated_site_state(cfg, tmp_path, data.name)
+    state.ensure_keys()
+    site = Site(data, state, None, device="cpu")
+
+    import fedsynth.client.site as site_module
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a generator was built although the budget forbids training")
+
+    monkeypatch.setattr(site_module, "build_generator", no_training)
+    with pytest.raises(BudgetExceeded, match="budget of 5"):
+        site.release(cfg, "run-1")
+    assert not state.ledger_path.exists() or state.ledger_path.read_bytes() == b""
+
+
+def test_budget_composes_across_runs_of_one_site(tiny_config, tmp_path):
+    cfg = tiny_config
+    cfg.privacy = PrivacySection(epsilon=4)
+    cfg.sites.budget.epsilon = 5
+    cfg.gate.membership_audit = False
+    data = simulated_sites(cfg)[1]
+    state = simulated_site_state(cfg, tmp_path, data.name)
+    state.ensure_keys()
+    site = Site(data, state, None, device="cpu")
+    first = site.release(cfg, "run-1")
+    assert first.meta["private"] and first.meta["privacy"]["epsilon"] <= 4 + 1e-9
+    with pytest.raises(BudgetExceeded, match="already spent"):
+        site.release(cfg, "run-2")  # two trainings at 4 compose to more than 5
+    ledger = state.ledger().entries()
+    assert [e["type"] for e in ledger] == ["dp-training", RELEASE]
+    assert verify_ledger(state.ledger_path, __import__("fedsynth.privacy.keys", fromlist=["x"]).load_public_key(
+        state.public_key_path)).ok
+
+
+def test_mechanism_rejects_nonsense():
+    with pytest.raises(ValueError):
+        Mechanism(0.0, 0.1, 10)
+    with pytest.raises(ValueError):
+        Mechanism(1.0, 1.5, 10)
+    assert epsilon([], 1e-5) == 0.0
+    with pytest.raises(ValueError, match="delta"):
+        epsilon([Mechanism(1, 0.1, 1)], 0.0)
+    assert np.isfinite(epsilon([Mechanism(1, 0.1, 1)], 1e-5, "prv"))
