@@ -50,6 +50,15 @@ def git_commit() -> str:
         return "unknown"
 
 
+_COMMIT_AT_START: str | None = None
+
+
+def record_start() -> None:
+    """Pin the commit a benchmark ran on (the tree may move while it runs)."""
+    global _COMMIT_AT_START
+    _COMMIT_AT_START = git_commit()
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     from fedsynth.server.rundir import write_json
 
@@ -57,7 +66,7 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     doc = {
         "benchmark": name,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "git_commit": git_commit(),
+        "git_commit": _COMMIT_AT_START or git_commit(),
         "machine": machine(),
         **payload,
     }

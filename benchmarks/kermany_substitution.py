@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import KERMANY_64, ROOT, require, write_result
+from benchmarks.common import KERMANY_64, ROOT, record_start, require, write_result
 from fedsynth.classifier.metrics import evaluate_scores
 from fedsynth.classifier.train import Classifier, train_classifier
 from fedsynth.client.site_data import simulated_sites
@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--name", default=None, help="result name (default: kermany_substitution_<run.name>)")
     ap.add_argument("--skip-real", action="store_true", help="skip the real-data upper bound")
     args = ap.parse_args()
+    record_start()
     data = require(KERMANY_64)
     cfg = load_config(args.config, [f"data.source={data}", *args.set])
     ev = cfg.evaluation

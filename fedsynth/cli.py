@@ -111,6 +111,23 @@ def print_results(metrics: dict) -> None:
             format_metric(pooled["specificity"], (None, None)),
         )
     console.print(table)
+    privacy = (metrics.get("privacy") or {}).get("sites") or {}
+    if privacy:
+        ptable = Table(title="privacy, per site (every figure recomputable from runs/<id>/ledgers)")
+        for col in ("site", "epsilon (this training)", "delta", "spent / budget", "gate dropped",
+                    "membership-inference AUC"):
+            ptable.add_column(col)
+        for name, p in privacy.items():
+            gate = p.get("gate") or {}
+            budget = p.get("budget") or {}
+            eps = p.get("epsilon")
+            ptable.add_row(
+                name, "not private" if eps is None else f"{eps:.3g}", "-" if p.get("delta") is None
+                else f"{p['delta']:.2g}", f"{p.get('spent_epsilon', 0):.3g} / {budget.get('epsilon', '-')}",
+                str(gate.get("dropped", "off")), "-" if p.get("membership_auc") is None
+                else f"{p['membership_auc']:.3f}",
+            )
+        console.print(ptable)
     for w in metrics.get("warnings", []):
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
 
@@ -121,19 +138,37 @@ def simulate(
     config: Optional[Path] = typer.Argument(None, help="Run config (YAML). Default: the built-in demo."),
     set_: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set federation.num_sites=4"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Flower and Ray logs."),
+    engine: str = typer.Option("ray", "--engine", help="ray: Flower's simulation engine; inprocess: no Ray, "
+                                                        "sites run one after another in this process."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory "
+                                                                  "(federated modes resume after the last round)."),
 ) -> None:
     """Simulate the whole federation on this machine with Flower's simulation engine."""
     from fedsynth.config import load_config
+    from fedsynth.errors import ConfigError
     from fedsynth.progress import epoch_bar
+    from fedsynth.server.rundir import CONFIG_FILE, METRICS_FILE, RunDir
     from fedsynth.server.simulation import simulate as run
 
     _logging(verbose)
+    run_dir = None
+    if resume is not None:
+        if config is not None or set_:
+            raise ConfigError("--resume continues a run with its own config.yaml; give no CONFIG or --set")
+        run_dir = RunDir.open(resume) if (resume / CONFIG_FILE).is_file() else None
+        if run_dir is None:
+            raise ConfigError(f"{resume} is not a fedsynth run directory")
+        if (resume / METRICS_FILE).is_file():
+            raise ConfigError(f"{resume} finished already ({METRICS_FILE} exists)")
+        config = resume / CONFIG_FILE
+    if engine not in ("ray", "inprocess"):
+        raise ConfigError(f"--engine must be ray or inprocess, not {engine!r}")
     cfg = load_config(config, set_)
     console.print(
         f"fedsynth {__version__}: {cfg.federation.num_sites} sites, mode {cfg.run.mode}, "
         f"data {cfg.data.source} at {cfg.data.resolution} px, generator {cfg.generator.family}"
     )
-    run_dir, metrics = run(cfg, verbose=verbose, progress=epoch_bar)
+    run_dir, metrics = run(cfg, run_dir=run_dir, verbose=verbose, progress=epoch_bar, engine=engine)
     print_results(metrics)
     console.print(f"outputs: {run_dir.path}")
 
@@ -324,6 +359,74 @@ def show_config(
 
     cfg = load_config(config, set_)
     typer.echo(json.dumps(cfg.to_dict(), indent=2) if as_json else cfg.to_yaml())
+
+
+# ---- deploy (begin) ---------------------------------------------------------------------------
+# The `fedsynth deploy` sub-app: TLS and SuperNode keys for Flower's deployment engine
+# (docs/deployment.md). The logic lives in fedsynth.deploy; these commands only call it.
+
+deploy_app = typer.Typer(help="Deployment on Flower's SuperLink/SuperNodes: TLS certificates, SuperNode keys.",
+                         no_args_is_help=True)
+app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("certs")
+@friendly
+def deploy_certs(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for ca.crt, ca.key, server.crt, server.key."),
+    host: list[str] = typer.Option([], "--host", help="A name or IP SuperNodes and flwr users dial to reach the "
+                                   "SuperLink (repeat for several). 127.0.0.1 and localhost are always added: "
+                                   "the SuperLink dials itself there."),
+    days: int = typer.Option(365, "--days", help="Validity of the server certificate, in days."),
+    ca_days: int = typer.Option(3650, "--ca-days", help="Validity of the CA certificate, in days."),
+) -> None:
+    """Make a CA and a SuperLink server certificate signed by it (never overwrites)."""
+    from fedsynth.deploy import make_certificates
+
+    hosts = list(dict.fromkeys([*host, "127.0.0.1", "localhost"]))
+    files = make_certificates(out, hosts, days=days, ca_days=ca_days)
+    console.print(f"wrote {files.ca_cert} (give it to every SuperNode and flwr user), {files.ca_key} (private, "
+                  f"0600: keep it offline), {files.server_cert} and {files.server_key} (private, 0600) for the "
+                  f"SuperLink; the server certificate names {', '.join(hosts)}", highlight=False)
+
+
+@deploy_app.command("node-keys")
+@friendly
+def deploy_node_keys(
+    site: str = typer.Option(..., "--site", help="Site name (the key files are named after it)."),
+    out: Path = typer.Option(Path("."), "--out", "-o", help="Folder for <site>.node-auth.key and .pub."),
+) -> None:
+    """Make a SuperNode's authentication key pair (ECDSA P-384, OpenSSH format; never overwrites)."""
+    from fedsynth.deploy import load_node_public_key, make_node_keys
+    from fedsynth.deploy.node_keys import node_key_fingerprint
+
+    files = make_node_keys(site, out)
+    fingerprint = node_key_fingerprint(load_node_public_key(files.public_key))
+    console.print(f"wrote {files.private_key} (private, 0600: --auth-supernode-private-key) and {files.public_key} "
+                  f"(send to the federation operator for `flwr supernode register`); fingerprint {fingerprint}",
+                  highlight=False)
+
+
+@deploy_app.command("connection")
+@friendly
+def deploy_connection(
+    address: str = typer.Option(..., "--address", help="The SuperLink as HOST:PORT."),
+    root_certificates: Path = typer.Option(..., "--root-certificates", help="The federation's ca.crt."),
+    name: str = typer.Option("fedsynth", "--name", help="Connection name for `flwr ... NAME`."),
+    flwr_home: Optional[Path] = typer.Option(None, "--flwr-home", help="Flower's config folder "
+                                             "(default: $FLWR_HOME or ~/.flwr)."),
+) -> None:
+    """Add a TLS SuperLink connection to the Flower CLI's config.toml (for flwr run/supernode/ls)."""
+    import os
+
+    from fedsynth.deploy.flower import write_flower_connection
+
+    home = flwr_home or Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr")
+    path = write_flower_connection(home, name, address, root_certificates)
+    console.print(f"wrote connection {name!r} ({address}, trusting {root_certificates}) to {path}", highlight=False)
+
+
+# ---- deploy (end) -----------------------------------------------------------------------------
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,9 +28,12 @@ class RunSection(_Section):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name; prefix of the run id.")
     seed: int = Field(0, ge=0, description="Seed for every random choice in the run.")
     output_dir: str = Field("runs", description="Run directories are created under this folder.")
-    mode: Literal["substitution"] = Field(
+    mode: Literal["substitution", "federated", "fedavg-classifier", "centralized-real"] = Field(
         "substitution",
-        description="substitution: each site trains a generator locally and releases synthetic images once.",
+        description="substitution: each site trains a generator and releases synthetic images once; "
+        "federated: FedAvg over generator weights for federation.rounds rounds, then the server samples; "
+        "fedavg-classifier: classic FL of the classifier on real images (baseline); "
+        "centralized-real: the classifier on pooled real images (simulation only; the upper bound).",
     )
     device: Device = Field("auto", description="Torch device for training; auto picks CUDA when present.")
 
@@ -61,6 +64,16 @@ class DataSection(_Section):
         return v
 
 
+class ClientDPSection(_Section):
+    """Client-level DP on the aggregate (Flower's fixed-clipping wrappers and accountant)."""
+
+    noise_multiplier: float = Field(..., gt=0, description="Noise std / clipping norm on the sum of updates.")
+    clipping_norm: float = Field(..., gt=0, description="Bound on each site's update (L2).")
+    clipping: Literal["server", "client"] = Field("server", description="Who clips the updates.")
+    delta: float = Field(1e-3, gt=0, lt=1, description="Delta for the client-level epsilon (sites, not images).")
+    max_epsilon: float | None = Field(None, gt=0, description="Stop before a round would exceed this.")
+
+
 class FederationSection(_Section):
     num_sites: int = Field(3, ge=1, le=64, description="Simulated sites the source is split into.")
     partition: Literal["iid", "dirichlet"] = Field(
@@ -68,12 +81,21 @@ class FederationSection(_Section):
     )
     dirichlet_alpha: float = Field(0.5, gt=0, description="Concentration of the label-skew partition.")
     min_site_images: int = Field(10, ge=2, description="Every simulated site gets at least this many images.")
+    rounds: int = Field(5, ge=1, description="Rounds of federated averaging (modes federated, fedavg-classifier).")
+    local_epochs: int = Field(2, ge=1, description="Epochs each site trains per round.")
+    client_dp: ClientDPSection | None = Field(None, description="Client-level DP on the averaged update.")
+    secure_aggregation: bool = Field(
+        False, description="SecAgg+ (Flower's legacy path only in flwr 1.41; not available with the Message API)."
+    )
     site_keys: dict[str, str] = Field(
         default_factory=dict, description="Server's registry: site name -> Ed25519 public key file. Empty in "
         "a simulation: each simulated site gets a key pair in sites.state_dir.",
     )
     min_sites: int = Field(1, ge=1, description="The run stops if fewer sites than this return a usable release.")
     site_timeout_s: float = Field(3600.0, gt=0, description="A site that has not replied after this long is dropped.")
+    connect_timeout_s: float = Field(
+        120.0, ge=0, description="How long the server waits for num_sites SuperNodes to connect before going on."
+    )
     cpus_per_site: float = Field(1.0, gt=0, description="CPU cores reserved for each simulated site.")
     gpus_per_site: float = Field(0.0, ge=0, description="GPU share reserved for each simulated site.")
 
@@ -193,6 +215,14 @@ class RunConfig(_Section):
                                                                 self.sites.budgets.items()}}.items():
                 if self.privacy.delta > b.delta:
                     raise ValueError(f"privacy.delta ({self.privacy.delta:g}) exceeds {name}.delta ({b.delta:g})")
+        if self.federation.secure_aggregation:
+            raise ValueError(
+                "federation.secure_aggregation: Flower 1.41 offers SecAgg+ only on its legacy API "
+                "(LegacyContext/DefaultWorkflow), which fedsynth's Message-API apps do not use; "
+                "use federation.client_dp for protection of the aggregate"
+            )
+        if self.federation.client_dp is not None and self.run.mode not in ("federated", "fedavg-classifier"):
+            raise ValueError("federation.client_dp applies to the federated and fedavg-classifier modes only")
         if self.federation.min_sites > self.federation.num_sites:
             raise ValueError(
                 f"federation.min_sites ({self.federation.min_sites}) exceeds "

@@ -17,13 +17,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedsynth.classifier.metrics import ScoreHistogram
 from fedsynth.config import RunConfig
 
+SITE_ERROR = 1001  # Error.code of a failure a fedsynth site caught and explained
 TRAIN = "train"
 EVALUATE = "evaluate"
+GENERATOR_ROUND = "generator-round"
+CLASSIFIER_ROUND = "classifier-round"
 
 
 @dataclass
@@ -31,6 +34,26 @@ class TrainRequest:
     run_id: str
     config: RunConfig
     run_dir: str = ""  # simulation only: where sites write their local outputs
+
+
+@dataclass
+class RoundRequest:
+    """One round of federated averaging: train from ``weights`` for local epochs."""
+
+    run_id: str
+    config: RunConfig
+    round: int
+    stage: str  # GENERATOR_ROUND or CLASSIFIER_ROUND
+    weights: dict[str, np.ndarray]
+    run_dir: str = ""
+
+
+@dataclass
+class ModelUpdate:
+    site: str
+    weights: dict[str, np.ndarray]
+    n_examples: int
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -144,3 +167,79 @@ def decode_eval_result(content: RecordDict) -> EvalResult:
         histogram=ScoreHistogram(np.asarray(rec["histogram_positive"]), np.asarray(rec["histogram_negative"])),
         meta=json.loads(str(rec["meta"])),
     )
+
+
+# ---- federated rounds (Flower strategies put weights under "arrays", settings under "config";
+# FedAvg wants exactly one ArrayRecord and one MetricRecord with "num-examples" back) ----------
+
+
+def arrays_record(weights: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
+
+
+def arrays_dict(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def round_config(req: RoundRequest) -> ConfigRecord:
+    return _config_record(run_id=req.run_id, config=req.config.to_json(), round=req.round, stage=req.stage,
+                          run_dir=req.run_dir)
+
+
+def decode_round_request(content: RecordDict) -> RoundRequest:
+    rec = content.config_records["config"]
+    return RoundRequest(
+        run_id=str(rec["run_id"]),
+        config=RunConfig.from_json(str(rec["config"])),
+        round=int(rec["round"]),
+        stage=str(rec["stage"]),
+        weights=arrays_dict(content.array_records["arrays"]),
+        run_dir=str(rec["run_dir"]),
+    )
+
+
+def is_round_request(content: RecordDict) -> bool:
+    return "arrays" in content.array_records and "config" in content.config_records
+
+
+def encode_update(upd: ModelUpdate) -> RecordDict:
+    return RecordDict(
+        {
+            "arrays": arrays_record(upd.weights),
+            "metrics": MetricRecord({"num-examples": int(upd.n_examples), "uniform-weight": 1}),
+            "update_meta": _config_record(site=upd.site, meta=json.dumps(upd.meta)),
+        }
+    )
+
+
+def decode_update(content: RecordDict) -> ModelUpdate:
+    meta = content.config_records["update_meta"]
+    return ModelUpdate(
+        site=str(meta["site"]),
+        weights=arrays_dict(content.array_records["arrays"]),
+        n_examples=int(content.metric_records["metrics"]["num-examples"]),
+        meta=json.loads(str(meta["meta"])),
+    )
+
+
+def content_bytes(content: RecordDict) -> int:
+    """Bytes a message's content carries (arrays plus serialised values)."""
+    total = 0
+    for rec in content.array_records.values():
+        total += sum(a.numpy().nbytes for a in rec.values())
+    for group in (content.config_records, content.metric_records):
+        for rec in group.values():
+            total += sum(len(str(v).encode()) for v in rec.values())
+    return total
+
+
+def error_origin(reply: Message, fallback: str) -> tuple[str, str]:
+    """(site, reason) of an error reply. fedsynth's ClientApp prefixes its explained
+    failures with the site's name; anything else (a crash in Flower, a foreign app) is
+    attributed to the node it came from."""
+    reason = reply.error.reason or f"error code {reply.error.code}"
+    if reply.error.code == SITE_ERROR:
+        site, _, detail = reason.partition(": ")
+        if detail:
+            return site, detail
+    return fallback, reason.strip().splitlines()[0] if reason.strip() else reason

@@ -17,10 +17,10 @@ class SmallCNN(nn.Module):
             return nn.Sequential(
                 nn.Conv2d(cin, cout, 3, padding=1, bias=False),
                 nn.BatchNorm2d(cout),
-                nn.ReLU(inplace=True),
+                nn.ReLU(),
                 nn.Conv2d(cout, cout, 3, padding=1, bias=False),
                 nn.BatchNorm2d(cout),
-                nn.ReLU(inplace=True),
+                nn.ReLU(),
                 nn.MaxPool2d(2),
             )
 

@@ -95,7 +95,8 @@ class Classifier:
 
     @classmethod
     def from_state(cls, header: dict[str, Any], state: dict[str, torch.Tensor], device: str = "cpu") -> Classifier:
-        model = build_classifier(header["arch"], int(header["resolution"]))
+        # a classifier trained with DP-SGD has GroupNorm where the plain one has BatchNorm
+        model = build_trainable(header["arch"], int(header["resolution"]), bool(header.get("dp_compatible")))
         model.load_state_dict(state)
         model.to(resolve_device(device)).eval()
         meta = {k: v for k, v in header.items() if k not in ("arch", "resolution", "threshold")}
@@ -197,3 +198,70 @@ def train_classifier(
 def _predict(model: nn.Module, x: torch.Tensor) -> np.ndarray:
     model.eval()
     return torch.cat([torch.sigmoid(model(x[i : i + 512])) for i in range(0, len(x), 512)]).cpu().numpy()
+
+
+def build_trainable(arch: str, resolution: int, private: bool) -> nn.Module:
+    """The classifier as a federation trains it: DP-compatible (GroupNorm) when private."""
+    from fedsynth.privacy.dp import make_dp_compatible
+
+    model = build_classifier(arch, resolution)
+    return make_dp_compatible(model) if private else model
+
+
+def train_local(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    config: ClassifierSection,
+    *,
+    epochs: int,
+    seed: int,
+    device: str = "auto",
+    privacy=None,
+) -> dict[str, Any]:
+    """A site's local epochs of classifier training (classic FL); DP-SGD with a plan."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fedsynth.privacy.dp import PrivateTraining
+
+    images, labels = check_training_data(images, labels, int(images.shape[-1]))
+    dev = resolve_device(device)
+    model.to(dev).train()
+    x = torch.from_numpy(images)[:, None] * 2 - 1
+    y = torch.from_numpy(labels).float()
+    batch = privacy.batch_size if privacy is not None else min(config.batch_size, len(x))
+    start = time.perf_counter()
+    with seeded(seed):
+        gen = torch.Generator().manual_seed(seed)
+        loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=privacy is None, generator=gen)
+        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        dp = None
+        step_model = model
+        if privacy is not None:
+            dp = PrivateTraining(privacy)
+            step_model, opt, loader = dp.wrap(model, opt, loader, torch.Generator().manual_seed(seed + 1))
+        total, seen = 0.0, 0
+        for _ in range(epochs):
+            for xb, yb in loader:
+                if len(xb) == 0 and privacy is None:
+                    continue
+                xb, yb = xb.to(dev), yb.to(dev)
+                if config.augment and len(xb):
+                    xb = augment(xb, gen)
+                # sum / n rather than mean: an empty Poisson batch still takes its (noise-only)
+                # DP step, which the accountant has counted
+                loss = F.binary_cross_entropy_with_logits(step_model(xb), yb, reduction="sum") / max(len(xb), 1)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(xb)
+                seen += len(xb)
+        if dp is not None:
+            step_model.remove_hooks()
+    return {
+        "epochs": epochs,
+        "loss": total / max(seen, 1),
+        "images_seen": seen,
+        "seconds": time.perf_counter() - start,
+        "privacy": dp.result() if dp is not None else None,
+    }

@@ -28,15 +28,18 @@ from fedsynth.client.site import Site
 from fedsynth.client.site_data import simulated_site, simulated_site_state
 from fedsynth.config import RunConfig
 from fedsynth.protocol import (
+    SITE_ERROR,
     decode_evaluate_request,
+    decode_round_request,
     decode_train_request,
     encode_eval_result,
     encode_release,
+    encode_update,
+    is_round_request,
 )
 
 log = logging.getLogger("fedsynth.client")
 
-SITE_ERROR = 1001  # Error.code of a failure fedsynth caught and explained
 
 
 def site_for(context: Context, config: RunConfig, run_dir: str) -> Site:
@@ -59,9 +62,18 @@ def site_for(context: Context, config: RunConfig, run_dir: str) -> Site:
     raise RuntimeError("node config has neither 'site-config' (deployment) nor 'partition-id' (simulation)")
 
 
-def _threads(config: RunConfig) -> None:
-    # one simulated site per reserved core: keep torch from oversubscribing the machine
-    torch.set_num_threads(max(1, int(config.federation.cpus_per_site)))
+def _prepare_worker(config: RunConfig, context: Context) -> None:
+    if "partition-id" in context.node_config:
+        # simulated sites share one machine, one per reserved core: keep torch from
+        # oversubscribing it. A deployed site keeps all of its own machine.
+        torch.set_num_threads(max(1, int(config.federation.cpus_per_site)))
+    # a Flower worker process has no logging set up; show the site's progress lines
+    root = logging.getLogger("fedsynth")
+    if not root.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
 
 
 def _site_label(context: Context) -> str:
@@ -88,8 +100,13 @@ app = ClientApp()
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     try:
+        if is_round_request(msg.content):  # a round of federated averaging (Flower's FedAvg message)
+            rreq = decode_round_request(msg.content)
+            _prepare_worker(rreq.config, context)
+            site = site_for(context, rreq.config, rreq.run_dir)
+            return Message(encode_update(site.train_round(rreq)), reply_to=msg)
         req = decode_train_request(msg.content)
-        _threads(req.config)
+        _prepare_worker(req.config, context)
         site = site_for(context, req.config, req.run_dir)
         release = site.release(req.config, req.run_id)
         return Message(encode_release(release), reply_to=msg)
@@ -101,7 +118,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     try:
         req = decode_evaluate_request(msg.content)
-        _threads(req.config)
+        _prepare_worker(req.config, context)
         site = site_for(context, req.config, req.run_dir)
         clf = Classifier.from_state(req.classifier_header, req.classifier_state, device=req.config.run.device)
         result = site.evaluate(clf, req.config)

@@ -26,19 +26,20 @@ import numpy as np
 
 from fedsynth import __version__
 from fedsynth.classifier.metrics import ScoreHistogram, evaluate_scores
-from fedsynth.classifier.train import Classifier
+from fedsynth.classifier.train import Classifier, build_trainable, train_local
 from fedsynth.config import RunConfig
 from fedsynth.data.dataset import CLASS_NAMES, to_uint8
 from fedsynth.data.partition import SiteSplit
 from fedsynth.errors import DataError
 from fedsynth.evaluation.grids import image_grid
 from fedsynth.generators import build_generator
+from fedsynth.generators.base import exchangeable, load_exchangeable
 from fedsynth.privacy.dp import BudgetCheck, DPPlan, check_budget, plan_training
 from fedsynth.privacy.gate import membership_auc, release_gate
 from fedsynth.privacy.ledger import DP_TRAINING, RELEASE, TRAINING, spent_epsilon
-from fedsynth.privacy.release import content_hash
+from fedsynth.privacy.release import arrays_hash, content_hash
 from fedsynth.privacy.state import SiteState
-from fedsynth.protocol import EvalResult, Release
+from fedsynth.protocol import CLASSIFIER_ROUND, GENERATOR_ROUND, EvalResult, ModelUpdate, Release, RoundRequest
 
 log = logging.getLogger("fedsynth.site")
 
@@ -79,16 +80,7 @@ class Site:
         # privacy first: refuse before any training step if the budget does not allow it
         fingerprint = train.fingerprint()
         ledger, key = self.state.ledger(), self.state.signing_key()
-        plan: DPPlan | None = None
-        budget_check: BudgetCheck | None = None
-        if config.privacy is not None:
-            plan = plan_training(config.privacy, len(train), config.generator.batch_size, config.generator.epochs)
-            budget_check = check_budget(self.name, ledger.entries(), plan, self.state.budget, fingerprint)
-            log.info("%s: DP plan noise=%.3f q=%.4f steps=%d; budget spent %.3g -> %.3g of %g", self.name,
-                     plan.noise_multiplier, plan.sample_rate, plan.steps, budget_check.spent_before,
-                     budget_check.spent_after, self.state.budget.epsilon)
-        else:
-            ledger.entries()  # a damaged ledger stops the site here, before any training
+        plan = self._plan(config, config.generator.batch_size, config.generator.epochs, fingerprint)
 
         gen = build_generator(config.generator, config.data.resolution, seed=seed, device=self.device)
         started = time.perf_counter()
@@ -100,7 +92,10 @@ class Site:
                          row.get("loss_d", float("nan")), row.get("loss_g", float("nan")))
 
         report = gen.fit(train.images, train.labels, privacy=plan, progress=progress)
-        training_entry = ledger.append(self._training_entry(run_id, fingerprint, gen.family, report), key)
+        training_entry = ledger.append(
+            self._training_entry(run_id, fingerprint, f"generator ({gen.family})", report.epochs, report.steps,
+                                 report.privacy), key
+        )
 
         # the release gate, then the membership audit on what will actually be released
         if config.gate.enabled:
@@ -116,7 +111,6 @@ class Site:
         mia = None
         if config.gate.membership_audit:
             mia = membership_auc(train.images, self.data.test.images, images_u8.astype(np.float32) / 255, seed=seed)
-        accountant = config.privacy.accountant if config.privacy else "rdp"
         budget = self.state.budget
         release_entry = ledger.append(
             {
@@ -131,8 +125,7 @@ class Site:
                 "gate": gate_summary,
                 "membership_auc": mia,
                 "budget": {"epsilon": budget.epsilon, "delta": budget.delta},
-                "spent": {"epsilon": spent_epsilon(ledger.entries(), budget.delta, accountant),
-                          "delta": budget.delta, "accountant": accountant},
+                "spent": self._spent(config),
             },
             key,
         )
@@ -161,16 +154,95 @@ class Site:
         }
         return Release(site=self.name, images=images_u8, labels=labels_u8, meta=meta)
 
-    def _training_entry(self, run_id: str, fingerprint: str, family: str, report) -> dict:
+    def _plan(self, config: RunConfig, batch_size: int, epochs: int, fingerprint: str) -> DPPlan | None:
+        """The DP plan for a training of ``epochs`` (None without DP), after the budget check."""
+        entries = self.state.ledger().entries()  # a damaged ledger stops the site here
+        if config.privacy is None:
+            return None
+        plan = plan_training(config.privacy, len(self.data.train), batch_size, epochs)
+        check: BudgetCheck = check_budget(self.name, entries, plan, self.state.budget, fingerprint)
+        log.info("%s: DP plan noise=%.3f q=%.4f steps=%d; budget spent %.3g -> %.3g of %g", self.name,
+                 plan.noise_multiplier, plan.sample_rate, plan.steps, check.spent_before, check.spent_after,
+                 self.state.budget.epsilon)
+        return plan
+
+    def _training_entry(self, run_id: str, fingerprint: str, model: str, epochs: int, steps: int,
+                        privacy: dict | None, **details) -> dict:
         body = {
             "run_id": run_id,
             "dataset_fingerprint": fingerprint,
-            "details": {"generator": family, "epochs": report.epochs, "steps": report.steps,
-                        "n_train": len(self.data.train)},
+            "details": {"model": model, "epochs": epochs, "steps": steps, "n_train": len(self.data.train),
+                        **details},
         }
-        if report.privacy is None:
+        if privacy is None:
             return {"type": TRAINING, **body, "mechanism": None, "epsilon": None}
-        return {"type": DP_TRAINING, **body, **report.privacy}
+        return {"type": DP_TRAINING, **body, **privacy}
+
+    def _spent(self, config: RunConfig) -> dict:
+        budget = self.state.budget
+        accountant = config.privacy.accountant if config.privacy else "rdp"
+        return {"epsilon": spent_epsilon(self.state.ledger().entries(), budget.delta, accountant),
+                "delta": budget.delta, "accountant": accountant}
+
+    # ---- federated rounds ------------------------------------------------------------------
+    def train_round(self, request: RoundRequest) -> ModelUpdate:
+        """One round of federated averaging: start from the global weights, train for
+        ``federation.local_epochs`` (DP-SGD when asked), sign the update."""
+        config = request.config
+        train = self.data.train
+        if len(train) == 0:
+            raise DataError(f"{self.name}: no training images")
+        fingerprint = train.fingerprint()
+        ledger, key = self.state.ledger(), self.state.signing_key()
+        epochs = config.federation.local_epochs
+        seed = site_seed(config.run.seed, self.name) + 7919 * request.round
+        if request.stage == GENERATOR_ROUND:
+            gen_cfg = config.generator.model_copy(update={"epochs": epochs})
+            plan = self._plan(config, gen_cfg.batch_size, epochs, fingerprint)
+            model = build_generator(gen_cfg, config.data.resolution, seed=seed, device=self.device)
+            model.load_training_state(request.weights)
+            report = model.fit(train.images, train.labels, privacy=plan)
+            weights = model.training_state()
+            privacy, steps, name = report.privacy, report.steps, f"generator ({model.family})"
+        elif request.stage == CLASSIFIER_ROUND:
+            plan = self._plan(config, config.classifier.batch_size, epochs, fingerprint)
+            clf = build_trainable(config.classifier_arch(), config.data.resolution, plan is not None)
+            load_exchangeable(clf, request.weights)
+            result = train_local(clf, train.images, train.labels, config.classifier, epochs=epochs, seed=seed,
+                                 device=self.device, privacy=plan)
+            weights = exchangeable(clf.state_dict())
+            privacy, steps, name = result["privacy"], result["images_seen"], f"classifier ({config.classifier_arch()})"
+        else:
+            raise ValueError(f"unknown round stage {request.stage!r}")
+        training = ledger.append(
+            self._training_entry(request.run_id, fingerprint, name, epochs, steps, privacy, round=request.round), key
+        )
+        entry = ledger.append(
+            {
+                "type": RELEASE,
+                "kind": "model-update",
+                "run_id": request.run_id,
+                "round": request.round,
+                "dataset_fingerprint": fingerprint,
+                "content_hash": arrays_hash(weights),
+                "n_examples": len(train),
+                "training_entry": training["hash"],
+                "private": privacy is not None,
+                "budget": {"epsilon": self.state.budget.epsilon, "delta": self.state.budget.delta},
+                "spent": self._spent(config),
+            },
+            key,
+        )
+        meta = {
+            "site": self.name,
+            "round": request.round,
+            "private": privacy is not None,
+            "privacy": {"epsilon": training.get("epsilon"), "delta": plan.delta if plan else None,
+                        "spent_epsilon": entry["spent"]["epsilon"], "budget": entry["budget"]},
+            "phantom": bool(train.phantom),
+            "ledger": ledger.entries(),
+        }
+        return ModelUpdate(self.name, weights, len(train), meta)
 
     def _write_local_outputs(self, gen, images: np.ndarray, labels: np.ndarray, config: RunConfig) -> None:
         if self.output_dir is None:

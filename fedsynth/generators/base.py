@@ -62,6 +62,26 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
+def exchangeable(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """A state dict as federated averaging exchanges it: numpy copies, without BatchNorm's
+    step counters (integers that mean nothing averaged)."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in state.items() if not k.endswith("num_batches_tracked")}
+
+
+def load_exchangeable(module: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
+    """Load averaged weights into ``module`` (each cast to the module's own dtype and shape)."""
+    own = module.state_dict()
+    expected = {k for k in own if not k.endswith("num_batches_tracked")}
+    if set(weights) != expected:
+        missing, extra = sorted(expected - set(weights))[:3], sorted(set(weights) - expected)[:3]
+        raise ValueError(f"weights do not fit the model (missing {missing}, unexpected {extra})")
+    state = {k: torch.as_tensor(np.asarray(v)).reshape(own[k].shape).to(own[k].dtype) for k, v in weights.items()}
+    for k in state:
+        if k.endswith("running_var"):  # averaged or DP-noised variances must stay variances
+            state[k] = state[k].clamp_min(1e-5)
+    module.load_state_dict(state, strict=False)
+
+
 def check_training_data(images: Any, labels: Any, resolution: int) -> tuple[np.ndarray, np.ndarray]:
     images = np.asarray(images)
     labels = np.asarray(labels)
@@ -124,6 +144,13 @@ class Generator(ABC):
 
     @abstractmethod
     def load_sampling_state(self, state: dict[str, torch.Tensor]) -> None: ...
+
+    @abstractmethod
+    def training_state(self) -> dict[str, np.ndarray]:
+        """All weights a federated round trains and the server averages."""
+
+    @abstractmethod
+    def load_training_state(self, state: dict[str, np.ndarray]) -> None: ...
 
     def _require_fitted(self) -> None:
         if not self.fitted:

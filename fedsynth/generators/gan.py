@@ -32,6 +32,8 @@ from fedsynth.generators.base import (
     ProgressFn,
     check_sample_request,
     check_training_data,
+    exchangeable,
+    load_exchangeable,
     seeded,
 )
 from fedsynth.privacy.dp import DPPlan, PrivateTraining
@@ -317,6 +319,25 @@ class ConditionalGAN(Generator):
     def load_sampling_state(self, state: dict[str, torch.Tensor]) -> None:
         self.generator_ema.load_state_dict(state)
         self.generator.load_state_dict(state)
+        self.fitted = True
+
+    def training_state(self) -> dict[str, np.ndarray]:
+        """Everything federated averaging exchanges: generator and discriminator weights.
+
+        The generator EMA is local to a round; the exchanged generator is the raw one.
+        """
+        out = {f"generator.{k}": v for k, v in self.generator.state_dict().items()}
+        out.update({f"discriminator.{k}": v for k, v in self.discriminator.state_dict().items()})
+        return exchangeable(out)
+
+    def load_training_state(self, state: dict[str, np.ndarray]) -> None:
+        expected = set(self.training_state())
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state))[:3], sorted(set(state) - expected)[:3]
+            raise ValueError(f"weights do not fit this GAN (missing {missing}, unexpected {extra})")
+        for prefix, net in (("generator.", self.generator), ("discriminator.", self.discriminator)):
+            load_exchangeable(net, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        self.generator_ema.load_state_dict(self.generator.state_dict())
         self.fitted = True
 
     @classmethod

@@ -10,6 +10,7 @@ the optimal one (Opacus warns) and the bound is then looser than it needs to be.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Iterable, Sequence
@@ -72,10 +73,13 @@ def epsilon(mechanisms: Iterable[Mechanism], delta: float, accountant: str = "rd
     return accountant_epsilon(acc, delta)
 
 
+@functools.lru_cache(maxsize=256)
 def noise_for_target(
     target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
 ) -> float:
-    """The smallest noise multiplier (to 0.01 in epsilon) that keeps ``steps`` steps within target."""
+    """The smallest noise multiplier (to 0.01 in epsilon) that keeps ``steps`` steps within target.
+
+    Cached: every round of a federated run asks the same question again."""
     from opacus.accountants.utils import get_noise_multiplier
 
     if not target_epsilon > 0:

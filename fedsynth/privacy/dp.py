@@ -141,6 +141,20 @@ def check_budget(
     return BudgetCheck(before, after, budget, plan.accountant)
 
 
+def make_dp_compatible(model):
+    """Replace what DP-SGD cannot train (BatchNorm mixes samples) and turn off in-place
+    activations (they break Opacus's backward hooks); fail loudly on anything else."""
+    import torch.nn as nn
+    from opacus.validators import ModuleValidator
+
+    model = ModuleValidator.fix(model)
+    for m in model.modules():
+        if isinstance(m, (nn.ReLU, nn.LeakyReLU)) and m.inplace:
+            m.inplace = False
+    ModuleValidator.validate(model, strict=True)
+    return model
+
+
 class PrivateTraining:
     """Opacus around one module: ``wrap`` before the first step, ``result`` after the last."""
 

@@ -32,6 +32,17 @@ def content_hash(images: np.ndarray, labels: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def arrays_hash(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over named arrays (a model update), independent of their order."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(name.encode() + b"\0" + str(a.dtype).encode() + b"\0")
+        h.update(np.asarray(a.shape, dtype=np.int64).tobytes())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def check_signed_release(
     site: str,
     images: np.ndarray,
@@ -40,7 +51,23 @@ def check_signed_release(
     public_key: Ed25519PublicKey | None,
     required_epsilon: float | None,
 ) -> str | None:
-    """Why a release must be rejected, or None when it checks out."""
+    """Why a release of synthetic images must be rejected, or None when it checks out."""
+    return check_signed(site, content_hash(images, labels), ("n_images", len(labels)), ledger, public_key,
+                        required_epsilon)
+
+
+def check_signed(
+    site: str,
+    digest: str,
+    count: tuple[str, int],
+    ledger: Any,
+    public_key: Ed25519PublicKey | None,
+    required_epsilon: float | None,
+) -> str | None:
+    """Why a signed release (images, or a model update) must be rejected, or None.
+
+    ``digest`` is the SHA-256 of what arrived; ``count`` names the signed size field and
+    the size that arrived."""
     if public_key is None:
         return f"unknown site {site!r}: no public key is registered for it"
     if not isinstance(ledger, list) or not ledger:
@@ -53,10 +80,11 @@ def check_signed_release(
         return "the ledger's last entry is not this release"
     if last.get("site") != site:
         return f"the signed release is from {last.get('site')!r}, not {site!r}"
-    if last.get("content_hash") != content_hash(images, labels):
+    if last.get("content_hash") != digest:
         return "content does not match its signed hash (tampered in transit or by the sender)"
-    if int(last.get("n_images", -1)) != len(labels):
-        return f"signed entry says {last.get('n_images')} images, {len(labels)} arrived"
+    field, n = count
+    if int(last.get(field, -1)) != n:
+        return f"signed entry says {field}={last.get(field)}, {n} arrived"
     training = next((e for e in ledger if e.get("hash") == last.get("training_entry")), None)
     if training is None:
         return "the training entry this release names is not in the ledger"

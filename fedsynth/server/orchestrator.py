@@ -37,7 +37,15 @@ from fedsynth.generators.base import ProgressFn
 from fedsynth.privacy.keys import load_public_key
 from fedsynth.privacy.ledger import canonical
 from fedsynth.privacy.release import check_signed_release
-from fedsynth.protocol import EvalResult, EvaluateRequest, Release, TrainRequest
+from fedsynth.protocol import (
+    EvalResult,
+    EvaluateRequest,
+    Release,
+    TrainRequest,
+    content_bytes,
+    encode_eval_result,
+    encode_release,
+)
 from fedsynth.server.rundir import CLASSIFIER_FILE, METRICS_FILE, RunDir, write_json
 
 log = logging.getLogger("fedsynth.server")
@@ -76,12 +84,17 @@ class LocalTransport:
 
     def __init__(self, sites: list[Site]):
         self.sites = sites
+        self.bytes_sent: dict[str, int] = {}  # what each site would have put on the wire
+
+    def _count(self, site: str, content) -> None:
+        self.bytes_sent[site] = self.bytes_sent.get(site, 0) + content_bytes(content)
 
     def release(self, request: TrainRequest) -> tuple[list[Release], list[SiteFailure]]:
         ok, failed = [], []
         for site in self.sites:
             try:
                 ok.append(site.release(request.config, request.run_id))
+                self._count(site.name, encode_release(ok[-1]))
             except Exception as err:  # a failing site must not sink the run
                 log.debug("site %s failed:\n%s", site.name, traceback.format_exc())
                 failed.append(SiteFailure(site.name, "release", f"{type(err).__name__}: {err}"))
@@ -93,6 +106,7 @@ class LocalTransport:
         for site in self.sites:
             try:
                 ok.append(site.evaluate(clf, request.config))
+                self._count(site.name, encode_eval_result(ok[-1]))
             except Exception as err:
                 failed.append(SiteFailure(site.name, "evaluate", f"{type(err).__name__}: {err}"))
         return ok, failed
@@ -118,7 +132,7 @@ def check_release(rel: Release, config: RunConfig) -> str | None:
     return None
 
 
-def _require_sites(n_ok: int, config: RunConfig, stage: str, failures: list[SiteFailure]) -> None:
+def require_sites(n_ok: int, config: RunConfig, stage: str, failures: list[SiteFailure]) -> None:
     if n_ok < config.federation.min_sites:
         reasons = "; ".join(f"{f.site}: {f.reason}" for f in failures) or "no site answered"
         raise FederationError(
@@ -138,14 +152,26 @@ def verify_release(rel: Release, config: RunConfig, registry: dict[str, Path]) -
     return check_signed_release(rel.site, rel.images, rel.labels, rel.meta.get("ledger"), key, required)
 
 
-def _keep_ledger(rel: Release, run_dir: RunDir, registry: dict[str, Path]) -> None:
+def keep_ledger(site: str, ledger: list[dict], run_dir: RunDir, registry: dict[str, Path]) -> None:
     """Copy the site's ledger (as received, byte for byte) and its registered public key
     into the run directory, for ``fedsynth audit verify``."""
     ledgers = run_dir.path / "ledgers"
     ledgers.mkdir(exist_ok=True)
-    (ledgers / f"{rel.site}.jsonl").write_bytes(b"".join(canonical(e) + b"\n" for e in rel.meta["ledger"]))
-    if rel.site in registry:
-        shutil.copyfile(registry[rel.site], ledgers / f"{rel.site}.pub")
+    (ledgers / f"{site}.jsonl").write_bytes(b"".join(canonical(e) + b"\n" for e in ledger))
+    if site in registry:
+        shutil.copyfile(registry[site], ledgers / f"{site}.pub")
+
+
+@dataclass
+class Contribution:
+    """What one site contributed to training, as the run's outputs report it."""
+
+    site: str
+    key: str  # "release" (synthetic images) or "training" (federated rounds)
+    info: dict
+    private: bool
+    privacy: dict
+    phantom: bool
 
 
 def run_substitution(
@@ -171,14 +197,14 @@ def run_substitution(
     for rel in releases:
         problem = verify_release(rel, config, registry)
         if isinstance(rel.meta.get("ledger"), list) and rel.meta["ledger"]:
-            _keep_ledger(rel, run_dir, registry)
+            keep_ledger(rel.site, rel.meta["ledger"], run_dir, registry)
         if problem:
             log.warning("release from %s rejected: %s", rel.site, problem)
             failures.append(SiteFailure(rel.site, "release-check", problem))
         else:
             accepted.append(rel)
     accepted.sort(key=lambda r: r.site)
-    _require_sites(len(accepted), config, "a usable release", failures)
+    require_sites(len(accepted), config, "a usable release", failures)
     timings["release_s"] = time.perf_counter() - t0
     phantom = any(r.meta.get("phantom") for r in accepted)
 
@@ -188,9 +214,35 @@ def run_substitution(
     if len(np.unique(labels)) < 2:
         raise FederationError("the pooled releases contain only one class; no classifier can be trained")
     _synthetic_grids(accepted, run_dir, config, phantom)
+    contributions = [
+        Contribution(
+            r.site, "release", {**{k: v for k, v in r.meta.items() if k != "ledger"}, "n_released": len(r.labels)},
+            bool(r.meta.get("private")),
+            {**r.meta.get("privacy", {}), "gate": r.meta.get("gate"), "membership_auc": r.meta.get("membership_auc")},
+            bool(r.meta.get("phantom")),
+        )
+        for r in accepted
+    ]
+    clf = train_on_pool(config, images, labels, "synthetic", phantom, [r.site for r in accepted], run_dir,
+                        timings, progress)
+    return evaluate_and_report(config, transport, run_dir, clf, contributions, failures, timings, t0)
+
+
+def train_on_pool(
+    config: RunConfig,
+    images: np.ndarray,
+    labels: np.ndarray,
+    kind: str,
+    phantom: bool,
+    sites: list[str],
+    run_dir: RunDir,
+    timings: dict[str, float],
+    progress: ProgressFactory,
+) -> Classifier:
+    """Train and save the classifier on pooled images (synthetic, or real in centralized-real)."""
     t1 = time.perf_counter()
-    log.info("training the classifier on %d pooled synthetic images", len(labels))
-    with progress("classifier on pooled synthetic images", config.classifier.epochs) as on_epoch:
+    log.info("training the classifier on %d pooled %s images", len(labels), kind)
+    with progress(f"classifier on pooled {kind} images", config.classifier.epochs) as on_epoch:
         clf = train_classifier(
             images,
             labels,
@@ -200,19 +252,33 @@ def run_substitution(
             seed=config.run.seed,
             device=config.run.device,
             progress=on_epoch,
-            trained_on="synthetic (phantom)" if phantom else "synthetic",
+            trained_on=f"{kind} (phantom)" if phantom else kind,
         )
-    clf.meta["sites"] = [r.site for r in accepted]
+    clf.meta["sites"] = sites
     clf.meta["phantom"] = phantom
     clf.save(run_dir.file(CLASSIFIER_FILE))
     timings["classifier_s"] = time.perf_counter() - t1
+    return clf
 
-    # 3. every site evaluates the classifier on its real test split
+
+def evaluate_and_report(
+    config: RunConfig,
+    transport: Transport,
+    run_dir: RunDir,
+    clf: Classifier,
+    contributions: list[Contribution],
+    failures: list[SiteFailure],
+    timings: dict[str, float],
+    t0: float,
+    extra: dict | None = None,
+    warnings: list[str] | None = None,
+) -> dict:
+    """Every site evaluates ``clf`` on its real test split; pool, write metrics.json."""
     t2 = time.perf_counter()
     results, failed = transport.evaluate(
         EvaluateRequest(run_dir.run_id, config, clf.header(), clf.state_dict(), str(run_dir.path))
     )
-    failures += failed
+    failures = failures + failed
     results.sort(key=lambda r: r.site)
     timings["evaluate_s"] = time.perf_counter() - t2
     ev = config.evaluation
@@ -227,8 +293,10 @@ def run_substitution(
             seed=config.run.seed,
         )
     timings["total_s"] = time.perf_counter() - t0
-
-    metrics = _metrics_document(config, run_dir, accepted, results, pooled, clf, failures, phantom, timings)
+    metrics = _metrics_document(config, run_dir, contributions, results, pooled, clf, failures, timings,
+                                getattr(transport, "bytes_sent", {}))
+    metrics.update(extra or {})
+    metrics["warnings"] = list(warnings or []) + metrics["warnings"]
     write_json(run_dir.file(METRICS_FILE), metrics)
     return metrics
 
@@ -248,29 +316,31 @@ def _synthetic_grids(releases: list[Release], run_dir: RunDir, config: RunConfig
 def _metrics_document(
     config: RunConfig,
     run_dir: RunDir,
-    releases: list[Release],
+    contributions: list[Contribution],
     results: list[EvalResult],
     pooled: BinaryMetrics | None,
     clf: Classifier,
     failures: list[SiteFailure],
-    phantom: bool,
     timings: dict[str, float],
+    bytes_sent: dict[str, int],
 ) -> dict:
     sites: dict[str, dict] = {}
-    for rel in releases:
-        shown = {k: v for k, v in rel.meta.items() if k != "ledger"}
-        sites[rel.site] = {"status": "ok", "release": {**shown, "n_released": int(len(rel.labels))}}
+    for c in contributions:
+        sites[c.site] = {"status": "ok", c.key: c.info}
     for res in results:
         sites.setdefault(res.site, {"status": "ok"})["evaluation"] = res.metrics
     for f in failures:
         entry = sites.setdefault(f.site, {})
         entry["status"] = "failed"
         entry.setdefault("failures", []).append(asdict(f))
+    for name, n in bytes_sent.items():
+        sites.setdefault(name, {"status": "failed"})["bytes_sent"] = int(n)
+    phantom = any(c.phantom for c in contributions)
     warnings = []
     if phantom:
         warnings.append(PHANTOM_WARNING)
-    not_private = [r.site for r in releases if not r.meta.get("private")]
-    if len(not_private) == len(releases):
+    not_private = [c.site for c in contributions if not c.private]
+    if len(not_private) == len(contributions):
         warnings.append(NOT_PRIVATE_WARNING)
     elif not_private:
         warnings.append(PARTLY_PRIVATE_WARNING.format(sites=", ".join(not_private)))
@@ -282,11 +352,10 @@ def _metrics_document(
         "fedsynth_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "data": {"source": config.data.source, "resolution": config.data.resolution, "phantom": phantom},
-        "private": bool(releases) and not not_private,
+        "private": bool(contributions) and not not_private,
         "privacy": {
             "requested": config.privacy.model_dump() if config.privacy else None,
-            "sites": {r.site: {**r.meta.get("privacy", {}), "gate": r.meta.get("gate"),
-                               "membership_auc": r.meta.get("membership_auc")} for r in releases},
+            "sites": {c.site: c.privacy for c in contributions},
         },
         "warnings": warnings,
         "sites": dict(sorted(sites.items())),

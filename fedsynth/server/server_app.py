@@ -27,12 +27,15 @@ from fedsynth.protocol import (
     EvaluateRequest,
     Release,
     TrainRequest,
+    content_bytes,
     decode_eval_result,
     decode_release,
     encode_evaluate_request,
     encode_train_request,
+    error_origin,
 )
-from fedsynth.server.orchestrator import ProgressFactory, SiteFailure, no_progress, run_substitution
+from fedsynth.server.modes import run_mode
+from fedsynth.server.orchestrator import ProgressFactory, SiteFailure, no_progress
 from fedsynth.server.rundir import RunDir
 
 log = logging.getLogger("fedsynth.server")
@@ -47,6 +50,7 @@ class GridTransport:
         self.timeout = timeout_s
         self.connect_timeout = connect_timeout_s
         self.names: dict[int, str] = {}  # node id -> site name, learned from replies
+        self.bytes_sent: dict[str, int] = {}  # per site, everything its replies carried
 
     def _nodes(self) -> list[int]:
         deadline = time.monotonic() + self.connect_timeout
@@ -70,10 +74,7 @@ class GridTransport:
             node = reply.metadata.src_node_id
             answered.add(node)
             if reply.has_error():
-                reason = reply.error.reason or f"error code {reply.error.code}"
-                site, _, detail = reason.partition(": ")
-                if not detail or site.startswith("<"):
-                    site, detail = self.names.get(node, f"node-{node}"), reason
+                site, detail = error_origin(reply, self.names.get(node, f"node-{node}"))
                 failed.append(SiteFailure(site, stage, detail))
             else:
                 ok.append((node, reply.content))
@@ -83,6 +84,9 @@ class GridTransport:
                     SiteFailure(self.names.get(node, f"node-{node}"), stage, f"no reply within {self.timeout:g} s")
                 )
         return ok, failed
+
+    def count(self, site: str, content: RecordDict) -> None:
+        self.bytes_sent[site] = self.bytes_sent.get(site, 0) + content_bytes(content)
 
     def release(self, request: TrainRequest) -> tuple[list[Release], list[SiteFailure]]:
         replies, failed = self._broadcast(lambda: encode_train_request(request), MessageType.TRAIN, "release")
@@ -94,6 +98,7 @@ class GridTransport:
                 failed.append(SiteFailure(f"node-{node}", "release", f"malformed reply: {err}"))
                 continue
             self.names[node] = rel.site
+            self.count(rel.site, content)
             out.append(rel)
         return out, failed
 
@@ -103,6 +108,7 @@ class GridTransport:
         for node, content in replies:
             try:
                 out.append(decode_eval_result(content))
+                self.count(out[-1].site, content)
             except Exception as err:
                 failed.append(SiteFailure(self.names.get(node, f"node-{node}"), "evaluate", f"malformed reply: {err}"))
         return out, failed
@@ -123,9 +129,11 @@ def site_registry(config: RunConfig, run_dir: RunDir) -> dict[str, Path]:
     return simulation_registry(config, run_dir.path)
 
 
-def serve(grid: Grid, config: RunConfig, run_dir: RunDir, progress: ProgressFactory = no_progress) -> dict:
-    transport = GridTransport(grid, config.federation.num_sites, config.federation.site_timeout_s)
-    return run_substitution(config, transport, run_dir, site_registry(config, run_dir), progress)
+def serve(grid: Grid, config: RunConfig, run_dir: RunDir, progress: ProgressFactory = no_progress,
+          on_round=None) -> dict:
+    transport = GridTransport(grid, config.federation.num_sites, config.federation.site_timeout_s,
+                              config.federation.connect_timeout_s)
+    return run_mode(config, grid, transport, run_dir, site_registry(config, run_dir), progress, on_round)
 
 
 def make_server_app(
@@ -133,13 +141,14 @@ def make_server_app(
     run_dir: RunDir,
     on_done: Callable[[dict], None] | None = None,
     progress: ProgressFactory = no_progress,
+    on_round=None,
 ) -> ServerApp:
     """A ServerApp bound to a config and a run directory created by the caller."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        metrics = serve(grid, config, run_dir, progress)
+        metrics = serve(grid, config, run_dir, progress, on_round)
         if on_done is not None:
             on_done(metrics)
 
@@ -151,8 +160,18 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    # Flower streams the ServerApp's output to `flwr run --stream`: make fedsynth's lines part of it
+    root = logging.getLogger("fedsynth")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
     path = str(context.run_config.get("config", "") or "")
     config = load_config(Path(path) if path else None)
     run_dir = RunDir.create(config)
     log.info("run %s: writing to %s", run_dir.run_id, run_dir.path)
-    serve(grid, config, run_dir)
+    metrics = serve(grid, config, run_dir)
+    pooled = metrics.get("pooled") or {}
+    log.info("run %s finished: pooled AUROC %s; metrics in %s", run_dir.run_id, pooled.get("auroc"),
+             run_dir.file("metrics.json"))

@@ -28,9 +28,17 @@ def simulate(
     run_dir: RunDir | None = None,
     verbose: bool = False,
     progress: ProgressFactory = no_progress,
+    engine: str = "ray",
+    on_round=None,
 ) -> tuple[RunDir, dict]:
-    """Create the run directory, run the federation in Flower's simulation engine and
-    return (run directory, metrics). Raises FederationError if the run could not finish."""
+    """Create the run directory (or continue ``run_dir``), run the federation and return
+    (run directory, metrics). ``engine``: "ray" is Flower's simulation engine;
+    "inprocess" delivers messages by calling the ClientApp in this process (no Ray).
+    Raises FederationError if the run could not finish."""
+    if engine == "inprocess":
+        return _simulate_inprocess(config, run_dir, progress, on_round)
+    if engine != "ray":
+        raise ValueError(f"unknown engine {engine!r} (use ray or inprocess)")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     from flwr.simulation import run_simulation
@@ -39,8 +47,10 @@ def simulate(
     from fedsynth.server.server_app import make_server_app
 
     run_dir = run_dir or RunDir.create(config)
+    if not verbose:  # Flower logs run_simulation's deprecation at WARNING on every run
+        logging.getLogger("flwr").setLevel(logging.ERROR)
     result: dict = {}
-    server_app = make_server_app(config, run_dir, on_done=result.update, progress=progress)
+    server_app = make_server_app(config, run_dir, on_done=result.update, progress=progress, on_round=on_round)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
@@ -64,3 +74,16 @@ def simulate(
         else:
             raise FederationError(f"the simulation ended without results; see the log above (run dir {run_dir.path})")
     return run_dir, result
+
+
+def _simulate_inprocess(config, run_dir, progress, on_round) -> tuple[RunDir, dict]:
+    from fedsynth.client.client_app import app as client_app
+    from fedsynth.server.inprocess import InProcessGrid
+    from fedsynth.server.server_app import serve
+
+    run_dir = run_dir or RunDir.create(config)
+    grid = InProcessGrid(client_app, config.federation.num_sites)
+    try:
+        return run_dir, serve(grid, config, run_dir, progress, on_round)
+    finally:
+        grid.close()
