@@ -32,8 +32,8 @@ PRIVACY = {"none": [], "eps10": ["privacy.epsilon=10"]}
 
 def settings(mode: str, quick: bool) -> list[str]:
     """Equal effort per mode: the federated modes spread the same epochs over rounds."""
-    epochs = 6 if quick else 30
-    rounds = 2 if quick else 5
+    epochs = 4 if quick else 20
+    rounds = 2 if quick else 4
     common = ["classifier.epochs=" + ("3" if quick else "12"), "evaluation.bootstrap=" + ("100" if quick else "1000")]
     if mode == "federated":
         return common + [f"federation.rounds={rounds}", f"federation.local_epochs={epochs // rounds}",
