@@ -24,7 +24,7 @@ from flwr.serverapp import Grid
 
 from fedsynth.classifier.train import Classifier, build_trainable
 from fedsynth.config import RunConfig
-from fedsynth.data.dataset import CLASS_NAMES, concat
+from fedsynth.data.dataset import CLASS_NAMES, concat, from_uint8, to_uint8
 from fedsynth.errors import ConfigError, FederationError
 from fedsynth.evaluation.grids import image_grid
 from fedsynth.generators import build_generator
@@ -38,6 +38,7 @@ from fedsynth.server.orchestrator import (
     evaluate_and_report,
     no_progress,
     run_substitution,
+    save_release,
     train_on_pool,
 )
 from fedsynth.server.rounds import RoundsState, run_rounds
@@ -113,6 +114,8 @@ def run_federated_generator(config, grid, transport, run_dir, registry, progress
             f"clipping norm {config.federation.client_dp.clipping_norm}, {len(contributions)} sites): with few "
             "sites the noise overwhelms the model" if config.federation.client_dp else ""))
     phantom = any(c.phantom for c in contributions)
+    images = from_uint8(to_uint8(images))  # exactly what is kept, as for a site's release
+    save_release(run_dir, "global", to_uint8(images), labels, phantom)
     k = config.evaluation.grid_images
     image_grid([(f"synthetic {name}", images[labels == c][:k]) for c, name in enumerate(CLASS_NAMES)],
                run_dir.file("grids/synthetic_global.png"), "global generator after federated averaging",

@@ -214,6 +214,8 @@ def run_substitution(
     if len(np.unique(labels)) < 2:
         raise FederationError("the pooled releases contain only one class; no classifier can be trained")
     _synthetic_grids(accepted, run_dir, config, phantom)
+    for rel in accepted:
+        save_release(run_dir, rel.site, rel.images, rel.labels, phantom)
     contributions = [
         Contribution(
             r.site, "release", {**{k: v for k, v in r.meta.items() if k != "ledger"}, "n_released": len(r.labels)},
@@ -299,6 +301,29 @@ def evaluate_and_report(
     metrics["warnings"] = list(warnings or []) + metrics["warnings"]
     write_json(run_dir.file(METRICS_FILE), metrics)
     return metrics
+
+
+RELEASES_DIR = "releases"
+
+
+def save_release(run_dir: RunDir, name: str, images_u8: np.ndarray, labels: np.ndarray, phantom: bool) -> Path:
+    """Keep what the classifier was trained on: releases/<name>.npz (uint8 images, labels).
+    Synthetic images only; real images never reach the server."""
+    out = run_dir.path / RELEASES_DIR
+    out.mkdir(exist_ok=True)
+    path = out / f"{name}.npz"
+    np.savez_compressed(path, images=images_u8, labels=labels.astype(np.uint8), synthetic=np.array(True),
+                        phantom=np.array(phantom))
+    return path
+
+
+def load_releases(run_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The synthetic images a run pooled, by site (or "global" for the federated generator)."""
+    out = {}
+    for path in sorted((Path(run_dir) / RELEASES_DIR).glob("*.npz")):
+        with np.load(path) as z:
+            out[path.stem] = (z["images"], z["labels"].astype(np.int64))
+    return out
 
 
 def _synthetic_grids(releases: list[Release], run_dir: RunDir, config: RunConfig, phantom: bool) -> None:
