@@ -8,10 +8,19 @@ typo in a YAML file never silently falls back to a default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedsynth.errors import ConfigError
 
@@ -116,6 +125,74 @@ class GANSection(_Section):
     )
 
 
+class DDPMSection(_Section):
+    """Class-conditional diffusion on diffusers' UNet2DModel (DDPM training, DDIM sampling)."""
+
+    family: Literal["ddpm"] = "ddpm"
+    block_out_channels: list[int] = Field([32, 64, 64], min_length=2, description="UNet widths, one per level.")
+    layers_per_block: int = Field(1, ge=1)
+    attention: bool = Field(False, description="Self-attention blocks at the coarsest level.")
+    attention_head_dim: int = Field(8, ge=1)
+    norm_num_groups: int = Field(8, ge=1)
+    num_train_timesteps: int = Field(1000, ge=10)
+    beta_schedule: Literal["linear", "squaredcos_cap_v2"] = Field("squaredcos_cap_v2",
+                                                                   description="squaredcos_cap_v2 is the cosine one.")
+    sampling_steps: int = Field(25, ge=1, description="DDIM steps when sampling.")
+    guidance_scale: float = Field(2.0, ge=0, description="Classifier-free guidance weight (1: none).")
+    label_dropout: float = Field(0.1, ge=0, lt=1, description="Share of training examples with the null class.")
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=2)
+    sample_batch_size: int = Field(256, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    augmentation_multiplicity: int = Field(
+        4, ge=1, description="Under DP: noise levels per example per step, averaged before clipping."
+    )
+
+    @model_validator(mode="after")
+    def _groups_divide(self) -> DDPMSection:
+        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        if bad:
+            raise ValueError(f"block_out_channels {bad} are not divisible by norm_num_groups={self.norm_num_groups}")
+        return self
+
+
+class SDLoRASection(_Section):
+    """LoRA fine-tuning (peft) of a Stable Diffusion checkpoint the site has on disk."""
+
+    family: Literal["sd-lora"] = "sd-lora"
+    checkpoint: str = Field(..., description="Folder of a diffusers Stable Diffusion pipeline (model_index.json, "
+                            "unet/, vae/, text_encoder/, tokenizer/, scheduler/).")
+    rank: int = Field(8, ge=1, description="LoRA rank.")
+    alpha: float = Field(8.0, gt=0, description="LoRA scaling alpha.")
+    target_modules: list[str] = Field(["to_q", "to_k", "to_v", "to_out.0"])
+    prompt_normal: str = "chest x-ray, no finding"
+    prompt_pneumonia: str = "chest x-ray, pneumonia"
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    sampling_steps: int = Field(30, ge=1)
+    guidance_scale: float = Field(5.0, ge=0)
+    sample_batch_size: int = Field(16, ge=1)
+
+
+def _family(value: Any) -> str:
+    """The generator family of a config section; a section without one is a GAN (the default)."""
+    if isinstance(value, dict):
+        return str(value.get("family", "gan"))
+    return str(getattr(value, "family", "gan"))
+
+
+GeneratorConfig = Annotated[
+    Union[
+        Annotated[GANSection, Tag("gan")],
+        Annotated[DDPMSection, Tag("ddpm")],
+        Annotated[SDLoRASection, Tag("sd-lora")],
+    ],
+    Discriminator(_family),
+]
+
+
 class PrivacySection(_Section):
     """Differential privacy for every module that sees real images (DP-SGD via Opacus)."""
 
@@ -143,6 +220,9 @@ class SitesSection(_Section):
     budget: BudgetSection = Field(default_factory=BudgetSection)
     budgets: dict[str, BudgetSection] = Field(
         default_factory=dict, description="Per-site budget overrides, by site name (site-0, site-1, ...)."
+    )
+    generators: dict[str, GeneratorConfig] = Field(
+        default_factory=dict, description="Per-site generator choices (a site picks its family), by site name."
     )
 
     def budget_for(self, site: str) -> BudgetSection:
@@ -200,7 +280,7 @@ class RunConfig(_Section):
     run: RunSection = Field(default_factory=RunSection)
     data: DataSection = Field(default_factory=DataSection)
     federation: FederationSection = Field(default_factory=FederationSection)
-    generator: GANSection = Field(default_factory=GANSection)
+    generator: GeneratorConfig = Field(default_factory=GANSection)
     privacy: PrivacySection | None = Field(None, description="Absent: no DP, and every output says not private.")
     sites: SitesSection = Field(default_factory=SitesSection)
     gate: GateSection = Field(default_factory=GateSection)
@@ -215,6 +295,8 @@ class RunConfig(_Section):
                                                                 self.sites.budgets.items()}}.items():
                 if self.privacy.delta > b.delta:
                     raise ValueError(f"privacy.delta ({self.privacy.delta:g}) exceeds {name}.delta ({b.delta:g})")
+        if self.sites.generators and self.run.mode == "federated":
+            raise ValueError("sites.generators: federated averaging needs one generator architecture at every site")
         if self.federation.secure_aggregation:
             raise ValueError(
                 "federation.secure_aggregation: Flower 1.41 offers SecAgg+ only on its legacy API "
@@ -243,6 +325,10 @@ class RunConfig(_Section):
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
         return _validate(cls, _json_loads(text), "<message>")
+
+    def generator_for(self, site: str) -> GANSection | DDPMSection | SDLoRASection:
+        """The generator a (simulated) site trains: its own choice, else the run's."""
+        return self.sites.generators.get(site, self.generator)
 
     def classifier_arch(self) -> str:
         if self.classifier.arch != "auto":
@@ -346,6 +432,7 @@ class SiteConfig(_Section):
     budget: BudgetSection = Field(default_factory=BudgetSection)
     output_dir: str = Field("", description="Site-local outputs (grids, generator); default state_dir/outputs.")
     device: Device = "auto"
+    generator: GeneratorConfig | None = Field(None, description="This site's generator; default: the run's.")
 
 
 def load_site_config(path: str | Path) -> SiteConfig:

@@ -47,7 +47,7 @@ def site_for(context: Context, config: RunConfig, run_dir: str) -> Site:
     if "site-config" in node:
         data, state, site = deployed_site(node, config)
         out = site.output_dir or str(Path(site.state_dir) / "outputs")
-        return Site(data, state, out, device=site.device)
+        return Site(data, state, out, device=site.device, generator=site.generator)
     if "partition-id" in node:
         if int(node.get("num-partitions", config.federation.num_sites)) != config.federation.num_sites:
             raise RuntimeError(

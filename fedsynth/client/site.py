@@ -21,6 +21,7 @@ import hashlib
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,9 +52,11 @@ def site_seed(run_seed: int, site: str) -> int:
 
 
 class Site:
-    def __init__(self, data: SiteSplit, state: SiteState, output_dir: str | Path | None = None, device: str = "auto"):
+    def __init__(self, data: SiteSplit, state: SiteState, output_dir: str | Path | None = None, device: str = "auto",
+                 generator: Any = None):
         if state.name != data.name:
             raise ValueError(f"site state {state.name!r} does not belong to site {data.name!r}")
+        self.generator_choice = generator  # a deployed site's own choice (its site.yaml), if any
         self.data = data
         self.state = state
         self.name = data.name
@@ -80,16 +83,17 @@ class Site:
         # privacy first: refuse before any training step if the budget does not allow it
         fingerprint = train.fingerprint()
         ledger, key = self.state.ledger(), self.state.signing_key()
-        plan = self._plan(config, config.generator.batch_size, config.generator.epochs, fingerprint)
+        gen_cfg = self.generator_choice or config.generator_for(self.name)
+        plan = self._plan(config, gen_cfg.batch_size, gen_cfg.epochs, fingerprint)
 
-        gen = build_generator(config.generator, config.data.resolution, seed=seed, device=self.device)
+        gen = build_generator(gen_cfg, config.data.resolution, seed=seed, device=self.device)
         started = time.perf_counter()
-        every = max(1, config.generator.epochs // 5)
+        every = max(1, gen_cfg.epochs // 5)
 
         def progress(epoch: int, total: int, row: dict[str, float]) -> None:
             if epoch % every == 0 or epoch == total:
-                log.info("%s: generator epoch %d/%d loss_d=%.3f loss_g=%.3f", self.name, epoch, total,
-                         row.get("loss_d", float("nan")), row.get("loss_g", float("nan")))
+                shown = " ".join(f"{k}={v:.3f}" for k, v in row.items() if k != "epoch")
+                log.info("%s: generator epoch %d/%d %s", self.name, epoch, total, shown)
 
         report = gen.fit(train.images, train.labels, privacy=plan, progress=progress)
         training_entry = ledger.append(

@@ -7,9 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from fedsynth.generators.base import FitReport, Generator
+from fedsynth.generators.ddpm import DiffusionGenerator
 from fedsynth.generators.gan import ConditionalGAN
+from fedsynth.generators.sd_lora import StableDiffusionLoRA
 
-FAMILIES: dict[str, type[Generator]] = {"gan": ConditionalGAN}
+FAMILIES: dict[str, type[Generator]] = {
+    "gan": ConditionalGAN,
+    "ddpm": DiffusionGenerator,
+    "sd-lora": StableDiffusionLoRA,
+}
 
 
 def build_generator(config: Any, resolution: int, seed: int = 0, device: str = "auto") -> Generator:
@@ -36,4 +42,13 @@ def load_generator(path: str | Path, device: str = "auto") -> Generator:
     return gen
 
 
-__all__ = ["FAMILIES", "ConditionalGAN", "FitReport", "Generator", "build_generator", "load_generator"]
+__all__ = [
+    "FAMILIES",
+    "ConditionalGAN",
+    "DiffusionGenerator",
+    "FitReport",
+    "Generator",
+    "StableDiffusionLoRA",
+    "build_generator",
+    "load_generator",
+]

@@ -1,0 +1,257 @@
+"""Class-conditional denoising diffusion on diffusers' ``UNet2DModel``.
+
+Training follows DDPM (Ho et al. 2020): a noise level t is drawn per example, the image
+is noised by the DDPM scheduler and the UNet predicts the noise. The class enters
+through the UNet's class embedding (``num_class_embeds``); one extra "null" class,
+used for a ``label_dropout`` share of the examples, makes classifier-free guidance
+possible at sampling time (Ho & Salimans 2022). Sampling uses a DDIM scheduler built
+from the same noise schedule (``sampling_steps`` steps) and an exponential moving average
+of the weights (diffusers' ``EMAModel``).
+
+Under DP-SGD (Dockhorn et al. 2022, "Differentially private diffusion models") each
+private example is used with ``augmentation_multiplicity`` noise levels per step and
+its per-example gradient is the mean over them, taken before clipping: the clipped
+quantity is still one example's gradient, so the accounting is unchanged while the
+gradient estimate is far less noisy. GroupNorm throughout keeps per-sample gradients
+per sample; Opacus computes them with its hooks mode.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedsynth.config import DDPMSection
+from fedsynth.generators.base import (
+    FitReport,
+    Generator,
+    ProgressFn,
+    check_sample_request,
+    check_training_data,
+    exchangeable,
+    load_exchangeable,
+    seeded,
+)
+from fedsynth.privacy.dp import DPPlan, PrivateTraining
+
+NULL_CLASS = 2  # the "no label" class used for classifier-free guidance
+
+
+def _unet(cfg: DDPMSection, resolution: int):
+    from diffusers import UNet2DModel
+
+    levels = len(cfg.block_out_channels)
+    if resolution % (2 ** (levels - 1)):
+        raise ValueError(f"resolution {resolution} is not divisible by 2^{levels - 1} (block_out_channels)")
+    down = ["DownBlock2D"] * levels
+    up = ["UpBlock2D"] * levels
+    if cfg.attention:  # self-attention at the coarsest level only: cheap, and where it helps
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+    return UNet2DModel(
+        sample_size=resolution,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        norm_num_groups=cfg.norm_num_groups,
+        attention_head_dim=cfg.attention_head_dim,
+        num_class_embeds=3,
+        add_attention=cfg.attention,
+    )
+
+
+class Denoiser(nn.Module):
+    """``forward(x, t, y) -> predicted noise``: the UNet as Opacus needs it (one tensor out,
+    a per-sample timestep tensor in)."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t, class_labels=y).sample
+
+
+class DiffusionGenerator(Generator):
+    family = "ddpm"
+
+    def __init__(self, config: DDPMSection | None = None, resolution: int = 32, seed: int = 0, device: str = "auto"):
+        from diffusers import DDIMScheduler, DDPMScheduler
+
+        super().__init__(resolution, seed, device)
+        self.config = config or DDPMSection()
+        with seeded(self.seed):
+            self.denoiser = Denoiser(_unet(self.config, self.resolution))
+        self.noise_scheduler = DDPMScheduler(
+            num_train_timesteps=self.config.num_train_timesteps,
+            beta_schedule=self.config.beta_schedule,
+            prediction_type="epsilon",
+        )
+        # "trailing" spacing keeps the last sampling step at the noisiest level: better with few steps
+        self.sampler = DDIMScheduler.from_config(self.noise_scheduler.config, timestep_spacing="trailing")
+        self.ema_state: dict[str, torch.Tensor] | None = None
+        self.denoiser.to(self.device)
+
+    # ---- training ----------------------------------------------------------------------
+    def fit(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        privacy: DPPlan | None = None,
+        progress: ProgressFn | None = None,
+    ) -> FitReport:
+        images, labels = check_training_data(images, labels, self.resolution)
+        cfg = self.config
+        if privacy is not None and (privacy.n != len(images) or privacy.epochs != cfg.epochs):
+            raise ValueError(
+                f"privacy: the plan was made for {privacy.n} images and {privacy.epochs} epochs; "
+                f"got {len(images)} images and {cfg.epochs} epochs"
+            )
+        x = torch.from_numpy(images)[:, None] * 2.0 - 1.0
+        y = torch.from_numpy(labels)
+        batch = privacy.batch_size if privacy is not None else min(cfg.batch_size, len(x))
+        with seeded(self.seed + 1):
+            loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=privacy is None,
+                                generator=torch.Generator().manual_seed(self.seed + 2))
+            return self._train(loader, progress, privacy)
+
+    def _train(self, loader: DataLoader, progress: ProgressFn | None, privacy: DPPlan | None) -> FitReport:
+        from diffusers.training_utils import EMAModel
+
+        cfg = self.config
+        model = self.denoiser
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        step_model, dp = model, None
+        if privacy is not None:
+            dp = PrivateTraining(privacy)
+            step_model, opt, loader = dp.wrap(model, opt, loader, torch.Generator().manual_seed(self.seed + 3))
+        ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=0.75)
+        k = cfg.augmentation_multiplicity if privacy is not None else 1
+        gen = torch.Generator().manual_seed(self.seed + 4)
+        start = time.perf_counter()
+        steps = seen = 0
+        history: list[dict[str, float]] = []
+        for epoch in range(cfg.epochs):
+            total, batches = 0.0, 0
+            for xb, yb in loader:
+                b = xb.shape[0]
+                if b == 0 and privacy is None:
+                    continue
+                loss = self._loss(step_model, xb.to(self.device), yb.to(self.device), k, gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if k > 1 and b > 0:
+                    _average_replicas(model, b, k)
+                opt.step()
+                ema.step(model.parameters())
+                steps += 1
+                seen += b
+                batches += 1
+                total += loss.item()
+            row = {"epoch": epoch + 1, "loss": total / max(batches, 1)}
+            history.append(row)
+            if progress is not None:
+                progress(epoch + 1, cfg.epochs, row)
+        if dp is not None:
+            step_model.remove_hooks()
+        # keep the EMA weights for sampling; the raw weights stay for federated averaging
+        self.ema_state = {n: p.detach().clone() for n, p in zip(
+            [n for n, _ in model.named_parameters()], ema.shadow_params)}
+        self.fitted = True
+        return FitReport(self.family, cfg.epochs, steps, time.perf_counter() - start, seen, history,
+                         dp.result() if dp is not None else None)
+
+    def _loss(self, model: nn.Module, x0: torch.Tensor, y: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+        """Mean noise-prediction error; with ``k`` > 1 each example appears k times in a row."""
+        if k > 1:
+            x0, y = x0.repeat_interleave(k, 0), y.repeat_interleave(k, 0)
+        n = x0.shape[0]
+        t = torch.randint(0, self.config.num_train_timesteps, (n,), generator=gen).to(self.device)
+        noise = torch.randn(x0.shape, generator=gen).to(self.device)
+        drop = torch.rand(n, generator=gen).to(self.device) < self.config.label_dropout
+        y = torch.where(drop, torch.full_like(y, NULL_CLASS), y)
+        noisy = self.noise_scheduler.add_noise(x0, noise, t)
+        per_row = F.mse_loss(model(noisy, t, y), noise, reduction="none").flatten(1).mean(1)
+        return per_row.sum() / max(n, 1)  # = mean; an empty Poisson batch still takes its noise-only step
+
+    # ---- sampling -----------------------------------------------------------------------
+    @torch.inference_mode()
+    def sample(self, n: int, labels: int | np.ndarray, seed: int | None = None) -> np.ndarray:
+        self._require_fitted()
+        y_all = check_sample_request(n, labels)
+        cfg = self.config
+        net = self._sampling_net()
+        gen = torch.Generator().manual_seed(self.seed + 7 if seed is None else seed)
+        self.sampler.set_timesteps(cfg.sampling_steps)
+        out = np.empty((len(y_all), self.resolution, self.resolution), dtype=np.float32)
+        for start in range(0, len(y_all), cfg.sample_batch_size):
+            y = torch.from_numpy(y_all[start : start + cfg.sample_batch_size]).to(self.device)
+            b = len(y)
+            x = torch.randn((b, 1, self.resolution, self.resolution), generator=gen).to(self.device)
+            y_both = torch.cat([y, torch.full_like(y, NULL_CLASS)])
+            for t in self.sampler.timesteps:
+                tt = torch.full((2 * b,), int(t), device=self.device)
+                eps = net(torch.cat([x, x]), tt, y_both)
+                cond, uncond = eps[:b], eps[b:]
+                guided = uncond + cfg.guidance_scale * (cond - uncond)
+                x = self.sampler.step(guided, t, x).prev_sample
+            out[start : start + b] = ((x[:, 0].clamp(-1, 1) + 1) / 2).float().cpu().numpy()
+        return out
+
+    def _sampling_net(self) -> nn.Module:
+        net = self.denoiser
+        if self.ema_state is not None:
+            import copy
+
+            net = copy.deepcopy(self.denoiser)
+            params = dict(net.named_parameters())
+            with torch.no_grad():
+                for name, value in self.ema_state.items():
+                    params[name].copy_(value)
+        return net.eval()
+
+    # ---- persistence ----------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        return {"ddpm": self.config.model_dump(), "seed": self.seed}
+
+    def sampling_state(self) -> dict[str, torch.Tensor]:
+        return dict(self._sampling_net().state_dict())
+
+    def load_sampling_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.denoiser.load_state_dict(state)
+        self.ema_state = None
+        self.fitted = True
+
+    def training_state(self) -> dict[str, np.ndarray]:
+        return exchangeable(self.denoiser.state_dict())
+
+    def load_training_state(self, state: dict[str, np.ndarray]) -> None:
+        load_exchangeable(self.denoiser, state)
+        self.ema_state = None
+        self.fitted = True
+
+    @classmethod
+    def from_config_dict(cls, config: dict[str, Any], resolution: int, device: str = "auto") -> DiffusionGenerator:
+        return cls(DDPMSection(**config["ddpm"]), resolution=resolution, seed=int(config.get("seed", 0)),
+                   device=device)
+
+
+def _average_replicas(model: nn.Module, b: int, k: int) -> None:
+    """Turn Opacus's per-row gradients (b*k rows) into per-example gradients (b rows): the
+    mean over each example's k noise levels, before the optimizer clips them."""
+    for p in model.parameters():
+        gs = getattr(p, "grad_sample", None)
+        if gs is None:
+            continue
+        if gs.shape[0] != b * k:
+            raise RuntimeError(f"expected {b * k} per-row gradients, got {gs.shape[0]}")
+        p.grad_sample = gs.view(b, k, *gs.shape[1:]).mean(dim=1)

@@ -1,0 +1,202 @@
+"""The app's HTML: plain strings, every value escaped, inline CSS, no external resources."""
+
+from __future__ import annotations
+
+from html import escape
+from urllib.parse import urlencode
+
+CSS = """
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d232a;background:#f5f6f8}
+header{background:#1f3a5f;color:#fff;padding:.6rem 1.2rem;display:flex;gap:1.4rem;align-items:baseline}
+header b{font-size:1.1rem} header a{color:#dbe7f5;text-decoration:none} header a:hover{text-decoration:underline}
+main{max-width:980px;margin:1rem auto;padding:0 1.2rem}
+.card{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:1rem 1.2rem;margin:0 0 1rem}
+.warn{background:#fff4d6;border:1px solid #e0b84c;border-radius:6px;padding:.6rem 1rem;margin:0 0 1rem}
+.error{background:#fde8e8;border:1px solid #d9534f;border-radius:6px;padding:.6rem 1rem;margin:0 0 1rem}
+.big{font-size:2.2rem;font-weight:700} .pos{color:#b3261e} .neg{color:#1b6e3a}
+.row{display:flex;gap:1.2rem;flex-wrap:wrap} figure{margin:0} figcaption{font-size:.85rem;color:#555}
+img.view{width:320px;height:320px;image-rendering:auto;border:1px solid #ccc;background:#000}
+img.study{width:448px;height:448px;border:1px solid #ccc;background:#000}
+img.thumb{width:96px;height:96px;border:1px solid #ccc}
+table{border-collapse:collapse} th,td{border-bottom:1px solid #e3e6ea;padding:.3rem .7rem;text-align:left}
+button{font-size:1rem;padding:.45rem 1.1rem;border-radius:5px;border:1px solid #1f3a5f;background:#1f3a5f;color:#fff;
+cursor:pointer} button.alt{background:#fff;color:#1f3a5f} input[type=text]{font-size:1rem;padding:.35rem}
+small,.muted{color:#5b6570} code{background:#eef0f3;padding:0 .25rem;border-radius:3px}
+"""
+
+DISCLAIMER = ("Research software, not a medical device: a score here is no diagnosis. "
+              "Uploaded files are deleted after scoring and never stored.")
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def layout(title: str, body: str, *, phantom_warning: str | None, run_id: str) -> str:
+    banner = f'<div class="warn" id="phantom-warning"><b>Phantom run.</b> {escape(phantom_warning)}</div>' \
+        if phantom_warning else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>{escape(title)} – fedsynth</title><style>{CSS}</style></head>
+<body><header><b>fedsynth</b><a href="/">Score an X-ray</a><a href="/study">Reader study</a>
+<a href="/study/results">Study results</a><a href="/api/health">API</a>
+<span class="muted" style="margin-left:auto;color:#b9c8da">run {escape(run_id)}</span></header>
+<main>{banner}{body}<p><small>{escape(DISCLAIMER)}</small></p></main></body></html>"""
+
+
+# ---- scoring -----------------------------------------------------------------------------------
+
+
+def score_page(*, info: dict, accept: str, max_bytes: int, result: dict | None = None, error: str | None = None,
+               filename: str | None = None) -> str:
+    err = f'<div class="error" id="error"><b>Cannot score this file.</b> {escape(error)}</div>' if error else ""
+    out = ""
+    if result is not None:
+        positive = result["prediction"] == "pneumonia"
+        out = f"""
+<div class="card" id="result">
+  <h2>Result{' for ' + escape(filename) if filename else ''}</h2>
+  <div class="row">
+    <div>
+      <div class="muted">pneumonia probability</div>
+      <div class="big {'pos' if positive else 'neg'}" id="probability">{result['probability']:.3f}</div>
+      <p>threshold <b id="threshold">{result['threshold']:.3f}</b> &rarr;
+         prediction <b id="prediction" class="{'pos' if positive else 'neg'}">{escape(result['prediction'])}</b><br>
+         <small>scored at {result['resolution']} &times; {result['resolution']} px, preprocessed exactly as the
+         classifier's training images (centre crop, resize)</small></p>
+    </div>
+    <figure><img class="view" id="input-image" alt="the image as the classifier sees it"
+      src="data:image/png;base64,{result['image_png_base64']}"><figcaption>what the classifier sees</figcaption>
+    </figure>
+    <figure><img class="view" id="overlay-image" alt="Grad-CAM heat map over the image"
+      src="data:image/png;base64,{result['overlay_png_base64']}">
+      <figcaption>Grad-CAM: red = regions that raised the pneumonia score</figcaption></figure>
+  </div>
+</div>"""
+    return f"""
+<h1>Score a chest X-ray</h1>
+{err}
+<div class="card">
+<form method="post" action="/score" enctype="multipart/form-data" id="score-form">
+  <p>PNG, JPEG or DICOM, at most {max_bytes / 2**20:.3g} MB. The run's classifier
+  ({escape(info['arch'])}, {info['resolution']} px) returns the probability of pneumonia.</p>
+  <input type="file" name="file" id="file" accept="{escape(accept)}" required>
+  <button type="submit" id="score-button">Score</button>
+  <span id="size-error" class="pos"></span>
+</form>
+<script>
+document.getElementById("score-form").addEventListener("submit", function (e) {{
+  var f = document.getElementById("file").files[0];
+  if (f && f.size > {max_bytes}) {{
+    e.preventDefault();
+    document.getElementById("size-error").textContent = "this file is larger than {max_bytes / 2**20:.3g} MB";
+  }}
+}});
+</script>
+<p><small>JSON API: <code>curl -F file=@xray.png http://HOST:PORT/api/score</code></small></p>
+</div>
+{out}"""
+
+
+# ---- reader study ------------------------------------------------------------------------------
+
+
+def study_disabled_page(reason: str) -> str:
+    return f"""
+<h1>Reader study</h1>
+<div class="warn" id="study-disabled"><b>The reader study is not available here.</b> {escape(reason)}</div>"""
+
+
+def study_start_page(*, n_images: int, error: str | None = None, reader: str = "") -> str:
+    err = f'<div class="error" id="error">{escape(error)}</div>' if error else ""
+    return f"""
+<h1>Reader study: real or synthetic?</h1>
+{err}
+<div class="card">
+<p>You will see {n_images} chest X-rays, one at a time, in a fixed shuffled order. Some are this hospital's
+real images; the others were made by the federation's image generators. For each, say whether you think it is
+<b>real</b> or <b>synthetic</b>, and if you like whether it shows pneumonia. Each image is answered once: the first
+answer counts. You can stop and come back later with the same name.</p>
+<form method="get" action="/study">
+  <label>Your name <input type="text" name="reader" id="reader" maxlength="40" value="{escape(reader)}"
+    required></label>
+  <button type="submit" id="start">Start</button>
+  <br><small>Only this name is stored with your answers (letters, digits, spaces, '.', '_', '-';
+  at most 40). Use a pseudonym if you prefer.</small>
+</form>
+</div>"""
+
+
+def study_image_page(*, reader: str, image_id: str, position: int, n_images: int, notice: str | None = None) -> str:
+    note = f'<div class="warn" id="notice">{escape(notice)}</div>' if notice else ""
+    r = escape(reader)
+    return f"""
+<h1>Reader study <small class="muted">– {r}, image {position} of {n_images}</small></h1>
+{note}
+<div class="card">
+<form method="post" action="/study/answer" id="answer-form">
+  <input type="hidden" name="reader" value="{r}">
+  <input type="hidden" name="image_id" value="{escape(image_id)}">
+  <div class="row">
+    <img class="study" id="study-image" alt="chest X-ray {position}" src="/study/image/{escape(image_id)}.png">
+    <div>
+      <p><b>Pneumonia?</b> (optional)<br>
+      <label><input type="radio" name="pneumonia" value="yes"> yes</label>
+      <label><input type="radio" name="pneumonia" value="no"> no</label>
+      <label><input type="radio" name="pneumonia" value="" checked> no answer</label></p>
+      <p><b>This image is</b><br>
+      <button type="submit" name="answer" value="real" id="answer-real">real</button>
+      <button type="submit" name="answer" value="synthetic" id="answer-synthetic" class="alt">synthetic</button></p>
+      <p><small>Image id {escape(image_id)}. Answered: {position - 1} of {n_images}.</small></p>
+    </div>
+  </div>
+</form>
+</div>"""
+
+
+def study_done_page(*, reader: str, n_images: int) -> str:
+    return f"""
+<h1>Reader study</h1>
+<div class="card" id="study-done"><p>Thank you, {escape(reader)}: you have answered all {n_images} images.</p>
+<p>The study's organiser reads the results at <a href="/study/results">/study/results</a>.</p></div>"""
+
+
+def study_results_page(results: dict) -> str:
+    rows = []
+    for name, m in results["readers"].items():
+        rows.append(f"<tr><td>{escape(name)}</td><td>{m['answered']}{'' if m['complete'] else ' (in progress)'}</td>"
+                    f"<td>{pct(m['accuracy'])}</td><td>{pct(m['sensitivity'])}</td><td>{pct(m['specificity'])}</td>"
+                    f"<td>{pct(m['pneumonia_accuracy'])} <small>({m['pneumonia_answered']})</small></td></tr>")
+    o = results["overall"]
+    rows.append(f"<tr><td><b>all readers</b></td><td>{o['answered']}</td><td>{pct(o['accuracy'])}</td>"
+                f"<td>{pct(o['sensitivity'])}</td><td>{pct(o['specificity'])}</td>"
+                f"<td>{pct(o['pneumonia_accuracy'])} <small>({o['pneumonia_answered']})</small></td></tr>")
+    mistaken = "".join(
+        f"""<figure class="card" style="padding:.5rem"><img class="thumb" alt="{escape(m['image_id'])}"
+  src="/study/image/{escape(m['image_id'])}.png"><figcaption><b>{escape(m['truth'])}</b>
+  {'(' + escape(m['label']) + ')' if m['label'] else ''}<br>mistaken {m['mistaken']} of {m['answers']}<br>
+  <small>{escape(m['image_id'])}</small></figcaption></figure>"""
+        for m in results["most_mistaken"]
+    ) or "<p class='muted'>No image mistaken yet.</p>"
+    comp = results["composition"]
+    return f"""
+<h1>Reader study results</h1>
+<div class="warn">These results reveal which images are real: open them only when every reader has finished.</div>
+<div class="card">
+<p>{results['n_images']} images ({comp['real']} real, {comp['synthetic']} synthetic). <b>Synthetic is the positive
+class</b>: sensitivity = synthetic images called synthetic, specificity = real images called real. Accuracy near 50%
+means readers could not tell real from synthetic.</p>
+<table id="results-table"><tr><th>reader</th><th>answered</th><th>accuracy</th><th>sensitivity</th>
+<th>specificity</th><th>pneumonia answers correct</th></tr>{''.join(rows)}</table>
+</div>
+<h2>Most often mistaken</h2>
+<div class="row" id="most-mistaken">{mistaken}</div>
+<p><small>JSON: <a href="/api/study/results">/api/study/results</a></small></p>"""
+
+
+def reader_url(reader: str, already: str | None = None) -> str:
+    return "/study?" + urlencode({"reader": reader, **({"already": already} if already else {})})
