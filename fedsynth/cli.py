@@ -387,13 +387,14 @@ def serve(
     web = create_app(run_dir, real_data=real_data, db_path=db, max_upload_mb=max_upload_mb, study_size=study_size,
                      seed=seed)
     study = web.state.study
-    console.print(f"run {run_dir}: scoring at http://{host}:{port}/ ; reader study "
-                  + (f"at http://{host}:{port}/study ({len(study)} images)" if study is not None
-                     else "off (give --real-data at a site)"), highlight=False)
+    console.print(f"scoring: http://{host}:{port}/", highlight=False, soft_wrap=True)
+    console.print(f"reader study: http://{host}:{port}/study ({len(study)} images)" if study is not None
+                  else "reader study: off (give --real-data at a site)", highlight=False, soft_wrap=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]warning:[/] listening on {host}: anyone who can reach this machine can use the app"
                       + (" and see the site's real study images" if study is not None else ""), highlight=False)
-    uvicorn.run(web, host=host, port=port, log_level="info", ws="none")
+    # no access log: it would keep readers' names and client addresses beside the answers
+    uvicorn.run(web, host=host, port=port, log_level="info", ws="none", access_log=False)
 
 
 # ---- serve (end) ------------------------------------------------------------------------------

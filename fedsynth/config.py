@@ -272,6 +272,18 @@ class EvaluationSection(_Section):
         "without per-image scores.",
     )
     grid_images: int = Field(8, ge=1, le=64, description="Images per row in the real-vs-synthetic grids.")
+    fidelity: bool = Field(True, description="Sites measure the synthetic images' fidelity against their real ones.")
+    fidelity_samples: int = Field(
+        1000, ge=10, description="Pooled synthetic images sent to each site for fidelity and utility."
+    )
+    inception_weights: str = Field(
+        "", description="Inception-v3 ImageNet weights (.pth) for FID; empty: a CXR encoder trained at each site."
+    )
+    encoder_epochs: int = Field(5, ge=1, description="Epochs of the CXR fidelity encoder.")
+    site_baselines: bool = Field(
+        True, description="Sites also train on their own real images (train-real-test-real) and on real plus "
+        "synthetic (augmentation), for comparison.",
+    )
 
 
 class RunConfig(_Section):
@@ -344,8 +356,13 @@ def _json_loads(text: str) -> Any:
 
 def _format_errors(err: ValidationError, origin: str) -> str:
     lines = [f"invalid run config ({origin}):"]
+    tags = {"gan", "ddpm", "sd-lora"}
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        loc = list(e["loc"])
+        # a tagged union adds the tag to the location (generator.gan.epochs): users wrote generator.epochs
+        loc = [p for i, p in enumerate(loc) if not (p in tags and i > 0 and (
+            loc[i - 1] == "generator" or (i > 1 and loc[i - 2] == "generators")))]
+        where = ".".join(str(p) for p in loc) or "<top level>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see configs/demo.yaml for every key)"

@@ -71,6 +71,11 @@ class EvaluateRequest:
     classifier_header: dict[str, Any]
     classifier_state: dict[str, torch.Tensor]
     run_dir: str = ""
+    # a sample of the pooled synthetic images (uint8), for fidelity and utility at the site
+    synthetic_images: np.ndarray | None = None
+    synthetic_labels: np.ndarray | None = None
+    synthetic_origin: np.ndarray | None = None  # per row: index into origin_names
+    origin_names: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -79,6 +84,10 @@ class EvalResult:
     metrics: dict[str, Any]
     histogram: ScoreHistogram
     meta: dict[str, Any] = field(default_factory=dict)
+    # site-side evaluation beyond the server's classifier: fidelity and utility figures, and
+    # score histograms of the site's own baselines (keyed "trtr", "real_plus_synthetic")
+    extra: dict[str, Any] = field(default_factory=dict)
+    extra_histograms: dict[str, ScoreHistogram] = field(default_factory=dict)
 
 
 # ---- encoding ---------------------------------------------------------------------------
@@ -121,51 +130,64 @@ def decode_release(content: RecordDict) -> Release:
 
 
 def encode_evaluate_request(req: EvaluateRequest) -> RecordDict:
-    return RecordDict(
-        {
-            "classifier": ArrayRecord(req.classifier_state),
-            "request": _config_record(
-                run_id=req.run_id,
-                config=req.config.to_json(),
-                classifier=json.dumps(req.classifier_header),
-                run_dir=req.run_dir,
-            ),
-        }
-    )
+    records: dict[str, Any] = {
+        "classifier": ArrayRecord(req.classifier_state),
+        "request": _config_record(
+            run_id=req.run_id,
+            config=req.config.to_json(),
+            classifier=json.dumps(req.classifier_header),
+            run_dir=req.run_dir,
+            origin_names=json.dumps(req.origin_names),
+        ),
+    }
+    if req.synthetic_images is not None:
+        records["synthetic"] = ArrayRecord({
+            "images": Array(np.ascontiguousarray(req.synthetic_images, dtype=np.uint8)),
+            "labels": Array(np.ascontiguousarray(req.synthetic_labels, dtype=np.uint8)),
+            "origin": Array(np.ascontiguousarray(req.synthetic_origin, dtype=np.uint8)),
+        })
+    return RecordDict(records)
 
 
 def decode_evaluate_request(content: RecordDict) -> EvaluateRequest:
     rec = content.config_records["request"]
+    synthetic = content.array_records.get("synthetic")
     return EvaluateRequest(
         run_id=str(rec["run_id"]),
         config=RunConfig.from_json(str(rec["config"])),
         classifier_header=json.loads(str(rec["classifier"])),
         classifier_state=content.array_records["classifier"].to_torch_state_dict(),
         run_dir=str(rec["run_dir"]),
+        synthetic_images=synthetic["images"].numpy() if synthetic is not None else None,
+        synthetic_labels=synthetic["labels"].numpy() if synthetic is not None else None,
+        synthetic_origin=synthetic["origin"].numpy() if synthetic is not None else None,
+        origin_names=json.loads(str(rec["origin_names"])),
     )
 
 
 def encode_eval_result(res: EvalResult) -> RecordDict:
-    return RecordDict(
-        {
-            "evaluation": _config_record(
-                site=res.site,
-                metrics=json.dumps(res.metrics),
-                meta=json.dumps(res.meta),
-                histogram_positive=[int(v) for v in res.histogram.positive],
-                histogram_negative=[int(v) for v in res.histogram.negative],
-            )
-        }
-    )
+    hists = {"main": res.histogram, **res.extra_histograms}
+    values: dict[str, Any] = {"site": res.site, "metrics": json.dumps(res.metrics), "meta": json.dumps(res.meta),
+                              "extra": json.dumps(res.extra), "histograms": json.dumps(sorted(hists))}
+    for name, h in hists.items():
+        values[f"hist_{name}_positive"] = [int(v) for v in h.positive]
+        values[f"hist_{name}_negative"] = [int(v) for v in h.negative]
+    return RecordDict({"evaluation": _config_record(**values)})
 
 
 def decode_eval_result(content: RecordDict) -> EvalResult:
     rec = content.config_records["evaluation"]
+    hists = {
+        name: ScoreHistogram(np.asarray(rec[f"hist_{name}_positive"]), np.asarray(rec[f"hist_{name}_negative"]))
+        for name in json.loads(str(rec["histograms"]))
+    }
     return EvalResult(
         site=str(rec["site"]),
         metrics=json.loads(str(rec["metrics"])),
-        histogram=ScoreHistogram(np.asarray(rec["histogram_positive"]), np.asarray(rec["histogram_negative"])),
+        histogram=hists.pop("main"),
         meta=json.loads(str(rec["meta"])),
+        extra=json.loads(str(rec["extra"])),
+        extra_histograms=hists,
     )
 
 

@@ -36,7 +36,10 @@ from fedsynth.webapp import create_app
 RES = 16
 STUDY_SIZE = 8  # 4 real + 4 synthetic
 
-pytestmark = pytest.mark.filterwarnings("ignore:The anyio.abc.BlockingPortal alias is deprecated")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The anyio.abc.BlockingPortal alias is deprecated"),
+    pytest.mark.filterwarnings("ignore::UserWarning:pydicom.*"),  # the deliberately broken DICOM
+]
 
 
 def make_run(root: Path, *, phantom: bool = True, run_id: str = "webapp-test") -> Path:
@@ -310,6 +313,21 @@ def test_api_score_bad_files_get_a_clear_message(client, xray, uploads, name, da
     assert not any(Path(tempfile.gettempdir()).iterdir())
 
 
+def test_api_score_refuses_a_decompression_bomb_from_its_header(client, uploads):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    for side, message in ((9_000, "9000 x 9000 pixels"), (20_000, "far too many pixels")):  # 81 and 400 MP
+        header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit grey
+        bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        r = client.post("/api/score", files={"file": ("bomb.png", bomb, "image/png")})
+        assert r.status_code == 413 and message in r.json()["detail"] and "at most 64 megapixels" in r.json()["detail"]
+    assert len(uploads) == 2 and not any(p.exists() for p in uploads)
+
+
 def test_api_score_requests_without_a_file(client):
     r = client.post("/api/score", data={"other": "x"}, files={"notfile": ("a.png", b"123", "image/png")})
     assert r.status_code == 400 and "no file uploaded" in r.json()["detail"]
@@ -353,13 +371,25 @@ def test_score_form_bad_file_shows_the_reason(client):
     assert 'id="probability"' not in r.text
 
 
-def test_non_phantom_run_says_nothing_about_phantoms(tmp_path, xray):
-    client = TestClient(create_app(make_run(tmp_path, phantom=False, run_id="real-run")))
+def test_non_phantom_run_says_nothing_about_phantoms(run_dir, tmp_path, xray):
+    import shutil
+
+    other = shutil.copytree(run_dir, tmp_path / "real-run")
+    clf = Classifier.load(other / "classifier.safetensors")
+    clf.meta["phantom"] = False
+    clf.save(other / "classifier.safetensors")
+    metrics = json.loads((other / "metrics.json").read_text())
+    metrics["data"]["phantom"] = False
+    (other / "metrics.json").write_text(json.dumps(metrics))
+    client = TestClient(create_app(other))
     assert "phantom_warning" not in client.get("/api/health").json()
     assert client.get("/api/health").json()["phantom"] is False
     assert 'id="phantom-warning"' not in client.get("/").text
     body = client.post("/api/score", files={"file": ("x.png", png(xray), "image/png")}).json()
     assert "phantom_warning" not in body and 0 <= body["probability"] <= 1
+    metrics["data"]["phantom"] = True  # either the classifier's header or metrics.json marks a phantom run
+    (other / "metrics.json").write_text(json.dumps(metrics))
+    assert "PHANTOM" in TestClient(create_app(other)).get("/api/health").json()["phantom_warning"]
 
 
 def test_create_app_rejects_what_is_not_a_finished_run(tmp_path, run_dir):
@@ -581,7 +611,28 @@ def test_bad_answers_are_refused(study_client):
     assert r.status_code == 400 and "send JSON" in r.json()["detail"]
     r = study_client.post("/study/answer", data={"reader": "Ann", "image_id": image_id, "answer": "maybe"})
     assert r.status_code == 400 and 'id="error"' in r.text
+    r = study_client.post("/study/answer", data={"reader": "Ann", "image_id": image_id, "answer": "real"},
+                          files={"file": ("x.png", b"123", "image/png")})  # the answer form takes no file
+    assert r.status_code == 400 and "Too many files" in r.text
     assert study_client.get("/api/study/results").json()["overall"]["answered"] == 0
+
+
+def test_study_with_unlabelled_real_images(run_dir, tmp_path):
+    folder = tmp_path / "site-images"  # PNGs with no labels.csv and no NORMAL/ PNEUMONIA/ folders
+    folder.mkdir()
+    for i, image in enumerate(make_phantoms(3, 40, seed=30).images):
+        (folder / f"img{i}.png").write_bytes(png(image))
+    client = TestClient(create_app(run_dir, real_data=folder, db_path=tmp_path / "u.sqlite", study_size=6))
+    study = client.app.state.study
+    assert study.counts() == {"real": 3, "synthetic": 3}
+    assert all((im.label is None) == (im.kind == "real") for im in study.images)
+    for im in study.images:
+        r = client.post("/api/study/answer", json={"reader": "Ann", "image_id": im.id, "answer": "real",
+                                                   "pneumonia": True})
+        assert r.status_code == 201
+    ann = client.get("/api/study/results").json()["readers"]["Ann"]
+    assert ann["accuracy"] == 0.5 and ann["sensitivity"] == 0.0 and ann["specificity"] == 1.0
+    assert ann["pneumonia_answered"] == 3  # only the synthetic images have a class to check against
 
 
 def test_study_needs_real_images_and_releases(run_dir, tmp_path):
@@ -610,6 +661,7 @@ def test_cli_serve_binds_localhost_by_default(run_dir, real_npz, tmp_path, monke
     result = CliRunner().invoke(app, ["serve", str(run_dir)])
     assert result.exit_code == 0, result.output
     assert calls[0][1]["host"] == "127.0.0.1" and calls[0][1]["port"] == 8000
+    assert calls[0][1]["access_log"] is False  # no client addresses or reader names in logs
     assert calls[0][0].state.study is None and "http://127.0.0.1:8000" in result.output
     result = CliRunner().invoke(app, ["serve", str(run_dir), "--real-data", str(real_npz), "--port", "8765",
                                       "--db", str(tmp_path / "s.sqlite")])

@@ -170,14 +170,20 @@ def take_screenshots(run_dir: Path, site_npz: Path, out: Path) -> list[Path]:
     """The score page with a result and the reader-study page, on a phantom run."""
     import tempfile
 
+    from fedsynth.classifier.predict import load_run_classifier
     from fedsynth.data.phantom import make_phantoms
+    from fedsynth.data.preprocess import prepare_batch
     from fedsynth.webapp import create_app
 
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         xray = Path(tmp) / "phantom-chest.png"
-        ds = make_phantoms(8, 256, seed=7)
-        image = ds.images[int(np.flatnonzero(ds.labels == 1)[0])]
+        # a pneumonia phantom the run's classifier calls positive, so the heat map has something to show
+        ds = make_phantoms(16, 256, seed=7)
+        clf = load_run_classifier(run_dir)
+        probs = clf.predict_proba(prepare_batch(ds.images, clf.resolution))
+        hits = np.flatnonzero((ds.labels == 1) & (probs >= clf.threshold))
+        image = ds.images[int(hits[0] if hits.size else np.flatnonzero(ds.labels == 1)[0])]
         Image.fromarray((image * 255).round().astype(np.uint8)).save(xray)
         app = create_app(run_dir, real_data=site_npz, db_path=Path(tmp) / "study.sqlite")
         with serving(app) as url, browser_page(1100, 860) as page:

@@ -141,9 +141,10 @@ def train_classifier(
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         steps_per_epoch = max(1, math.ceil(len(train_idx) / config.batch_size))
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.2
-        )
+        total_steps = config.epochs * steps_per_epoch
+        # one-cycle needs a few steps to warm up over; a tiny run keeps the learning rate flat
+        sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps, pct_start=0.2)
+                 if total_steps >= 10 else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
         best: tuple[float, int, dict[str, torch.Tensor]] | None = None
         history = []
         for epoch in range(config.epochs):

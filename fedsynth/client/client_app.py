@@ -121,7 +121,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         _prepare_worker(req.config, context)
         site = site_for(context, req.config, req.run_dir)
         clf = Classifier.from_state(req.classifier_header, req.classifier_state, device=req.config.run.device)
-        result = site.evaluate(clf, req.config)
+        result = site.evaluate(clf, req.config, req)
         return Message(encode_eval_result(result), reply_to=msg)
     except Exception as err:
         return _error_reply(msg, context, err)

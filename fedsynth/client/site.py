@@ -29,10 +29,11 @@ from fedsynth import __version__
 from fedsynth.classifier.metrics import ScoreHistogram, evaluate_scores
 from fedsynth.classifier.train import Classifier, build_trainable, train_local
 from fedsynth.config import RunConfig
-from fedsynth.data.dataset import CLASS_NAMES, to_uint8
+from fedsynth.data.dataset import CLASS_NAMES, from_uint8, to_uint8
 from fedsynth.data.partition import SiteSplit
 from fedsynth.errors import DataError
 from fedsynth.evaluation.grids import image_grid
+from fedsynth.evaluation.site_evaluation import site_extras
 from fedsynth.generators import build_generator
 from fedsynth.generators.base import exchangeable, load_exchangeable
 from fedsynth.privacy.dp import BudgetCheck, DPPlan, check_budget, plan_training
@@ -40,7 +41,15 @@ from fedsynth.privacy.gate import membership_auc, release_gate
 from fedsynth.privacy.ledger import DP_TRAINING, RELEASE, TRAINING, spent_epsilon
 from fedsynth.privacy.release import arrays_hash, content_hash
 from fedsynth.privacy.state import SiteState
-from fedsynth.protocol import CLASSIFIER_ROUND, GENERATOR_ROUND, EvalResult, ModelUpdate, Release, RoundRequest
+from fedsynth.protocol import (
+    CLASSIFIER_ROUND,
+    GENERATOR_ROUND,
+    EvalResult,
+    EvaluateRequest,
+    ModelUpdate,
+    Release,
+    RoundRequest,
+)
 
 log = logging.getLogger("fedsynth.site")
 
@@ -270,7 +279,9 @@ class Site:
             )
 
     # ---- evaluation ------------------------------------------------------------------------
-    def evaluate(self, classifier: Classifier, config: RunConfig) -> EvalResult:
+    def evaluate(self, classifier: Classifier, config: RunConfig, request: EvaluateRequest | None = None) -> EvalResult:
+        """Metrics of the server's classifier on the real test split; with a synthetic
+        sample in ``request``, also fidelity and the site's own utility baselines."""
         test = self.data.test
         if len(test) == 0:
             raise DataError(f"{self.name}: no local test images to evaluate on")
@@ -280,17 +291,26 @@ class Site:
             )
         probs = classifier.predict_proba(test.images)
         ev = config.evaluation
-        metrics = evaluate_scores(
-            test.labels,
-            probs,
-            classifier.threshold,
-            n_boot=ev.bootstrap,
-            level=ev.ci_level,
-            seed=site_seed(config.run.seed, self.name),
-        )
+        seed = site_seed(config.run.seed, self.name)
+        metrics = evaluate_scores(test.labels, probs, classifier.threshold, n_boot=ev.bootstrap, level=ev.ci_level,
+                                  seed=seed)
+        extra, hists = {}, {}
+        if request is not None and request.synthetic_images is not None and len(request.synthetic_images):
+            synthetic = from_uint8(request.synthetic_images)
+            own = None
+            if self.name in request.origin_names:
+                own = request.synthetic_origin == request.origin_names.index(self.name)
+            try:
+                extra, hists = site_extras(self.data, synthetic, request.synthetic_labels.astype(np.int64), own,
+                                           config, seed, self.device)
+            except Exception as err:  # the extras must not cost the run its main evaluation
+                log.exception("%s: fidelity/utility evaluation failed", self.name)
+                extra = {"error": f"{type(err).__name__}: {err}"}
         return EvalResult(
             site=self.name,
             metrics=metrics.to_dict(),
             histogram=ScoreHistogram.from_scores(test.labels, probs, ev.histogram_bins),
             meta={"phantom": bool(test.phantom), "n_test": len(test)},
+            extra=extra,
+            extra_histograms=hists,
         )

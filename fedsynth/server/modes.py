@@ -123,7 +123,8 @@ def run_federated_generator(config, grid, transport, run_dir, registry, progress
     clf = train_on_pool(config, images, labels, "synthetic (federated GAN)", phantom, [c.site for c in contributions],
                         run_dir, timings, progress)
     failures = [SiteFailure(**f) for f in state.failures]
-    return evaluate_and_report(config, transport, run_dir, clf, contributions, failures, timings, t0, _extra(state))
+    return evaluate_and_report(config, transport, run_dir, clf, contributions, failures, timings, t0, _extra(state),
+                               synthetic={"global": (to_uint8(images), labels)})
 
 
 def run_fedavg_classifier(config, grid, transport, run_dir, registry, on_round) -> dict:

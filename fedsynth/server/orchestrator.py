@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -105,7 +105,7 @@ class LocalTransport:
         ok, failed = [], []
         for site in self.sites:
             try:
-                ok.append(site.evaluate(clf, request.config))
+                ok.append(site.evaluate(clf, request.config, request))
                 self._count(site.name, encode_eval_result(ok[-1]))
             except Exception as err:
                 failed.append(SiteFailure(site.name, "evaluate", f"{type(err).__name__}: {err}"))
@@ -227,7 +227,8 @@ def run_substitution(
     ]
     clf = train_on_pool(config, images, labels, "synthetic", phantom, [r.site for r in accepted], run_dir,
                         timings, progress)
-    return evaluate_and_report(config, transport, run_dir, clf, contributions, failures, timings, t0)
+    return evaluate_and_report(config, transport, run_dir, clf, contributions, failures, timings, t0,
+                               synthetic={r.site: (r.images, r.labels) for r in accepted})
 
 
 def train_on_pool(
@@ -274,33 +275,94 @@ def evaluate_and_report(
     t0: float,
     extra: dict | None = None,
     warnings: list[str] | None = None,
+    synthetic: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict:
-    """Every site evaluates ``clf`` on its real test split; pool, write metrics.json."""
+    """Every site evaluates ``clf`` on its real test split (and, given the pooled
+    ``synthetic`` images by origin, measures fidelity and its own utility baselines);
+    pool, write metrics.json and the score histograms behind the curves."""
     t2 = time.perf_counter()
-    results, failed = transport.evaluate(
-        EvaluateRequest(run_dir.run_id, config, clf.header(), clf.state_dict(), str(run_dir.path))
-    )
+    request = EvaluateRequest(run_dir.run_id, config, clf.header(), clf.state_dict(), str(run_dir.path))
+    if synthetic and (config.evaluation.fidelity or config.evaluation.site_baselines):
+        request.origin_names = sorted(synthetic)
+        request.synthetic_images, request.synthetic_labels, request.synthetic_origin = _synthetic_sample(
+            synthetic, request.origin_names, config.evaluation.fidelity_samples, config.run.seed)
+    results, failed = transport.evaluate(request)
     failures = failures + failed
     results.sort(key=lambda r: r.site)
     timings["evaluate_s"] = time.perf_counter() - t2
-    ev = config.evaluation
-    pooled = None
-    if results:
-        pooled = pooled_metrics(
-            [r.histogram for r in results],
-            [(r.metrics["tp"], r.metrics["fp"], r.metrics["tn"], r.metrics["fn"]) for r in results],
-            clf.threshold,
-            n_boot=ev.bootstrap,
-            level=ev.ci_level,
-            seed=config.run.seed,
-        )
+    pooled = _pool(results, lambda r: (r.histogram, r.metrics), clf.threshold, config)
     timings["total_s"] = time.perf_counter() - t0
     metrics = _metrics_document(config, run_dir, contributions, results, pooled, clf, failures, timings,
                                 getattr(transport, "bytes_sent", {}))
+    metrics["utility"] = _utility(results, pooled, config)
+    metrics["fidelity"] = _fidelity(results)
     metrics.update(extra or {})
     metrics["warnings"] = list(warnings or []) + metrics["warnings"]
+    write_json(run_dir.file(HISTOGRAMS_FILE), {
+        name: {r.site: {"positive": h.positive.tolist(), "negative": h.negative.tolist()}
+               for r in results for h in [r.histogram if name == "main" else r.extra_histograms.get(name)] if h}
+        for name in ("main", "trtr", "real_plus_synthetic")
+    })
     write_json(run_dir.file(METRICS_FILE), metrics)
     return metrics
+
+
+HISTOGRAMS_FILE = "histograms.json"
+
+
+def _synthetic_sample(synthetic: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str], n: int,
+                      seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Up to ``n`` pooled synthetic images, drawn evenly from every origin."""
+    rng = np.random.default_rng(seed)
+    per = max(1, n // len(names))
+    imgs, labels, origin = [], [], []
+    for i, name in enumerate(names):
+        x, y = synthetic[name]
+        pick = rng.permutation(len(y))[:per]
+        imgs.append(x[pick])
+        labels.append(y[pick])
+        origin.append(np.full(len(pick), i, dtype=np.uint8))
+    return np.concatenate(imgs), np.concatenate(labels).astype(np.uint8), np.concatenate(origin)
+
+
+def _pool(results: list[EvalResult], pick, threshold: float, config: RunConfig) -> BinaryMetrics | None:
+    pairs = [pick(r) for r in results]
+    pairs = [(h, m) for h, m in pairs if h is not None and m is not None]
+    if not pairs:
+        return None
+    ev = config.evaluation
+    return pooled_metrics([h for h, _ in pairs], [(m["tp"], m["fp"], m["tn"], m["fn"]) for _, m in pairs], threshold,
+                          n_boot=ev.bootstrap, level=ev.ci_level, seed=config.run.seed)
+
+
+def _utility(results: list[EvalResult], pooled: BinaryMetrics | None, config: RunConfig) -> dict:
+    """Train-synthetic-test-real against the sites' own train-real-test-real and
+    real-plus-synthetic classifiers, per site and pooled (the pooled baselines combine
+    each site's own model on its own test split)."""
+    out: dict[str, Any] = {"tstr": {"pooled": pooled.to_dict() if pooled else None,
+                                    "sites": {r.site: r.metrics for r in results}}}
+    for name in ("trtr", "real_plus_synthetic"):
+        sites = {r.site: r.extra["utility"][name] for r in results if name in r.extra.get("utility", {})}
+        if not sites:
+            continue
+        p = _pool([r for r in results if r.site in sites],
+                  lambda r, n=name: (r.extra_histograms.get(n), r.extra["utility"][n]),
+                  float("nan"), config)
+        out[name] = {"pooled": p.to_dict() if p else None, "sites": sites}
+    return out
+
+
+def _fidelity(results: list[EvalResult]) -> dict:
+    """Per site; pooled = the pooled sample's figures averaged over sites, weighted by their real images."""
+    sites = {r.site: r.extra["fidelity"] for r in results if "fidelity" in r.extra}
+    if not sites:
+        return {}
+    rows = [f["pooled"] for f in sites.values()]
+    weights = np.array([f["n_real"] for f in rows], dtype=float)
+    pooled = {k: float(np.average([f[k] for f in rows], weights=weights))
+              for k in ("frechet_distance", "precision", "recall", "density", "coverage")}
+    pooled["encoder"] = "each site's own (" + rows[0]["encoder"].split(" (")[0] + ")"
+    return {"pooled": pooled, "sites": sites}
 
 
 RELEASES_DIR = "releases"

@@ -166,8 +166,9 @@ def create_app(
         sink = None
         try:
             sink = await receive_upload(request, max_bytes)
-            score = await run_in_threadpool(scorer.score_file, sink.path)
-            return score_json(score, sink.filename), sink.filename
+            path, filename = sink.path, sink.filename
+            result = await run_in_threadpool(lambda: score_json(scorer.score_file(path), filename))
+            return result, filename
         finally:
             if sink is not None:
                 sink.remove()
@@ -276,7 +277,7 @@ def create_app(
     async def study_answer_form(request: Request) -> Response:
         if study_or_none() is None:
             return page("Reader study", pages.study_disabled_page(STUDY_OFF), 404)
-        form = await request.form()
+        form = await request.form(max_files=0, max_fields=8)  # four short fields, never a file
         reader, image_id = form.get("reader"), form.get("image_id")
         try:
             name = await run_in_threadpool(record, reader, image_id, form.get("answer"), form.get("pneumonia"))

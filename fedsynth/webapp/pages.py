@@ -149,7 +149,7 @@ def study_image_page(*, reader: str, image_id: str, position: int, n_images: int
       <label><input type="radio" name="pneumonia" value="no"> no</label>
       <label><input type="radio" name="pneumonia" value="" checked> no answer</label></p>
       <p><b>This image is</b><br>
-      <button type="submit" name="answer" value="real" id="answer-real">real</button>
+      <button type="submit" name="answer" value="real" id="answer-real" class="alt">real</button>
       <button type="submit" name="answer" value="synthetic" id="answer-synthetic" class="alt">synthetic</button></p>
       <p><small>Image id {escape(image_id)}. Answered: {position - 1} of {n_images}.</small></p>
     </div>
@@ -176,7 +176,7 @@ def study_results_page(results: dict) -> str:
                 f"<td>{pct(o['sensitivity'])}</td><td>{pct(o['specificity'])}</td>"
                 f"<td>{pct(o['pneumonia_accuracy'])} <small>({o['pneumonia_answered']})</small></td></tr>")
     mistaken = "".join(
-        f"""<figure class="card" style="padding:.5rem"><img class="thumb" alt="{escape(m['image_id'])}"
+        f"""<figure class="card" style="padding:.5rem;width:150px"><img class="thumb" alt="{escape(m['image_id'])}"
   src="/study/image/{escape(m['image_id'])}.png"><figcaption><b>{escape(m['truth'])}</b>
   {'(' + escape(m['label']) + ')' if m['label'] else ''}<br>mistaken {m['mistaken']} of {m['answers']}<br>
   <small>{escape(m['image_id'])}</small></figcaption></figure>"""

@@ -85,14 +85,16 @@ class Scorer:
 
 def _check_pixel_count(path: Path) -> None:
     """Refuse images whose header announces more pixels than any radiograph has."""
+    limit = f"at most {MAX_PIXELS // 1_000_000} megapixels are accepted"
     try:
         with Image.open(path) as img:
             w, h = img.size
+    except Image.DecompressionBombError:  # PIL's own, larger limit
+        raise UploadError(f"image has far too many pixels; {limit}", 413) from None
     except Exception:  # not a PIL image (DICOM, garbage): the decoder says why
         return
     if w * h > MAX_PIXELS:
-        raise UploadError(f"image is {w} x {h} pixels; at most {MAX_PIXELS // 1_000_000} megapixels are accepted",
-                          413)
+        raise UploadError(f"image is {w} x {h} pixels; {limit}", 413)
 
 
 class UploadSink:
