@@ -238,6 +238,16 @@ class GateSection(_Section):
     membership_audit: bool = Field(True, description="Measure a membership-inference attack's AUC on the release.")
 
 
+class AlignmentSection(_Section):
+    """Post-hoc domain alignment: match synthetic intensities to the sites' real ones."""
+
+    enabled: bool = Field(False, description="Sites release an intensity histogram; the server matches to it.")
+    bins: int = Field(64, ge=8, le=1024)
+    epsilon: float = Field(
+        0.5, gt=0, description="Under DP: the histogram's own epsilon (Gaussian mechanism), on top of training."
+    )
+
+
 class ReleaseSection(_Section):
     n_per_class: int = Field(
         400, ge=1, description="Synthetic images each site releases per class (normal, pneumonia)."
@@ -296,6 +306,7 @@ class RunConfig(_Section):
     privacy: PrivacySection | None = Field(None, description="Absent: no DP, and every output says not private.")
     sites: SitesSection = Field(default_factory=SitesSection)
     gate: GateSection = Field(default_factory=GateSection)
+    alignment: AlignmentSection = Field(default_factory=AlignmentSection)
     release: ReleaseSection = Field(default_factory=ReleaseSection)
     classifier: ClassifierSection = Field(default_factory=ClassifierSection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
@@ -307,6 +318,8 @@ class RunConfig(_Section):
                                                                 self.sites.budgets.items()}}.items():
                 if self.privacy.delta > b.delta:
                     raise ValueError(f"privacy.delta ({self.privacy.delta:g}) exceeds {name}.delta ({b.delta:g})")
+        if self.alignment.enabled and self.run.mode != "substitution":
+            raise ValueError("alignment.enabled: post-hoc alignment applies to run.mode=substitution")
         if self.sites.generators and self.run.mode == "federated":
             raise ValueError("sites.generators: federated averaging needs one generator architecture at every site")
         if self.federation.secure_aggregation:

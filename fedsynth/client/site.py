@@ -32,11 +32,13 @@ from fedsynth.config import RunConfig
 from fedsynth.data.dataset import CLASS_NAMES, from_uint8, to_uint8
 from fedsynth.data.partition import SiteSplit
 from fedsynth.errors import DataError
+from fedsynth.evaluation.alignment import add_gaussian_noise, intensity_histogram
 from fedsynth.evaluation.grids import image_grid
 from fedsynth.evaluation.site_evaluation import site_extras
 from fedsynth.generators import build_generator
 from fedsynth.generators.base import exchangeable, load_exchangeable
-from fedsynth.privacy.dp import BudgetCheck, DPPlan, check_budget, plan_training
+from fedsynth.privacy.accounting import Mechanism, default_delta, epsilon
+from fedsynth.privacy.dp import BudgetCheck, DPPlan, check_budget, plan_training, statistic_mechanism
 from fedsynth.privacy.gate import membership_auc, release_gate
 from fedsynth.privacy.ledger import DP_TRAINING, RELEASE, TRAINING, spent_epsilon
 from fedsynth.privacy.release import arrays_hash, content_hash
@@ -93,7 +95,11 @@ class Site:
         fingerprint = train.fingerprint()
         ledger, key = self.state.ledger(), self.state.signing_key()
         gen_cfg = self.generator_choice or config.generator_for(self.name)
-        plan = self._plan(config, gen_cfg.batch_size, gen_cfg.epochs, fingerprint)
+        statistic = None
+        if config.alignment.enabled and config.privacy is not None:
+            delta = config.privacy.delta or default_delta(len(train))
+            statistic = statistic_mechanism(config.alignment.epsilon, delta, config.privacy.accountant)
+        plan = self._plan(config, gen_cfg.batch_size, gen_cfg.epochs, fingerprint, (statistic,) if statistic else ())
 
         gen = build_generator(gen_cfg, config.data.resolution, seed=seed, device=self.device)
         started = time.perf_counter()
@@ -109,6 +115,10 @@ class Site:
             self._training_entry(run_id, fingerprint, f"generator ({gen.family})", report.epochs, report.steps,
                                  report.privacy), key
         )
+
+        histogram = None
+        if config.alignment.enabled:
+            histogram = self._intensity_histogram(config, run_id, fingerprint, plan, statistic, seed)
 
         # the release gate, then the membership audit on what will actually be released
         if config.gate.enabled:
@@ -163,21 +173,44 @@ class Site:
             "gate": gate_summary,
             "membership_auc": mia,
             "seconds": time.perf_counter() - started,
+            "intensity_histogram": histogram,
             "ledger": ledger.entries(),
         }
         return Release(site=self.name, images=images_u8, labels=labels_u8, meta=meta)
 
-    def _plan(self, config: RunConfig, batch_size: int, epochs: int, fingerprint: str) -> DPPlan | None:
-        """The DP plan for a training of ``epochs`` (None without DP), after the budget check."""
+    def _plan(self, config: RunConfig, batch_size: int, epochs: int, fingerprint: str,
+              extra: tuple[Mechanism, ...] = ()) -> DPPlan | None:
+        """The DP plan for a training of ``epochs`` (None without DP), after the budget check
+        (which also counts ``extra`` mechanisms the same request will run)."""
         entries = self.state.ledger().entries()  # a damaged ledger stops the site here
         if config.privacy is None:
             return None
         plan = plan_training(config.privacy, len(self.data.train), batch_size, epochs)
-        check: BudgetCheck = check_budget(self.name, entries, plan, self.state.budget, fingerprint)
+        check: BudgetCheck = check_budget(self.name, entries, plan, self.state.budget, fingerprint, extra)
         log.info("%s: DP plan noise=%.3f q=%.4f steps=%d; budget spent %.3g -> %.3g of %g", self.name,
                  plan.noise_multiplier, plan.sample_rate, plan.steps, check.spent_before, check.spent_after,
                  self.state.budget.epsilon)
         return plan
+
+    def _intensity_histogram(self, config: RunConfig, run_id: str, fingerprint: str, plan: DPPlan | None,
+                             statistic: Mechanism | None, seed: int) -> list[float]:
+        """The site's intensity histogram for alignment; Gaussian noise and a ledger entry under DP."""
+        hist = intensity_histogram(self.data.train.images, config.alignment.bins)
+        if statistic is None:
+            return hist.tolist()
+        noisy = add_gaussian_noise(hist, statistic.noise_multiplier, seed + 13)
+        delta = plan.delta if plan is not None else default_delta(len(self.data.train))
+        self.state.ledger().append({
+            "type": "dp-statistic",
+            "run_id": run_id,
+            "dataset_fingerprint": fingerprint,
+            "mechanism": {"name": "gaussian (sum of per-image intensity histograms, sensitivity 1)",
+                          **statistic.to_dict(), "delta": delta, "accountant": config.privacy.accountant,
+                          "max_grad_norm": None, "secure_rng": False},
+            "epsilon": epsilon([statistic], delta, config.privacy.accountant),
+            "details": {"statistic": "intensity histogram", "bins": config.alignment.bins},
+        }, self.state.signing_key())
+        return noisy.tolist()
 
     def _training_entry(self, run_id: str, fingerprint: str, model: str, epochs: int, steps: int,
                         privacy: dict | None, **details) -> dict:

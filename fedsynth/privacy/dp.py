@@ -118,8 +118,10 @@ def check_budget(
     plan: DPPlan,
     budget: Budget,
     fingerprint: str,
+    extra: tuple[Mechanism, ...] = (),
 ) -> BudgetCheck:
-    """Refuse (BudgetExceeded) before training if ``plan`` would overspend the budget."""
+    """Refuse (BudgetExceeded) before training if ``plan`` (and ``extra`` mechanisms the
+    same request will run, e.g. a noisy statistic) would overspend the budget."""
     if plan.delta > budget.delta:
         raise BudgetExceeded(
             f"{site}: the request's delta {plan.delta:g} exceeds the site's budget delta {budget.delta:g}"
@@ -131,7 +133,7 @@ def check_budget(
             "no DP guarantee can be given for it any more"
         )
     before = spent_epsilon(entries, budget.delta, plan.accountant)
-    after = epsilon([*dp_mechanisms(entries), plan.mechanism()], budget.delta, plan.accountant)
+    after = epsilon([*dp_mechanisms(entries), plan.mechanism(), *extra], budget.delta, plan.accountant)
     if after > budget.epsilon + 1e-9:
         raise BudgetExceeded(
             f"{site}: this training (epsilon {plan.target_epsilon:g} at delta {plan.delta:g}) composed with the "
@@ -139,6 +141,11 @@ def check_budget(
             f"budget of {budget.epsilon:g}"
         )
     return BudgetCheck(before, after, budget, plan.accountant)
+
+
+def statistic_mechanism(target_epsilon: float, delta: float, accountant: str) -> Mechanism:
+    """The Gaussian mechanism for one release of a sensitivity-1 statistic at (epsilon, delta)."""
+    return Mechanism(noise_for_target(target_epsilon, delta, 1.0, 1, accountant), 1.0, 1)
 
 
 def make_dp_compatible(model):

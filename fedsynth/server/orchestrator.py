@@ -32,6 +32,7 @@ from fedsynth.client.site import Site
 from fedsynth.config import RunConfig
 from fedsynth.data.dataset import CLASS_NAMES, from_uint8
 from fedsynth.errors import FederationError
+from fedsynth.evaluation.alignment import match_histograms, reference_cdf
 from fedsynth.evaluation.grids import image_grid
 from fedsynth.generators.base import ProgressFn
 from fedsynth.privacy.keys import load_public_key
@@ -225,10 +226,30 @@ def run_substitution(
         )
         for r in accepted
     ]
+    extra: dict[str, Any] = {}
+    if config.alignment.enabled:
+        images, extra["alignment"] = _align(images, accepted, config)
     clf = train_on_pool(config, images, labels, "synthetic", phantom, [r.site for r in accepted], run_dir,
                         timings, progress)
-    return evaluate_and_report(config, transport, run_dir, clf, contributions, failures, timings, t0,
+    return evaluate_and_report(config, transport, run_dir, clf, contributions, failures, timings, t0, extra,
                                synthetic={r.site: (r.images, r.labels) for r in accepted})
+
+
+def _align(images: np.ndarray, releases: list[Release], config: RunConfig) -> tuple[np.ndarray, dict]:
+    """Match the pooled synthetic intensities to the sites' pooled real histogram."""
+    hists = {r.site: np.asarray(r.meta["intensity_histogram"], dtype=np.float64) for r in releases
+             if r.meta.get("intensity_histogram") is not None}
+    bad = [s for s, h in hists.items() if h.shape != (config.alignment.bins,) or not np.isfinite(h).all()]
+    for site in bad:
+        log.warning("alignment: %s's histogram is malformed; not used", site)
+        hists.pop(site)
+    if not hists:
+        return images, {"applied": False, "reason": "no site released a usable intensity histogram"}
+    aligned = match_histograms(images, reference_cdf(list(hists.values())))
+    return aligned, {"applied": True, "bins": config.alignment.bins, "sites": sorted(hists),
+                     "private": config.privacy is not None,
+                     "epsilon_per_site": config.alignment.epsilon if config.privacy is not None else None,
+                     "mean_intensity_before": float(images.mean()), "mean_intensity_after": float(aligned.mean())}
 
 
 def train_on_pool(

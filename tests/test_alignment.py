@@ -1,0 +1,77 @@
+"""Post-hoc domain alignment: a (DP) intensity histogram per site, quantile matching at the server."""
+
+import numpy as np
+import pytest
+
+from fedsynth.client.site import Site
+from fedsynth.client.site_data import simulated_site_state, simulated_sites
+from fedsynth.config import PrivacySection, load_config
+from fedsynth.errors import ConfigError
+from fedsynth.evaluation.alignment import intensity_histogram, match_histograms, reference_cdf
+from fedsynth.privacy.accounting import epsilon
+from fedsynth.privacy.dp import BudgetExceeded, plan_training, statistic_mechanism
+
+
+def test_histogram_is_a_sensitivity_one_sum():
+    rng = np.random.default_rng(0)
+    imgs = rng.random((20, 8, 8)).astype(np.float32)
+    h = intensity_histogram(imgs, 16)
+    assert h.shape == (16,) and h.sum() == pytest.approx(20)
+    one_more = intensity_histogram(np.concatenate([imgs, rng.random((1, 8, 8))]), 16)
+    assert np.linalg.norm(one_more - h) <= 1.0 + 1e-9
+
+
+def test_matching_moves_intensities_onto_the_reference():
+    rng = np.random.default_rng(1)
+    reference = np.clip(rng.normal(0.3, 0.05, (50, 16, 16)), 0, 1)  # dark, narrow
+    synthetic = rng.random((40, 16, 16)).astype(np.float32)  # uniform
+    cdf = reference_cdf([intensity_histogram(reference, 64)])
+    aligned = match_histograms(synthetic, cdf)
+    assert abs(aligned.mean() - reference.mean()) < 0.01 and abs(aligned.std() - reference.std()) < 0.01
+    # monotone: pixel order is kept, only the values move
+    flat_s, flat_a = synthetic.ravel(), aligned.ravel()
+    assert (np.diff(flat_a[np.argsort(flat_s, kind="stable")]) >= 0).all()
+
+
+def test_noisy_histograms_with_negative_counts_still_give_a_cdf():
+    cdf = reference_cdf([np.array([3.0, -2.0, 5.0, 0.5]), np.array([-1.0, 4.0, 1.0, 0.0])])
+    assert (np.diff(cdf) >= 0).all() and cdf[-1] == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        reference_cdf([np.array([-1.0, -2.0])])
+
+
+def test_the_private_histogram_is_ledgered_and_budgeted(tiny_config, tmp_path):
+    cfg = tiny_config
+    cfg.sites.budget = cfg.sites.budget.model_copy(update={"delta": 1e-3})
+    cfg.privacy = PrivacySection(epsilon=4, delta=1e-3)
+    cfg.alignment.enabled = True
+    cfg.alignment.epsilon = 1.0
+    cfg.gate.membership_audit = False
+    data = simulated_sites(cfg)[0]
+    plan = plan_training(cfg.privacy, len(data.train), cfg.generator.batch_size, cfg.generator.epochs)
+    stat = statistic_mechanism(1.0, 1e-3, "rdp")
+    train_only, both = epsilon([plan.mechanism()], 1e-3), epsilon([plan.mechanism(), stat], 1e-3)
+    assert both > train_only
+
+    cfg.sites.budget = cfg.sites.budget.model_copy(update={"epsilon": (train_only + both) / 2})
+    state = simulated_site_state(cfg, tmp_path / "a", data.name)
+    state.ensure_keys()
+    with pytest.raises(BudgetExceeded):  # training alone would fit; training plus the histogram does not
+        Site(data, state, None, device="cpu").release(cfg, "r")
+
+    cfg.sites.budget = cfg.sites.budget.model_copy(update={"epsilon": 30.0})
+    state = simulated_site_state(cfg, tmp_path / "b", data.name)
+    state.ensure_keys()
+    rel = Site(data, state, None, device="cpu").release(cfg, "r")
+    types = [e["type"] for e in rel.meta["ledger"]]
+    assert types == ["dp-training", "dp-statistic", "release"]
+    stat_entry = rel.meta["ledger"][1]
+    assert stat_entry["epsilon"] == pytest.approx(epsilon([stat], 1e-3)) and stat_entry["epsilon"] <= 1.0 + 1e-9
+    exact = intensity_histogram(data.train.images, cfg.alignment.bins)
+    assert not np.allclose(rel.meta["intensity_histogram"], exact), "the released histogram is noised"
+    assert rel.meta["ledger"][-1]["spent"]["epsilon"] == pytest.approx(both, rel=1e-6)
+
+
+def test_alignment_is_for_substitution_runs():
+    with pytest.raises(ConfigError, match="alignment"):
+        load_config(overrides=["alignment.enabled=true", "run.mode=federated"])
