@@ -121,15 +121,22 @@ class Site:
             histogram = self._intensity_histogram(config, run_id, fingerprint, plan, statistic, seed)
 
         # the release gate, then the membership audit on what will actually be released
+        sampling = {"images": 0, "seconds": 0.0}
+
+        def timed_sample(n: int, c: int | np.ndarray, s: int) -> np.ndarray:
+            t = time.perf_counter()
+            out = gen.sample(n, c, seed=s)
+            sampling["images"] += len(out)
+            sampling["seconds"] += time.perf_counter() - t
+            return out
+
         if config.gate.enabled:
-            gate = release_gate(
-                lambda n, c, s: gen.sample(n, c, seed=s), per_class, train.images, train.labels,
-                config.gate.quantile, config.gate.max_rounds, seed,
-            )
+            gate = release_gate(timed_sample, per_class, train.images, train.labels, config.gate.quantile,
+                                config.gate.max_rounds, seed)
             images, labels, gate_summary = gate.images, gate.labels, gate.summary()
         else:
             labels = np.concatenate([np.full(n, c, dtype=np.int64) for c, n in per_class.items()])
-            images, gate_summary = gen.sample(len(labels), labels, seed=seed + 1), {"enabled": False}
+            images, gate_summary = timed_sample(len(labels), labels, seed + 1), {"enabled": False}
         images_u8, labels_u8 = to_uint8(images), labels.astype(np.uint8)
         mia = None
         if config.gate.membership_audit:
@@ -157,7 +164,9 @@ class Site:
             "site": self.name,
             "run_id": run_id,
             "fedsynth_version": __version__,
-            "generator": {"family": gen.family, **{k: v for k, v in report.to_dict().items() if k != "history"}},
+            "generator": {"family": gen.family, **{k: v for k, v in report.to_dict().items() if k != "history"},
+                          "sampled_images": sampling["images"], "sampling_seconds": sampling["seconds"],
+                          "sampling_images_per_second": sampling["images"] / max(sampling["seconds"], 1e-9)},
             "train_counts": counts,
             "test_counts": self.data.test.class_counts(),
             "released_per_class": release_entry["per_class"],
