@@ -180,6 +180,8 @@ class LedgerStatus:
     non_private_trainings: int = 0
     n_train: int | None = None  # training images, from the last training entry of this run
     note: str = ""
+    entries: list[dict] = field(default_factory=list)
+    checks: dict[int, Any] = field(default_factory=dict)  # entry index -> the audit's EntryCheck
 
 
 @dataclass
@@ -265,7 +267,7 @@ def verify_ledgers(run_dir: Path, run_id: str | None) -> dict[str, LedgerStatus]
         out[site] = status
         try:
             entries = read_ledger(ledger).entries
-            status.n_entries = len(entries)
+            status.entries, status.n_entries = entries, len(entries)
             status.non_private_trainings = sum(e.get("type") == TRAINING for e in entries)
             ours = [e for e in entries if e.get("type") in (TRAINING, "dp-training") and e.get("run_id") == run_id]
             if ours:
@@ -281,6 +283,7 @@ def verify_ledgers(run_dir: Path, run_id: str | None) -> dict[str, LedgerStatus]
             result = verify_ledger(ledger, load_public_key(status.public_key))
             status.verified = result.ok
             status.problems = result.failures()
+            status.checks = {c.index: c for c in result.checks}
             if releases:
                 last = releases[-1].get("index")
                 status.spent_epsilon = next((c.recomputed_epsilon for c in result.checks if c.index == last), None)
@@ -521,7 +524,7 @@ def section_sites(data: RunData) -> str:
             released, gen = ("real images (pooled centrally)" if site.get("real_data") else "–"), "–"
         status = site.get("status", "?")
         reasons = "; ".join(f"{f.get('stage')}: {f.get('reason')}" for f in site.get("failures") or [])
-        status_html = (f"<span class='ok'>ok</span>" if status == "ok" else f"<span class='bad'>{esc(status)}</span>")
+        status_html = ("<span class='ok'>ok</span>" if status == "ok" else f"<span class='bad'>{esc(status)}</span>")
         if reasons:
             status_html += f"<div class='reason'>{esc(reasons)}</div>"
         rows.append([esc(name), status_html, esc(_site_train(data, name, site)), esc(_site_test(site)),
@@ -802,31 +805,48 @@ def section_privacy(data: RunData) -> str:
     return "".join(out)
 
 
-def audit_detail(data: RunData) -> str:
-    """The privacy audit's own per-site sections (every training and release), collapsed."""
-    from fedsynth.privacy.audit import site_sections
+def _mechanism(e: dict) -> str:
+    m = e.get("mechanism") or {}
+    if not m:
+        return "none (NOT PRIVATE)" if e.get("type") == "training" else "–"
+    return (f"noise {fmt_g(m.get('noise_multiplier'), 4)}, sample rate {fmt_g(m.get('sample_rate'), 3)}, "
+            f"{m.get('steps')} steps, clip {m.get('max_grad_norm')}, delta {fmt_g(m.get('delta'), 2)}, "
+            f"{m.get('accountant')}" + ("" if m.get("secure_rng", True) else ", default RNG"))
 
+
+def audit_detail(data: RunData) -> str:
+    """Every ledger entry with the verification's result for it, collapsed."""
     parts = []
     for name, st in sorted(data.ledgers.items()):
-        if st.public_key is None:
+        if not st.entries:
             continue
-        try:
-            sections = site_sections(st.ledger, st.public_key)
-        except Exception as err:  # noqa: BLE001
-            log.warning("report: audit of %s failed: %s", name, err)
-            parts.append(f"<p class='bad'>{esc(name)}: the audit could not read this ledger ({esc(err)})</p>")
-            continue
-        prefix = str(data.path) + "/"
-        for s in sections:
-            parts.append(f"<h4>{esc(s.title)}</h4>")
-            for p in s.paragraphs:
-                cls = "bad" if p.startswith(("PROBLEM", "NOT PRIVATE")) else "explain"
-                parts.append(f"<p class='{cls}'>{esc(p.replace(prefix, ''))}</p>")
-            if s.headers:
-                parts.append(table(s.headers, s.rows, "audit"))
+        rows = []
+        for e in st.entries:
+            c = st.checks.get(e.get("index"))
+            what = str(e.get("type", "?")) + (f" ({e['kind']})" if e.get("kind") else "")
+            if e.get("type") == "release":
+                gate = e.get("gate") or {}
+                unit = "images" if "n_images" in e else "examples"
+                detail = (f"{e.get('n_images', e.get('n_examples', '?'))} {unit}; "
+                          f"private {'yes' if e.get('private') else 'NO'}"
+                          + (f"; gate dropped {gate.get('dropped')}" if gate else "")
+                          + (f"; MIA AUC {fmt(e.get('membership_auc'))}" if e.get("membership_auc") is not None else "")
+                          + (f"; spent {fmt_g(_get(e, 'spent', 'epsilon'), 4)}" if e.get("spent") else ""))
+            else:
+                detail = _mechanism(e)
+            if c is None:
+                check = "not checked" if st.verified is None else "–"
+            else:
+                eps = (f"epsilon {fmt_g(c.stored_epsilon, 4)} stored, {fmt_g(c.recomputed_epsilon, 4)} recomputed; "
+                       if c.recomputed_epsilon is not None else "")
+                check = eps + ("ok" if c.ok else "FAILED: " + "; ".join(c.problems))
+            rows.append([str(e.get("index", "?")), what, str(e.get("run_id", "")), str(e.get("time", "")), detail,
+                         check])
+        parts.append(f"<h4>{esc(name)}: {len(rows)} entries</h4>")
+        parts.append(table(["#", "entry", "run", "time", "what", "verification"], rows, "audit wide"))
     if not parts:
         return ""
-    return ("<details><summary>Ledger entries, per site (the privacy audit)</summary>" + "".join(parts)
+    return ("<details><summary>Every ledger entry and its check, per site</summary>" + "".join(parts)
             + "</details>")
 
 
