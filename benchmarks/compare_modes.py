@@ -83,6 +83,8 @@ def main() -> None:
     ap.add_argument("--config", default=str(ROOT / "configs" / "kermany-cpu.yaml"))
     ap.add_argument("--quick", action="store_true", help="tiny epochs: checks the sweep runs, measures nothing")
     ap.add_argument("--only", default="", help="comma-separated modes")
+    ap.add_argument("--partitions", default=",".join(PARTITIONS), help="comma-separated partitions")
+    ap.add_argument("--privacy", default=",".join(PRIVACY), help="comma-separated privacy levels")
     ap.add_argument("--name", default="compare_modes")
     args = ap.parse_args()
     record_start()
@@ -93,7 +95,11 @@ def main() -> None:
     key = {(r["mode"], r["partition"], r["privacy"]) for r in done if "error" not in r}
     rows = [r for r in done if "error" not in r]
     for partition, p_over in PARTITIONS.items():
+        if partition not in args.partitions.split(","):
+            continue
         for privacy, dp_over in PRIVACY.items():
+            if privacy not in args.privacy.split(","):
+                continue
             for mode in modes:
                 if (mode == "centralized-real" and privacy != "none") or (mode, partition, privacy) in key:
                     continue
