@@ -173,6 +173,60 @@ def simulate(
     console.print(f"outputs: {run_dir.path}")
 
 
+# ---- report (begin) ---------------------------------------------------------------------------
+# `fedsynth report`: rebuild a run's self-contained report.html (fedsynth.evaluation.report).
+
+
+@app.command()
+@friendly
+def report(
+    run_dir: Path = typer.Argument(..., help="A finished run directory (with metrics.json)."),
+    real_images: bool = typer.Option(True, "--real-images/--no-real-images",
+                                     help="Embed the sites' real-vs-synthetic grids (present in simulations only)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show why a part of the report could not be built."),
+) -> None:
+    """Rebuild RUN_DIR/report.html: one self-contained page (images inlined, no scripts) for clinicians
+    and privacy officers."""
+    from fedsynth.evaluation.report import write_report
+
+    _logging(verbose)
+    path = write_report(run_dir, include_real=real_images)
+    console.print(f"wrote {path} (open it in a browser)", highlight=False, soft_wrap=True)
+
+
+# ---- report (end) -----------------------------------------------------------------------------
+
+
+# ---- compare (begin) --------------------------------------------------------------------------
+# `fedsynth compare`: one table of key figures across runs (fedsynth.evaluation.compare).
+
+
+@app.command()
+@friendly
+def compare(
+    run_dirs: list[Path] = typer.Argument(..., help="Finished run directories."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the table as Markdown here."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Write the table as CSV here (raw numbers)."),
+) -> None:
+    """One table of key figures across runs: mode, privacy, pooled AUROC/AUPR, baselines, fidelity, cost."""
+    from fedsynth.evaluation.compare import COLUMNS, display_rows, write_csv, write_markdown
+    from fedsynth.evaluation.compare import compare as summarize_runs
+
+    rows = summarize_runs(run_dirs)
+    table = Table(title=f"{len(rows)} run(s): pooled figures over each run's real test splits")
+    for column, header in COLUMNS:
+        table.add_column(header, overflow="fold", no_wrap=column in ("run_id", "mode"))
+    for cells in display_rows(rows):
+        table.add_row(*cells)
+    console.print(table)
+    for path, write in ((out, write_markdown), (csv_path, write_csv)):
+        if path is not None:
+            console.print(f"wrote {write(rows, path)}", highlight=False, soft_wrap=True)
+
+
+# ---- compare (end) ----------------------------------------------------------------------------
+
+
 # ---- predict ---------------------------------------------------------------------------------
 
 

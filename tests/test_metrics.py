@@ -109,3 +109,19 @@ def test_histogram_holds_no_per_image_order():
     assert h.positive.shape == (100,)
     with pytest.raises(ValueError):
         ScoreHistogram(np.array([1, -1]), np.array([0, 0]))
+
+
+def test_adaptive_edges_keep_resolution_for_a_narrow_score_range():
+    from fedsynth.classifier.metrics import adaptive_edges
+
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 300)
+    logits = 0.001 * (rng.random(300) + labels)  # all scores within 0.002 of each other
+    probs = 1 / (1 + np.exp(-logits))
+    exact = auroc(labels, probs)
+    coarse = ScoreHistogram.from_scores(labels, probs, 2000)
+    fine = ScoreHistogram.from_scores(labels, probs, adaptive_edges(logits, 2000))
+    coarse_auc = pooled_metrics([coarse], [(0, 0, 0, 0)], 0.5, n_boot=0).auroc
+    fine_auc = pooled_metrics([fine], [(0, 0, 0, 0)], 0.5, n_boot=0).auroc
+    assert coarse_auc == pytest.approx(0.5)  # one bin holds everything
+    assert fine_auc == pytest.approx(exact, abs=0.01)

@@ -215,21 +215,37 @@ def _to_logit(probs: np.ndarray) -> np.ndarray:
     return np.clip(np.log(p) - np.log1p(-p), -LOGIT_RANGE, LOGIT_RANGE)
 
 
+def uniform_edges(bins: int) -> np.ndarray:
+    return np.linspace(-LOGIT_RANGE, LOGIT_RANGE, int(bins) + 1)
+
+
+def adaptive_edges(logits: np.ndarray, bins: int) -> np.ndarray:
+    """Bin edges at the quantiles of a classifier's own logits (on its training data), so
+    that the histogram keeps its resolution where the classifier's scores actually lie,
+    however narrow their range; the outer bins reach to the ends of the logit range."""
+    x = np.clip(np.asarray(logits, dtype=np.float64), -LOGIT_RANGE, LOGIT_RANGE)
+    inner = np.unique(np.quantile(x, np.linspace(0, 1, int(bins) + 1)[1:-1]))
+    return np.concatenate([[-LOGIT_RANGE - 1.0], inner, [LOGIT_RANGE + 1.0]])
+
+
 @dataclass
 class ScoreHistogram:
-    """Class-wise counts of scores in ``bins`` equal-width logit bins on [-16, 16]."""
+    """Class-wise counts of scores in logit bins (equal ones on [-16, 16] by default)."""
 
     positive: np.ndarray
     negative: np.ndarray
 
     @classmethod
-    def from_scores(cls, labels: np.ndarray, probs: np.ndarray, bins: int = 2000) -> ScoreHistogram:
+    def from_scores(cls, labels: np.ndarray, probs: np.ndarray, bins: int | np.ndarray = 2000) -> ScoreHistogram:
+        """Counts of ``probs``'s logits in ``bins`` equal bins on [-16, 16], or in the bins
+        between the given logit ``edges`` (the outer bins are open-ended)."""
         labels = np.asarray(labels)
-        idx = np.floor((_to_logit(probs) + LOGIT_RANGE) / (2 * LOGIT_RANGE) * bins).astype(np.int64)
-        idx = np.clip(idx, 0, bins - 1)
+        edges = uniform_edges(bins) if np.isscalar(bins) else np.asarray(bins, dtype=np.float64)
+        n_bins = len(edges) - 1
+        idx = np.clip(np.searchsorted(edges, _to_logit(probs), side="right") - 1, 0, n_bins - 1)
         return cls(
-            positive=np.bincount(idx[labels == 1], minlength=bins).astype(np.int64),
-            negative=np.bincount(idx[labels == 0], minlength=bins).astype(np.int64),
+            positive=np.bincount(idx[labels == 1], minlength=n_bins).astype(np.int64),
+            negative=np.bincount(idx[labels == 0], minlength=n_bins).astype(np.int64),
         )
 
     def __post_init__(self) -> None:

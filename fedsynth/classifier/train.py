@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fedsynth import __version__
-from fedsynth.classifier.metrics import auroc, choose_threshold
+from fedsynth.classifier.metrics import adaptive_edges, auroc, choose_threshold, uniform_edges
 from fedsynth.classifier.models import build_classifier
 from fedsynth.config import ClassifierSection
 from fedsynth.generators.base import ProgressFn, check_training_data, resolve_device, seeded
@@ -82,6 +82,11 @@ class Classifier:
             out.append(torch.sigmoid(self.model(x)).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
+    def score_edges(self, default_bins: int) -> np.ndarray:
+        """The logit bin edges sites use for this classifier's score histograms."""
+        edges = self.meta.get("score_edges")
+        return np.asarray(edges, dtype=np.float64) if edges else uniform_edges(default_bins)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
 
@@ -125,6 +130,7 @@ def train_classifier(
     device: str = "auto",
     progress: ProgressFn | None = None,
     trained_on: str = "synthetic",
+    histogram_bins: int = 2000,
 ) -> Classifier:
     images, labels = check_training_data(images, labels, resolution)
     dev = resolve_device(device)
@@ -176,6 +182,8 @@ def train_classifier(
     model.load_state_dict(best[2])
     val_probs = _predict(model, x_val)
     threshold = choose_threshold(labels[val_idx], val_probs, config.threshold_rule)
+    train_probs = np.clip(_predict(model, x_all.to(dev)), 1e-12, 1 - 1e-12)
+    score_edges = adaptive_edges(np.log(train_probs) - np.log1p(-train_probs), histogram_bins)
     return Classifier(
         model=model.eval(),
         arch=arch,
@@ -188,6 +196,7 @@ def train_classifier(
             "best_epoch": best[1],
             "val_auroc": best[0],
             "threshold_rule": config.threshold_rule,
+            "score_edges": score_edges.tolist(),
             "seconds": time.perf_counter() - start,
             "history": history,
             "fedsynth_version": __version__,

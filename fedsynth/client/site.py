@@ -351,7 +351,7 @@ class Site:
         return EvalResult(
             site=self.name,
             metrics=metrics.to_dict(),
-            histogram=ScoreHistogram.from_scores(test.labels, probs, ev.histogram_bins),
+            histogram=ScoreHistogram.from_scores(test.labels, probs, classifier.score_edges(ev.histogram_bins)),
             meta={"phantom": bool(test.phantom), "n_test": len(test)},
             extra=extra,
             extra_histograms=hists,

@@ -101,7 +101,7 @@ def _operating_points(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.
     return tp[occupied], fp[occupied], occupied
 
 
-def roc_from_counts(pos: np.ndarray, neg: np.ndarray) -> ROCCurve:
+def roc_from_counts(pos: np.ndarray, neg: np.ndarray, edges: np.ndarray | None = None) -> ROCCurve:
     """The ROC curve of pooled class-wise counts; NaN arrays when a class is absent."""
     pos, neg = np.asarray(pos, dtype=np.int64), np.asarray(neg, dtype=np.int64)
     p, n = pos.sum(), neg.sum()
@@ -109,12 +109,12 @@ def roc_from_counts(pos: np.ndarray, neg: np.ndarray) -> ROCCurve:
         nan = np.array([np.nan])
         return ROCCurve(nan, nan, nan)
     tp, fp, idx = _operating_points(pos, neg)
-    thresholds = _sigmoid(bin_edges(len(pos))[idx])
+    thresholds = _sigmoid((bin_edges(len(pos)) if edges is None else np.asarray(edges, dtype=np.float64))[idx])
     return ROCCurve(np.concatenate([[0.0], fp / n]), np.concatenate([[0.0], tp / p]),
                     np.concatenate([[np.inf], thresholds]))
 
 
-def pr_from_counts(pos: np.ndarray, neg: np.ndarray) -> PRCurve:
+def pr_from_counts(pos: np.ndarray, neg: np.ndarray, edges: np.ndarray | None = None) -> PRCurve:
     """The precision-recall curve of pooled class-wise counts (scikit-learn's conventions)."""
     pos, neg = np.asarray(pos, dtype=np.int64), np.asarray(neg, dtype=np.int64)
     p, n = pos.sum(), neg.sum()
@@ -124,7 +124,7 @@ def pr_from_counts(pos: np.ndarray, neg: np.ndarray) -> PRCurve:
     tp, fp, idx = _operating_points(pos, neg)
     precision = tp / (tp + fp)  # every occupied bin has tp + fp > 0
     recall = tp / p
-    thresholds = _sigmoid(bin_edges(len(pos))[idx])
+    thresholds = _sigmoid((bin_edges(len(pos)) if edges is None else np.asarray(edges, dtype=np.float64))[idx])
     return PRCurve(np.concatenate([precision[::-1], [1.0]]), np.concatenate([recall[::-1], [0.0]]),
                    thresholds[::-1], float(p / (p + n)))
 
@@ -245,9 +245,10 @@ class PooledCurves:
 
 
 def pooled_curves(name: str, histograms: Sequence, *, n_boot: int = 1000, level: float = 0.95,
-                  seed: int = 0) -> PooledCurves:
+                  seed: int = 0, edges: np.ndarray | None = None) -> PooledCurves:
+    """``edges``: the histograms' logit bin edges (default: equal bins on [-16, 16])."""
     counts = _as_counts(histograms)
     pos, neg = pool(counts)
-    return PooledCurves(name, roc_from_counts(pos, neg), pr_from_counts(pos, neg),
+    return PooledCurves(name, roc_from_counts(pos, neg, edges), pr_from_counts(pos, neg, edges),
                         bootstrap_bands(counts, n_boot=n_boot, level=level, seed=seed),
                         len(counts), int(pos.sum()), int(neg.sum()))

@@ -192,6 +192,7 @@ class RunData:
     histograms: dict
     problems: list[str] = field(default_factory=list)
     ledgers: dict[str, LedgerStatus] = field(default_factory=dict)
+    include_real: bool = True  # embed the sites' real-vs-synthetic grids (simulation only)
 
     @property
     def mode(self) -> str:
@@ -214,7 +215,7 @@ def _get(d: Any, *keys: str, default: Any = None) -> Any:
     return d
 
 
-def load_run(run_dir: str | Path) -> RunData:
+def load_run(run_dir: str | Path, include_real: bool = True) -> RunData:
     """Read a finished run; ReportError when ``run_dir`` is not one."""
     path = Path(run_dir)
     if not path.is_dir():
@@ -229,7 +230,7 @@ def load_run(run_dir: str | Path) -> RunData:
         raise ReportError(f"{metrics_path} cannot be read: {err}") from None
     if not isinstance(metrics, dict):
         raise ReportError(f"{metrics_path} is not a fedsynth metrics document")
-    data = RunData(path.resolve(), metrics, {}, {})
+    data = RunData(path.resolve(), metrics, {}, {}, include_real=include_real)
     try:
         config = yaml.safe_load((path / CONFIG_FILE).read_text())
         data.config = config if isinstance(config, dict) else {}
@@ -332,6 +333,11 @@ def banners(data: RunData) -> list[Banner]:
     if data.mode == "centralized-real" and "CENTRALIZED" not in tags:
         out.append(Banner("CENTRALIZED", "real images were pooled in one place (simulation-only upper bound).",
                           "central"))
+    if not _get(m, "data", "phantom") and _png_files(data)[1]:
+        out.append(Banner("CONTAINS REAL IMAGES", "the Images section embeds real X-rays from the sites' "
+                          "real-vs-synthetic grids (a simulation keeps them in the run directory). Share this page "
+                          "only with people allowed to see the data, or rebuild it with: fedsynth report RUN_DIR "
+                          "--no-real-images.", "central"))
     bad = sorted(s for s, st in data.ledgers.items() if st.verified is False)
     if bad:
         out.append(Banner("LEDGER VERIFICATION FAILED", "the privacy ledger of " + ", ".join(bad) + " failed "
@@ -383,22 +389,29 @@ def section_glance(data: RunData) -> str:
         privacy = "none (real images pooled)"
     else:
         privacy = "NOT PRIVATE"
+    level = f"{data.level:.0%} CI"
+
+    def ci(d: dict, key: str) -> str:
+        lo, hi = (list(d.get(f"{key}_ci") or []) + [None, None])[:2]
+        return f"{level} {fmt(lo)} to {fmt(hi)}" if _num(lo) is not None and _num(hi) is not None else ""
+
+    n = pooled.get("n")
     cards = [
-        ("Pooled AUROC", fmt_ci(pooled.get("auroc"), pooled.get("auroc_ci")), "real test X-rays of every site"),
-        ("Pooled AUPR", fmt_ci(pooled.get("aupr"), pooled.get("aupr_ci")),
-         f"chance level {pooled['n_positive'] / pooled['n']:.2f}" if pooled.get("n") else ""),
+        ("Pooled AUROC", fmt(pooled.get("auroc")), ci(pooled, "auroc") or "no interval"),
+        ("Pooled AUPR", fmt(pooled.get("aupr")),
+         ci(pooled, "aupr") + (f"; chance {pooled['n_positive'] / n:.2f}" if n else "")),
         ("Sensitivity / specificity", f"{fmt(pooled.get('sensitivity'), 2)} / {fmt(pooled.get('specificity'), 2)}",
          f"at threshold {fmt(pooled.get('threshold'))}" if _num(pooled.get("threshold")) is not None else ""),
-        ("Sites", f"{ok} of {len(sites)} completed", "tested on " + (f"{pooled['n']} real X-rays"
-                                                                      if pooled.get("n") else "–")),
-        ("Privacy", privacy, "differential privacy at the sites' generators" if m.get("private") else ""),
+        ("Sites", f"{ok} of {len(sites)} completed", f"tested on {n} real X-rays" if n else "no evaluation"),
+        ("Privacy", privacy, "DP-SGD at every site's generator" if m.get("private") else
+         ("" if data.mode == "centralized-real" else "no DP guarantee")),
     ]
     cells = "".join(f"<div class='card'><div class='k'>{esc(k)}</div><div class='v'>{esc(v)}</div>"
                     f"<div class='s'>{esc(s)}</div></div>" for k, v, s in cards)
     return (f"<section id='glance'><h2>At a glance</h2><div class='cards'>{cells}</div>"
-            + explain(f"The classifier was trained by the server ({MAIN_LABEL.get(data.mode, data.mode)}) and "
-                      "tested by each hospital on its own real test X-rays, which never left the hospital; only "
-                      "the figures came back.") + "</section>")
+            + explain("The server's classifier was tested by each hospital on its own real test X-rays, which "
+                      "never left the hospital; only the figures came back. Details and plain-language "
+                      "explanations of each figure follow below.") + "</section>")
 
 
 def _describe_generator(gen: dict) -> str:
@@ -458,6 +471,10 @@ def section_config(data: RunData) -> str:
                                       if gate.get("enabled") else "off")
                      + ("; membership-inference audit on" if gate.get("membership_audit") else "")])
         rows.append(["Release", f"{_get(c, 'release', 'n_per_class')} synthetic images per class and site"])
+    align = c.get("alignment")
+    if isinstance(align, dict):
+        rows.append(["Domain alignment", "on: " + ", ".join(f"{k} {v}" for k, v in align.items() if k != "enabled")
+                     if align.get("enabled") else "off"])
     cl = c.get("classifier") or {}
     arch = cl.get("arch")
     if arch == "auto":
@@ -567,11 +584,13 @@ def section_pooled(data: RunData) -> str:
               f"threshold {fmt(p.get('threshold'))} ({clf.get('threshold_rule', '?')}).")
     note = [p["note"]] if p.get("note") else []
     return ("<section id='pooled'><h2>Pooled results</h2>"
-            + explain("All sites' test X-rays taken together, computed from the class-wise score histograms the "
-                      "sites returned (no per-image score leaves a site).", EXPLAIN["auroc"], EXPLAIN["aupr"],
-                      EXPLAIN["sens"], EXPLAIN["ci"].format(level=data.level), detail, *note)
+            + explain("All sites' real test X-rays taken together, computed from the class-wise score histograms "
+                      "the sites returned (no per-image score leaves a site).")
             + table(["test set", "n", "AUROC [CI]", "AUPR [CI]", "sensitivity [CI]", "specificity [CI]"], rows)
-            + conf + "</section>")
+            + conf
+            + explain(EXPLAIN["auroc"], EXPLAIN["aupr"], EXPLAIN["sens"], EXPLAIN["ci"].format(level=data.level),
+                      detail, *note)
+            + "</section>")
 
 
 def _curve_sets(data: RunData) -> list[tuple[str, str, dict]]:
@@ -593,8 +612,10 @@ def curves_png(data: RunData) -> bytes | None:
         return None
     n_boot = min(int(_get(data.config, "evaluation", "bootstrap") or 0), MAX_CURVE_BOOTSTRAP)
     seed = int(_get(data.config, "run", "seed") or 0)
-    curves = [pooled_curves(label, list(sites.values()), n_boot=n_boot, level=data.level, seed=seed)
-              for _, label, sites in sets]
+    edges = data.histograms.get("edges") if isinstance(data.histograms.get("edges"), dict) else {}
+    curves = [pooled_curves(label, list(sites.values()), n_boot=n_boot, level=data.level, seed=seed,
+                            edges=edges.get(key))
+              for key, label, sites in sets]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -614,8 +635,9 @@ def curves_png(data: RunData) -> bytes | None:
                 ax_roc.fill_between(c.bands.fpr_grid, c.bands.tpr_low, c.bands.tpr_high, color=col, alpha=band_alpha,
                                     lw=0)
         if not np.isnan(c.pr.recall).all():
-            r, p = c.pr.recall[::-1], c.pr.precision[::-1]  # recall increasing
-            ax_pr.plot(r[1:], p[1:], ls, color=col, lw=lw, drawstyle="steps-pre",
+            r, p = c.pr.recall[::-1], c.pr.precision[::-1]  # recall increasing; r[0] = 0 is sklearn's end point
+            r, p = np.concatenate([[0.0], r[1:]]), np.concatenate([[p[1]], p[1:]])  # first step starts at recall 0
+            ax_pr.plot(r, p, ls, color=col, lw=lw, drawstyle="steps-pre",
                        label=f"{c.name}: AUPR {c.pr.average_precision():.3f}")
             if c.bands is not None:
                 ax_pr.fill_between(c.bands.recall_grid, c.bands.precision_low, c.bands.precision_high, color=col,
@@ -753,16 +775,23 @@ def section_privacy(data: RunData) -> str:
                          else "gate off") + (f", shortfall {gate['shortfall']}" if gate.get("shortfall") else "")
         else:
             gate_text = "n/a (model updates)" if _get(site, "training") else "–"
-        mia = fmt(p.get("membership_auc")) if p.get("membership_auc") is not None else (
-            "n/a" if _get(site, "training") or not gate else "not measured")
+        if p.get("membership_auc") is not None:
+            mia = fmt(p.get("membership_auc"))
+        elif not p:
+            mia = "–"
+        else:
+            mia = "n/a" if _get(site, "training") or not gate else "not measured"
         if st is None:
-            ledger = "<span class='muted'>no ledger received</span>"
+            ledger = "<span class='muted'>no ledger received</span>" + (
+                "<div class='reason'>the site failed before sending anything to train on</div>"
+                if site.get("status") != "ok" and name not in psites else "")
         elif st.verified is None:
             ledger = f"<span class='warn'>UNVERIFIED</span><div class='reason'>{esc(st.note or '; '.join(st.problems))}"
             ledger += "</div>"
         elif st.verified:
-            ledger = (f"<span class='ok'>VERIFIED</span><div class='reason'>{st.n_entries} entries; spent recomputed "
-                      f"by the accountant: {fmt_g(st.spent_epsilon, 4)}</div>")
+            spent_text = (f"spent recomputed by the accountant: {fmt_g(st.spent_epsilon, 4)}"
+                          if st.spent_epsilon else "no DP spending recorded")
+            ledger = f"<span class='ok'>VERIFIED</span><div class='reason'>{st.n_entries} entries; {spent_text}</div>"
         else:
             ledger = ("<span class='bad'>FAILED</span><div class='reason'>"
                       + esc("; ".join(st.problems[:3]) + (" ..." if len(st.problems) > 3 else "")) + "</div>")
@@ -773,6 +802,7 @@ def section_privacy(data: RunData) -> str:
                      ledger])
     out = ["<section id='privacy'><h2>Privacy</h2>"]
     req = _get(m, "privacy", "requested")
+    gated = any((p or {}).get("gate") for p in psites.values())
     out.append(explain(
         "Differential privacy (DP) bounds how much anything the software outputs can reveal about any single "
         "patient's X-ray: epsilon is the bound (smaller is more private; at most a few units is considered "
@@ -780,14 +810,14 @@ def section_privacy(data: RunData) -> str:
         "trainings; a request that would exceed it is refused before training.",
         "Requested for this run: " + (f"epsilon {req.get('epsilon')} at delta {req.get('delta') or 'default'}, "
                                       f"{req.get('accountant')} accountant." if req else "no DP (NOT PRIVATE)."),
-        "Gate: synthetic images too close to a training image are dropped and replaced (memorization check); the "
-        "gate reads the training images, so its decisions are outside the DP accounting. Membership-inference "
-        "AUC: how well an attacker, given the released images, tells the site's training X-rays from held-out "
-        "ones; 0.5 is chance, higher means leakage.",
+        *(["Gate: synthetic images too close to a training image are dropped and replaced (memorization check); "
+           "the gate reads the training images, so its decisions are outside the DP accounting. "
+           "Membership-inference AUC: how well an attacker, given the released images, tells the site's training "
+           "X-rays from held-out ones; 0.5 is chance, higher means leakage."] if gated else []),
         "Ledger: each site's append-only, hash-chained, signed record of every training and release. The report "
         "verified each ledger in ledgers/ with the privacy audit's code (chain, hashes, Ed25519 signatures) and "
-        "recomputed every epsilon from its mechanism, without trusting the figures above; "
-        "`fedsynth audit report RUN_DIR` gives the full audit."))
+        "recomputed every epsilon from its mechanism, without trusting the figures above. The privacy officer's "
+        "full audit: fedsynth audit report RUN_DIR."))
     out.append(table(["site", "epsilon (this training)", "delta", "spent / budget (reported)", "gate dropped",
                       "membership-inference AUC", "ledger"], rows, "wide", raw=True))
     cdp = [(r.get("round"), r["client_dp"]) for r in m.get("rounds") or [] if isinstance(r.get("client_dp"), dict)]
@@ -877,17 +907,22 @@ def section_rounds(data: RunData) -> str:
 def _png_files(data: RunData) -> tuple[list[Path], list[Path]]:
     server = sorted((data.path / "grids").glob("*.png")) if (data.path / "grids").is_dir() else []
     sites = sorted((data.path / "sites").glob("*/real_vs_synthetic_*.png")) if (data.path / "sites").is_dir() else []
-    return server, sites
+    return server, sites if data.include_real else []
 
 
 def section_grids(data: RunData) -> str:
     server, sites = _png_files(data)
     out = ["<section id='grids'><h2>Images</h2>"]
+    if not data.include_real:
+        out.append("<p class='note'>Built without the sites' real-vs-synthetic grids (--no-real-images): this "
+                   "page holds no real image.</p>")
     if not server and not sites:
         out.append("<p class='note'>No image grids in this run (no synthetic images, e.g. a baseline mode).</p>")
     if server:
-        out.append("<h3>Synthetic images the server received, per class</h3>")
-        out.append(explain("What the classifier was trained on. Each row is one class (normal, pneumonia)."))
+        out.append("<h3>Synthetic images the classifier was trained on, per class</h3>")
+        out.append(explain(("Sampled by the server from the global generator after federated averaging."
+                            if data.mode == "federated" else "As each site released them.")
+                           + " Each row is one class (normal, pneumonia)."))
         out.append("<div class='grids'>" + "".join(_figure(p) for p in server) + "</div>")
     if sites:
         out.append("<h3>Real against synthetic, at each site</h3>")
@@ -959,14 +994,15 @@ h4{margin:1em 0 .2em;font-size:1em}
 table{border-collapse:collapse;margin:.6em 0 1em;font-size:.88em}
 th,td{border:1px solid var(--line);padding:.3em .55em;text-align:left;vertical-align:top}
 th{background:var(--head);font-weight:600}
-table.wide{width:100%}table.kv td:first-child{white-space:nowrap;font-weight:600;background:#fafbfc}
+table.wide{width:100%}table.wide td:first-child{white-space:nowrap}
+table.kv td:first-child{white-space:nowrap;font-weight:600;background:#fafbfc}
 table.audit{font-size:.8em}table.confusion td:first-child{font-weight:600}
 .ok{color:#1b6e2a;font-weight:700}.bad{color:#b3261e;font-weight:700}.warn{color:#a05a00;font-weight:700}
 .muted{color:var(--muted)}.reason{font-size:.85em;color:var(--muted);font-weight:400;max-width:28em}
 .reason.bad{color:#b3261e}
 img.plot{max-width:100%;border:1px solid var(--line);border-radius:6px}
-.grids{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0;max-width:100%}
-img.grid{max-width:100%;border:1px solid var(--line)}figcaption{font-size:.8em;color:var(--muted)}
+.grids{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0;flex:0 1 560px;max-width:100%}
+img.grid{width:100%;border:1px solid var(--line)}figcaption{font-size:.8em;color:var(--muted)}
 details{margin:.5em 0}summary{cursor:pointer;color:var(--accent)}
 pre{background:#f6f7f9;padding:.7em;overflow:auto;font-size:.8em;max-height:30em}
 footer{margin-top:2.5em;color:var(--muted);font-size:.8em;border-top:1px solid var(--line);padding-top:.6em}
@@ -991,17 +1027,18 @@ def render(data: RunData) -> str:
             + "\n".join(parts) + "</body></html>\n")
 
 
-def write_report(run_dir: str | Path) -> Path:
+def write_report(run_dir: str | Path, *, include_real: bool = True) -> Path:
     """Build ``RUN_DIR/report.html`` from the run directory's files; return its path.
+    ``include_real=False`` leaves out the sites' real-vs-synthetic grids (a page to share).
 
     Raises :class:`ReportError` only when ``run_dir`` is not a finished run; a problem in
     any optional part (fidelity, utility, curves, images, ledgers, config) is logged and
     shown as a note in that part of the page."""
-    data = load_run(run_dir)
+    data = load_run(run_dir, include_real=include_real)
     page = render(data)
     out = data.path / REPORT_FILE
     tmp = out.with_suffix(".html.tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(out)
-    log.info("report: %s", out)
+    log.debug("report: %s", out)
     return out

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedsynth import __version__
-from fedsynth.classifier.metrics import BinaryMetrics, pooled_metrics
+from fedsynth.classifier.metrics import BinaryMetrics, pooled_metrics, uniform_edges
 from fedsynth.classifier.train import Classifier, train_classifier
 from fedsynth.client.site import Site
 from fedsynth.config import RunConfig
@@ -34,6 +34,7 @@ from fedsynth.data.dataset import CLASS_NAMES, from_uint8
 from fedsynth.errors import FederationError
 from fedsynth.evaluation.alignment import match_histograms, reference_cdf
 from fedsynth.evaluation.grids import image_grid
+from fedsynth.evaluation.report import write_report
 from fedsynth.generators.base import ProgressFn
 from fedsynth.privacy.keys import load_public_key
 from fedsynth.privacy.ledger import canonical
@@ -277,6 +278,7 @@ def train_on_pool(
             device=config.run.device,
             progress=on_epoch,
             trained_on=f"{kind} (phantom)" if phantom else kind,
+            histogram_bins=config.evaluation.histogram_bins,
         )
     clf.meta["sites"] = sites
     clf.meta["phantom"] = phantom
@@ -319,12 +321,17 @@ def evaluate_and_report(
     metrics["fidelity"] = _fidelity(results)
     metrics.update(extra or {})
     metrics["warnings"] = list(warnings or []) + metrics["warnings"]
-    write_json(run_dir.file(HISTOGRAMS_FILE), {
+    histograms: dict[str, Any] = {
         name: {r.site: {"positive": h.positive.tolist(), "negative": h.negative.tolist()}
                for r in results for h in [r.histogram if name == "main" else r.extra_histograms.get(name)] if h}
         for name in ("main", "trtr", "real_plus_synthetic")
-    })
+    }
+    bins = config.evaluation.histogram_bins
+    histograms["edges"] = {"main": clf.score_edges(bins).tolist(), "trtr": uniform_edges(bins).tolist(),
+                           "real_plus_synthetic": uniform_edges(bins).tolist()}
+    write_json(run_dir.file(HISTOGRAMS_FILE), histograms)
     write_json(run_dir.file(METRICS_FILE), metrics)
+    write_report(run_dir.path)  # report.html; a part it cannot build is logged and noted on the page
     return metrics
 
 

@@ -1,0 +1,262 @@
+"""One table of key figures across finished runs (``fedsynth compare RUN_DIR...``).
+
+Read from each run's ``config.yaml`` and ``metrics.json`` only. Each row keeps the raw
+numbers (for CSV) and :func:`display_rows` formats them (for the terminal and Markdown).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedsynth.errors import FedsynthError
+from fedsynth.server.rundir import CONFIG_FILE, METRICS_FILE
+
+
+class CompareError(FedsynthError):
+    """A folder given to compare is not a finished run."""
+
+
+# (column, header) in table order; CSV uses the column names, the display the headers
+COLUMNS: list[tuple[str, str]] = [
+    ("run_id", "run"),
+    ("mode", "mode"),
+    ("partition", "partition"),
+    ("sites", "sites ok"),
+    ("dp_epsilon", "DP ε requested"),
+    ("max_spent_epsilon", "max ε spent"),
+    ("generators", "generators"),
+    ("auroc", "pooled AUROC [CI]"),
+    ("aupr", "pooled AUPR [CI]"),
+    ("trtr_auroc", "TRTR AUROC [CI]"),
+    ("frechet_distance", "FD"),
+    ("fidelity_precision", "precision"),
+    ("fidelity_recall", "recall"),
+    ("bytes_per_site", "bytes sent / site"),
+    ("wall_s", "wall time"),
+    ("flags", "warnings"),
+]
+
+CSV_FIELDS = ["run_id", "mode", "partition", "sites_ok", "sites_total", "dp_epsilon", "dp_delta",
+              "max_spent_epsilon", "generators", "auroc", "auroc_lo", "auroc_hi", "aupr", "aupr_lo", "aupr_hi",
+              "trtr_auroc", "trtr_auroc_lo", "trtr_auroc_hi", "frechet_distance", "fidelity_precision",
+              "fidelity_recall", "fidelity_encoder", "bytes_per_site", "wall_s", "flags", "path"]
+
+
+def _get(d: Any, *keys: str, default: Any = None) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def _num(x: Any) -> float | None:
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) or math.isinf(v) else v
+
+
+def _ci(d: Any, key: str) -> tuple[float | None, float | None, float | None]:
+    ci = _get(d, f"{key}_ci") or [None, None]
+    ci = list(ci) + [None, None] if isinstance(ci, (list, tuple)) else [None, None]
+    return _num(_get(d, key)), _num(ci[0]), _num(ci[1])
+
+
+def load(run_dir: str | Path) -> tuple[dict, dict]:
+    path = Path(run_dir)
+    metrics_path = path / METRICS_FILE
+    if not metrics_path.is_file():
+        what = "an unfinished run" if (path / CONFIG_FILE).is_file() else "not a fedsynth run directory"
+        raise CompareError(f"{path} is {what} (no {METRICS_FILE})")
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, ValueError) as err:
+        raise CompareError(f"{metrics_path} cannot be read: {err}") from None
+    if not isinstance(metrics, dict):
+        raise CompareError(f"{metrics_path} is not a fedsynth metrics document")
+    try:
+        config = yaml.safe_load((path / CONFIG_FILE).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        config = {}
+    return metrics, config if isinstance(config, dict) else {}
+
+
+def _flags(metrics: dict) -> list[str]:
+    flags = []
+    if _get(metrics, "data", "phantom"):
+        flags.append("PHANTOM")
+    if metrics.get("mode") == "centralized-real":
+        flags.append("CENTRALIZED")
+    elif not metrics.get("private"):
+        flags.append("NOT-PRIVATE")
+    if any(s.get("status") != "ok" for s in (metrics.get("sites") or {}).values()):
+        flags.append("DROPPED")
+    return flags
+
+
+def _generators(metrics: dict, config: dict) -> list[str]:
+    mode = metrics.get("mode")
+    if mode in ("fedavg-classifier", "centralized-real"):
+        return []
+    fams = {_get(s, "release", "generator", "family") for s in (metrics.get("sites") or {}).values()}
+    fams.discard(None)
+    if not fams:
+        fams = {_get(config, "generator", "family")} | {
+            g.get("family") for g in (_get(config, "sites", "generators") or {}).values() if isinstance(g, dict)}
+        fams.discard(None)
+    return sorted(str(f) for f in fams)
+
+
+def summarize(run_dir: str | Path) -> dict[str, Any]:
+    """The key figures of one finished run, as raw values."""
+    metrics, config = load(run_dir)
+    sites = metrics.get("sites") or {}
+    fed = config.get("federation") or {}
+    partition = fed.get("partition")
+    if partition == "dirichlet":
+        partition = f"dirichlet α={fed.get('dirichlet_alpha')}"
+    requested = _get(metrics, "privacy", "requested") or config.get("privacy") or {}
+    spent = [_num(p.get("spent_epsilon")) for p in (_get(metrics, "privacy", "sites") or {}).values()
+             if isinstance(p, dict)]
+    spent = [s for s in spent if s is not None]
+    auroc, aupr, trtr = _ci(metrics.get("pooled"), "auroc"), _ci(metrics.get("pooled"), "aupr"), _ci(
+        _get(metrics, "utility", "trtr", "pooled"), "auroc")
+    fid = _get(metrics, "fidelity", "pooled") or {}
+    sent = [_num(s.get("bytes_sent")) for s in sites.values()]
+    sent = [b for b in sent if b is not None]
+    return {
+        "run_id": metrics.get("run_id") or Path(run_dir).name,
+        "mode": metrics.get("mode") or _get(config, "run", "mode"),
+        "partition": partition,
+        "sites_ok": sum(1 for s in sites.values() if s.get("status") == "ok"),
+        "sites_total": len(sites),
+        "dp_epsilon": _num(requested.get("epsilon")) if requested else None,
+        "dp_delta": _num(requested.get("delta")) if requested else None,
+        "max_spent_epsilon": max(spent) if spent and metrics.get("private") else None,
+        "generators": "+".join(_generators(metrics, config)),
+        "auroc": auroc[0], "auroc_lo": auroc[1], "auroc_hi": auroc[2],
+        "aupr": aupr[0], "aupr_lo": aupr[1], "aupr_hi": aupr[2],
+        "trtr_auroc": trtr[0], "trtr_auroc_lo": trtr[1], "trtr_auroc_hi": trtr[2],
+        "frechet_distance": _num(fid.get("frechet_distance")),
+        "fidelity_precision": _num(fid.get("precision")),
+        "fidelity_recall": _num(fid.get("recall")),
+        "fidelity_encoder": fid.get("encoder"),
+        "bytes_per_site": sum(sent) / len(sent) if sent else None,
+        "wall_s": _num(_get(metrics, "timings", "total_s")),
+        "flags": " ".join(_flags(metrics)),
+        "path": str(Path(run_dir).resolve()),
+    }
+
+
+def compare(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
+    if not run_dirs:
+        raise CompareError("give at least one run directory")
+    return [summarize(d) for d in run_dirs]
+
+
+# ---- formatting -----------------------------------------------------------------------------------
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    v = _num(x)
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _g(x: Any, digits: int = 3) -> str:
+    v = _num(x)
+    return "–" if v is None else f"{v:.{digits}g}"
+
+
+def _with_ci(row: dict, key: str) -> str:
+    v, lo, hi = row.get(key), row.get(f"{key}_lo"), row.get(f"{key}_hi")
+    if _num(v) is None:
+        return "–"
+    if _num(lo) is None or _num(hi) is None:
+        return _f(v)
+    return f"{_f(v)} [{_f(lo)}, {_f(hi)}]"
+
+
+def _bytes(n: Any) -> str:
+    v = _num(n)
+    if v is None:
+        return "–"
+    for unit in ("B", "kB", "MB", "GB"):
+        if v < 1000 or unit == "GB":
+            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
+        v /= 1000
+    return "–"
+
+
+def _time(s: Any) -> str:
+    v = _num(s)
+    if v is None:
+        return "–"
+    return f"{v:.0f} s" if v < 120 else f"{v / 60:.1f} min"
+
+
+def display_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """One list of formatted cells per run, in :data:`COLUMNS` order."""
+    out = []
+    for r in rows:
+        eps = "none" if r["dp_epsilon"] is None else _g(r["dp_epsilon"]) + (
+            f" (δ {_g(r['dp_delta'], 2)})" if r.get("dp_delta") is not None else "")
+        cells = {
+            "run_id": str(r["run_id"]),
+            "mode": str(r["mode"]),
+            "partition": str(r["partition"] or "–"),
+            "sites": f"{r['sites_ok']}/{r['sites_total']}",
+            "dp_epsilon": eps,
+            "max_spent_epsilon": _g(r["max_spent_epsilon"], 4),
+            "generators": r["generators"] or "–",
+            "auroc": _with_ci(r, "auroc"),
+            "aupr": _with_ci(r, "aupr"),
+            "trtr_auroc": _with_ci(r, "trtr_auroc"),
+            "frechet_distance": _g(r["frechet_distance"], 4),
+            "fidelity_precision": _f(r["fidelity_precision"]),
+            "fidelity_recall": _f(r["fidelity_recall"]),
+            "bytes_per_site": _bytes(r["bytes_per_site"]),
+            "wall_s": _time(r["wall_s"]),
+            "flags": r["flags"] or "–",
+        }
+        out.append([cells[c] for c, _ in COLUMNS])
+    return out
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    headers = [h for _, h in COLUMNS]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in display_rows(rows)]
+    notes = ("AUROC/AUPR: pooled over every site's real test split, with bootstrap CIs. TRTR: each site's own "
+             "classifier trained on its real images (pooled). FD, precision, recall: fidelity of the pooled "
+             "synthetic sample, averaged over sites (each site's own encoder; compare only runs with the same "
+             "encoder). Warnings: PHANTOM (not X-rays), NOT-PRIVATE (no DP at some site), DROPPED (a site failed), "
+             "CENTRALIZED (real images pooled: simulation-only upper bound).")
+    return "\n".join(lines) + "\n\n" + notes + "\n"
+
+
+def write_markdown(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_markdown(rows))
+    return path
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: "" if r.get(k) is None else r.get(k) for k in CSV_FIELDS})
+    return path
