@@ -74,6 +74,7 @@ def _prepare_worker(config: RunConfig, context: Context) -> None:
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
         root.addHandler(handler)
         root.setLevel(logging.INFO)
+        root.propagate = False  # a worker's root logger may print it again in its own format
 
 
 def _site_label(context: Context) -> str:
