@@ -284,7 +284,7 @@ class EvaluationSection(_Section):
     grid_images: int = Field(8, ge=1, le=64, description="Images per row in the real-vs-synthetic grids.")
     fidelity: bool = Field(True, description="Sites measure the synthetic images' fidelity against their real ones.")
     fidelity_samples: int = Field(
-        1000, ge=10, description="Pooled synthetic images sent to each site for fidelity and utility."
+        500, ge=10, description="Pooled synthetic images sent to each site for fidelity and utility."
     )
     inception_weights: str = Field(
         "", description="Inception-v3 ImageNet weights (.pth) for FID; empty: a CXR encoder trained at each site."
