@@ -161,6 +161,9 @@ def simulate(
         if (resume / METRICS_FILE).is_file():
             raise ConfigError(f"{resume} finished already ({METRICS_FILE} exists)")
         config = resume / CONFIG_FILE
+        if load_config(config).run.mode not in ("federated", "fedavg-classifier"):
+            raise ConfigError("--resume continues the rounds of a federated run; a substitution run has none and "
+                              "starting it again would make every site train (and spend budget) a second time")
     if engine not in ("ray", "inprocess"):
         raise ConfigError(f"--engine must be ray or inprocess, not {engine!r}")
     cfg = load_config(config, set_)
@@ -269,6 +272,10 @@ def data_ingest(
     from fedsynth.data.dataset import save_npz
     from fedsynth.data.ingest import load_source
 
+    if not 8 <= resolution <= 1024:
+        from fedsynth.errors import DataError
+
+        raise DataError(f"--resolution must be between 8 and 1024 pixels, not {resolution}")
     ds, rep = load_source(source, resolution)
     save_npz(ds, str(out))
     report_path = report or out.with_suffix(".ingest.json")
@@ -389,6 +396,9 @@ def audit_report(
                 sorted(item.glob("*.jsonl"))
         else:
             files.append(item)
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise DataError("ledger not found: " + ", ".join(missing))
     if not files:
         raise DataError("no ledger found in " + ", ".join(map(str, ledgers)))
     if public_key and len(public_key) != len(files):

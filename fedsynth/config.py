@@ -74,11 +74,12 @@ class DataSection(_Section):
 
 
 class ClientDPSection(_Section):
-    """Client-level DP on the aggregate (Flower's fixed-clipping wrappers and accountant)."""
+    """Client-level DP on the aggregate: the server clips every site's update and adds
+    Gaussian noise to their average (Flower's server-side fixed-clipping wrapper and its
+    RDP accountant)."""
 
     noise_multiplier: float = Field(..., gt=0, description="Noise std / clipping norm on the sum of updates.")
     clipping_norm: float = Field(..., gt=0, description="Bound on each site's update (L2).")
-    clipping: Literal["server", "client"] = Field("server", description="Who clips the updates.")
     delta: float = Field(1e-3, gt=0, lt=1, description="Delta for the client-level epsilon (sites, not images).")
     max_epsilon: float | None = Field(None, gt=0, description="Stop before a round would exceed this.")
 
@@ -196,7 +197,8 @@ GeneratorConfig = Annotated[
 class PrivacySection(_Section):
     """Differential privacy for every module that sees real images (DP-SGD via Opacus)."""
 
-    epsilon: float = Field(..., gt=0, description="Target epsilon of one site's generator training.")
+    epsilon: float = Field(..., gt=0, description="Target epsilon of one site's training: its generator "
+                           "(substitution), or all of its rounds together (federated modes).")
     delta: float | None = Field(
         None, gt=0, lt=1, description="Target delta; default min(1e-5, 1/(10 n)) for a site of n images."
     )
@@ -208,6 +210,21 @@ class PrivacySection(_Section):
 class BudgetSection(_Section):
     epsilon: float = Field(30.0, gt=0, description="A site's total epsilon over everything in its ledger.")
     delta: float = Field(1e-5, gt=0, lt=1, description="The delta at which the budget is composed.")
+
+
+class SitePolicy(_Section):
+    """What a site insists on, whatever the server asks (a deployed site sets it in site.yaml)."""
+
+    require_dp: bool = Field(False, description="Refuse any training without differential privacy.")
+    max_epsilon: float | None = Field(None, gt=0, description="Refuse a request that asks for more epsilon.")
+    require_gate: bool = Field(False, description="Refuse to release without the release gate.")
+    min_gate_quantile: float = Field(0.0, ge=0, lt=0.5, description="Refuse a gate looser than this quantile.")
+    allow_alignment: bool = Field(True, description="Allow releasing an intensity histogram for alignment.")
+    max_score_bins: int = Field(2000, ge=2, description="At most this many score-histogram bins leave the site.")
+    min_bin_count: int = Field(
+        5, ge=1, description="Score-histogram bins are merged until each holds at least this many test images, "
+        "so no bin pins down one image's score.",
+    )
 
 
 class SitesSection(_Section):
@@ -224,6 +241,7 @@ class SitesSection(_Section):
     generators: dict[str, GeneratorConfig] = Field(
         default_factory=dict, description="Per-site generator choices (a site picks its family), by site name."
     )
+    policy: SitePolicy = Field(default_factory=SitePolicy)
 
     def budget_for(self, site: str) -> BudgetSection:
         return self.budgets.get(site, self.budget)
@@ -318,6 +336,8 @@ class RunConfig(_Section):
                                                                 self.sites.budgets.items()}}.items():
                 if self.privacy.delta > b.delta:
                     raise ValueError(f"privacy.delta ({self.privacy.delta:g}) exceeds {name}.delta ({b.delta:g})")
+        if self.privacy is not None and self.run.mode == "centralized-real":
+            raise ValueError("privacy: centralized-real pools the real images themselves; it has no DP variant")
         if self.alignment.enabled and self.run.mode != "substitution":
             raise ValueError("alignment.enabled: post-hoc alignment applies to run.mode=substitution")
         if self.sites.generators and self.run.mode == "federated":
@@ -379,7 +399,7 @@ def _format_errors(err: ValidationError, origin: str) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see configs/demo.yaml for every key)"
-        elif "input" in e and e["type"] not in ("missing",):
+        elif "input" in e and e["type"] not in ("missing",) and loc:
             msg = f"{msg} (got {e['input']!r})"
         lines.append(f"  {where}: {msg}")
     return "\n".join(lines)
@@ -414,7 +434,11 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({err})") from None
+        _set_dotted(tree, key.strip(), value)
     return tree
 
 
@@ -438,7 +462,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {p} is not UTF-8 text") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {p} is not valid YAML: {err}") from None
         if loaded is not None and not isinstance(loaded, dict):
@@ -463,6 +489,7 @@ class SiteConfig(_Section):
     output_dir: str = Field("", description="Site-local outputs (grids, generator); default state_dir/outputs.")
     device: Device = "auto"
     generator: GeneratorConfig | None = Field(None, description="This site's generator; default: the run's.")
+    policy: SitePolicy = Field(default_factory=SitePolicy)
 
 
 def load_site_config(path: str | Path) -> SiteConfig:
@@ -470,7 +497,9 @@ def load_site_config(path: str | Path) -> SiteConfig:
     if not p.is_file():
         raise ConfigError(f"site config not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"site config {p} is not UTF-8 text") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"site config {p} is not valid YAML: {err}") from None
     try:

@@ -1,5 +1,7 @@
 """Errors a user can cause. The CLI prints their message, never a traceback."""
 
+import re
+
 
 class FedsynthError(Exception):
     """Base of every error whose message is meant for the user."""
@@ -15,3 +17,11 @@ class DataError(FedsynthError):
 
 class FederationError(FedsynthError):
     """The federation cannot go on (too few sites left, no release to pool)."""
+
+
+def public_reason(err: BaseException) -> str:
+    """What a failure may tell the server: the error's kind and message with every local
+    path replaced (paths name the site's folders, keys, ledgers and patients' files). The
+    full text stays in the site's own log."""
+    text = re.sub(r"(?:[A-Za-z]:)?(?:/|\\)[^\s:'\",;)]+", "<path>", str(err))
+    return f"{type(err).__name__}: {text}"

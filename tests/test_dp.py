@@ -75,17 +75,17 @@ def test_budget_composes_the_ledger_and_refuses():
     plan = plan_training(PrivacySection(epsilon=6, delta=1e-5), n=200, batch_size=20, epochs=2)
     prior = [{"type": "dp-training", "mechanism": {**plan.mechanism().to_dict(), "delta": 1e-5, "accountant": "rdp"},
               "dataset_fingerprint": "x"}]
-    ok = check_budget("s", [], plan, Budget(10, 1e-5), "x")
+    ok = check_budget("s", [], plan, Budget(10, 1e-5))
     assert ok.spent_before == 0 and ok.spent_after <= 6.0 + 1e-9
     # two such trainings compose (RDP) to about 7.6: within 10, over 7
-    assert check_budget("s", prior, plan, Budget(10, 1e-5), "x").spent_after == pytest.approx(7.62, abs=0.05)
+    assert check_budget("s", prior, plan, Budget(10, 1e-5)).spent_after == pytest.approx(7.62, abs=0.05)
     with pytest.raises(BudgetExceeded, match="over the site's budget of 7"):
-        check_budget("s", prior, plan, Budget(7, 1e-5), "x")
+        check_budget("s", prior, plan, Budget(7, 1e-5))
     with pytest.raises(BudgetExceeded, match="budget delta"):
-        check_budget("s", [], plan, Budget(100, 1e-6), "x")
+        check_budget("s", [], plan, Budget(100, 1e-6))
     tainted = [{"type": "training", "index": 0, "mechanism": None, "dataset_fingerprint": "x"}]
-    with pytest.raises(BudgetExceeded, match="without DP on this same dataset"):
-        check_budget("s", tainted, plan, Budget(100, 1e-5), "x")
+    with pytest.raises(BudgetExceeded, match="without DP on this site.s data"):
+        check_budget("s", tainted, plan, Budget(100, 1e-5))
 
 
 def test_over_budget_request_is_refused_before_any_training_step(tiny_config, tmp_path, monkeypatch):

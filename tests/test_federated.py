@@ -85,8 +85,10 @@ def test_budgets_compose_across_rounds_and_an_exhausted_site_stops(tiny_config):
     cfg.sites.budget = cfg.sites.budget.model_copy(update={"delta": 1e-3, "epsilon": 100.0})
     cfg.privacy = PrivacySection(epsilon=3.0, delta=1e-3)
     n = 38  # each site's training images in the tiny config (checked below)
-    plan = plan_training(cfg.privacy, n, cfg.generator.batch_size, 1)
+    # privacy.epsilon is the target of all rounds together: each round's noise is calibrated for both
+    plan = plan_training(cfg.privacy, n, cfg.generator.batch_size, 1, calibrate_epochs=2)
     one, two = epsilon([plan.mechanism()], 1e-3), epsilon([plan.mechanism()] * 2, 1e-3)
+    assert two <= 3.0 + 1e-9
     cfg.sites.budgets = {"site-2": cfg.sites.budget.model_copy(update={"epsilon": (one + two) / 2})}
     run_dir, m = _serve(cfg)
     assert m["rounds"][0]["sites"] == ["site-0", "site-1", "site-2"]

@@ -136,6 +136,13 @@ def test_evaluation_returns_no_per_image_scores_or_ids(recorded):
             if isinstance(v, list):
                 # only fixed-size histograms: never one entry per test image
                 assert len(v) != n_test
+        # and no histogram bin pins down one image's score: every occupied bin holds >= 5 images
+        from fedsynth.protocol import decode_eval_result
+
+        result = decode_eval_result(sent[site.name][1])
+        for h in [result.histogram, *result.extra_histograms.values()]:
+            occupied = (h.positive + h.negative)[(h.positive + h.negative) > 0]
+            assert occupied.sum() == n_test and occupied.min() >= 5
         patients = set(site.train.patient.tolist()) | set(site.test.patient.tolist())
         for content in sent[site.name]:
             for v in _everything_sent(content)[1]:

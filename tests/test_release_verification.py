@@ -61,7 +61,7 @@ def test_unsigned_and_unknown_sites_are_rejected(released):
     assert "no public key is registered" in verify_release(rel, cfg, {})
     impostor = copy.deepcopy(rel)
     impostor.site = "site-1"  # claims to be another registered site
-    assert verify_release(impostor, cfg, registry) is not None
+    assert "signature invalid" in verify_release(impostor, cfg, registry)
 
 
 def test_non_private_release_rejected_when_the_run_requires_dp(released):
@@ -139,3 +139,24 @@ def test_a_budget_refusal_reaches_the_server_as_a_site_failure(tiny_config):
     assert "BudgetExceeded" in metrics["sites"]["site-2"]["failures"][0]["reason"]
     assert metrics["private"] is True and not any("NOT PRIVATE" in w for w in metrics["warnings"])
     assert metrics["privacy"]["sites"]["site-0"]["epsilon"] <= 8 + 1e-9
+
+
+def test_a_release_replayed_into_another_run_is_refused(released):
+    cfg, rel, registry = released
+    assert verify_release(rel, cfg, registry, "run-1") is None
+    assert "replayed" in verify_release(rel, cfg, registry, "run-2")
+
+
+def test_a_malformed_evaluation_is_rejected_not_pooled(tiny_config):
+    from fedsynth.classifier.metrics import ScoreHistogram
+    from fedsynth.protocol import EvalResult
+    from fedsynth.server.orchestrator import check_eval_result
+
+    good = EvalResult("s", {"n": 3, "tp": 1, "fp": 0, "tn": 2, "fn": 0},
+                      ScoreHistogram(np.array([1, 0, 0]), np.array([0, 2, 0])))
+    assert check_eval_result(good, 3, 10) is None
+    short = EvalResult("s", good.metrics, ScoreHistogram(np.array([1, 0]), np.array([0, 2])))
+    assert "bins" in check_eval_result(short, 3, 10)
+    lying = EvalResult("s", {**good.metrics, "n": 30}, good.histogram)
+    assert "add up" in check_eval_result(lying, 3, 10)
+    assert "lack" in check_eval_result(EvalResult("s", {"n": 3}, good.histogram), 3, 10)

@@ -248,6 +248,34 @@ class ScoreHistogram:
             negative=np.bincount(idx[labels == 0], minlength=n_bins).astype(np.int64),
         )
 
+    def coarsened(self, min_count: int) -> ScoreHistogram:
+        """Adjacent bins merged (from the lowest score up) until each group holds at least
+        ``min_count`` images; a group's counts sit in its first bin, so histograms from
+        different sites still add up bin by bin. Within a group scores count as tied."""
+        if min_count <= 1:
+            return ScoreHistogram(self.positive.copy(), self.negative.copy())
+        pos, neg = np.zeros_like(self.positive), np.zeros_like(self.negative)
+        total = self.positive + self.negative
+        start, acc_p, acc_n = 0, 0, 0
+        groups: list[list[int]] = []
+        for i in range(len(total)):
+            if acc_p + acc_n == 0:
+                start = i
+            acc_p += int(self.positive[i])
+            acc_n += int(self.negative[i])
+            if acc_p + acc_n >= min_count:
+                groups.append([start, acc_p, acc_n])
+                acc_p = acc_n = 0
+        if acc_p + acc_n:  # a short last group joins the one before it
+            if groups:
+                groups[-1][1] += acc_p
+                groups[-1][2] += acc_n
+            else:
+                groups.append([start, acc_p, acc_n])
+        for first, p, n in groups:
+            pos[first], neg[first] = p, n
+        return ScoreHistogram(pos, neg)
+
     def __post_init__(self) -> None:
         self.positive = np.asarray(self.positive, dtype=np.int64)
         self.negative = np.asarray(self.negative, dtype=np.int64)

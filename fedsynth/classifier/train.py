@@ -235,6 +235,9 @@ def train_local(
     from fedsynth.privacy.dp import PrivateTraining
 
     images, labels = check_training_data(images, labels, int(images.shape[-1]))
+    if privacy is not None and (privacy.n != len(images) or privacy.epochs != epochs):
+        raise ValueError(f"privacy: the plan was made for {privacy.n} images and {privacy.epochs} epochs; "
+                         f"got {len(images)} images and {epochs} epochs")
     dev = resolve_device(device)
     model.to(dev).train()
     x = torch.from_numpy(images)[:, None] * 2 - 1
@@ -249,8 +252,8 @@ def train_local(
         step_model = model
         if privacy is not None:
             dp = PrivateTraining(privacy)
-            step_model, opt, loader = dp.wrap(model, opt, loader, torch.Generator().manual_seed(seed + 1))
-        total, seen = 0.0, 0
+            step_model, opt, loader = dp.wrap(model, opt, loader)
+        total, seen, steps = 0.0, 0, 0
         for _ in range(epochs):
             for xb, yb in loader:
                 if len(xb) == 0 and privacy is None:
@@ -266,12 +269,14 @@ def train_local(
                 opt.step()
                 total += loss.item() * len(xb)
                 seen += len(xb)
+                steps += 1
         if dp is not None:
             step_model.remove_hooks()
     return {
         "epochs": epochs,
         "loss": total / max(seen, 1),
         "images_seen": seen,
+        "steps": steps,
         "seconds": time.perf_counter() - start,
         "privacy": dp.result() if dp is not None else None,
     }

@@ -27,6 +27,7 @@ from fedsynth.client.deployment import deployed_site, site_config_from_node
 from fedsynth.client.site import Site
 from fedsynth.client.site_data import simulated_site, simulated_site_state
 from fedsynth.config import RunConfig
+from fedsynth.errors import public_reason
 from fedsynth.protocol import (
     SITE_ERROR,
     decode_evaluate_request,
@@ -47,7 +48,7 @@ def site_for(context: Context, config: RunConfig, run_dir: str) -> Site:
     if "site-config" in node:
         data, state, site = deployed_site(node, config)
         out = site.output_dir or str(Path(site.state_dir) / "outputs")
-        return Site(data, state, out, device=site.device, generator=site.generator)
+        return Site(data, state, out, device=site.device, generator=site.generator, policy=site.policy)
     if "partition-id" in node:
         if int(node.get("num-partitions", config.federation.num_sites)) != config.federation.num_sites:
             raise RuntimeError(
@@ -58,7 +59,8 @@ def site_for(context: Context, config: RunConfig, run_dir: str) -> Site:
         state = simulated_site_state(config, run_dir, data.name)
         state.ensure_keys()
         out = Path(run_dir) / "sites" / data.name if run_dir else None
-        return Site(data, state, out, device=config.run.device)
+        # a simulation plays every role: its sites' policy comes with the run config
+        return Site(data, state, out, device=config.run.device, policy=config.sites.policy)
     raise RuntimeError("node config has neither 'site-config' (deployment) nor 'partition-id' (simulation)")
 
 
@@ -91,7 +93,7 @@ def _site_label(context: Context) -> str:
 
 def _error_reply(msg: Message, context: Context, err: BaseException) -> Message:
     log.error("%s failed:\n%s", _site_label(context), traceback.format_exc())
-    reason = f"{_site_label(context)}: {type(err).__name__}: {err}"
+    reason = f"{_site_label(context)}: {public_reason(err)}"
     return Message(Error(code=SITE_ERROR, reason=reason), reply_to=msg)
 
 

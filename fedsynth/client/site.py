@@ -28,10 +28,10 @@ import numpy as np
 from fedsynth import __version__
 from fedsynth.classifier.metrics import ScoreHistogram, evaluate_scores
 from fedsynth.classifier.train import Classifier, build_trainable, train_local
-from fedsynth.config import RunConfig
+from fedsynth.config import RunConfig, SitePolicy
 from fedsynth.data.dataset import CLASS_NAMES, from_uint8, to_uint8
 from fedsynth.data.partition import SiteSplit
-from fedsynth.errors import DataError
+from fedsynth.errors import DataError, FedsynthError, public_reason
 from fedsynth.evaluation.alignment import add_gaussian_noise, intensity_histogram
 from fedsynth.evaluation.grids import image_grid
 from fedsynth.evaluation.site_evaluation import site_extras
@@ -40,7 +40,7 @@ from fedsynth.generators.base import exchangeable, load_exchangeable
 from fedsynth.privacy.accounting import Mechanism, default_delta, epsilon
 from fedsynth.privacy.dp import BudgetCheck, DPPlan, check_budget, plan_training, statistic_mechanism
 from fedsynth.privacy.gate import membership_auc, release_gate
-from fedsynth.privacy.ledger import DP_TRAINING, RELEASE, TRAINING, spent_epsilon
+from fedsynth.privacy.ledger import DP_STATISTIC, DP_TRAINING, RELEASE, TRAINING, spent_epsilon
 from fedsynth.privacy.release import arrays_hash, content_hash
 from fedsynth.privacy.state import SiteState
 from fedsynth.protocol import (
@@ -62,12 +62,17 @@ def site_seed(run_seed: int, site: str) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+class PolicyRefusal(FedsynthError):
+    """The request asks for something the site's own policy does not allow."""
+
+
 class Site:
     def __init__(self, data: SiteSplit, state: SiteState, output_dir: str | Path | None = None, device: str = "auto",
-                 generator: Any = None):
+                 generator: Any = None, policy: SitePolicy | None = None):
         if state.name != data.name:
             raise ValueError(f"site state {state.name!r} does not belong to site {data.name!r}")
         self.generator_choice = generator  # a deployed site's own choice (its site.yaml), if any
+        self.policy = policy or SitePolicy()  # the site's own rules; the server's request cannot relax them
         self.data = data
         self.state = state
         self.name = data.name
@@ -76,6 +81,10 @@ class Site:
 
     # ---- release ----------------------------------------------------------------------------
     def release(self, config: RunConfig, run_id: str) -> Release:
+        with self.state.exclusive():  # budget check, training and ledger entries as one step
+            return self._release(config, run_id)
+
+    def _release(self, config: RunConfig, run_id: str) -> Release:
         train = self.data.train
         if len(train) == 0:
             raise DataError(f"{self.name}: no training images")
@@ -91,7 +100,8 @@ class Site:
         if not per_class:
             raise DataError(f"{self.name}: no class has release.min_class_images={min_class} training images")
 
-        # privacy first: refuse before any training step if the budget does not allow it
+        # privacy first: refuse before any training step if the policy or the budget forbids it
+        self.check_policy(config, releasing=True)
         fingerprint = train.fingerprint()
         ledger, key = self.state.ledger(), self.state.signing_key()
         gen_cfg = self.generator_choice or config.generator_for(self.name)
@@ -99,7 +109,7 @@ class Site:
         if config.alignment.enabled and config.privacy is not None:
             delta = config.privacy.delta or default_delta(len(train))
             statistic = statistic_mechanism(config.alignment.epsilon, delta, config.privacy.accountant)
-        plan = self._plan(config, gen_cfg.batch_size, gen_cfg.epochs, fingerprint, (statistic,) if statistic else ())
+        plan = self._plan(config, gen_cfg.batch_size, gen_cfg.epochs, (statistic,) if statistic else ())
 
         gen = build_generator(gen_cfg, config.data.resolution, seed=seed, device=self.device)
         started = time.perf_counter()
@@ -187,15 +197,42 @@ class Site:
         }
         return Release(site=self.name, images=images_u8, labels=labels_u8, meta=meta)
 
-    def _plan(self, config: RunConfig, batch_size: int, epochs: int, fingerprint: str,
-              extra: tuple[Mechanism, ...] = ()) -> DPPlan | None:
+    def check_policy(self, config: RunConfig, releasing: bool) -> None:
+        """Refuse, before any work, a request that the site's policy does not allow."""
+        pol, name = self.policy, self.name
+        if pol.require_dp and config.privacy is None:
+            raise PolicyRefusal(f"{name}: this site trains only with differential privacy (policy.require_dp)")
+        if pol.max_epsilon is not None and config.privacy is not None and config.privacy.epsilon > pol.max_epsilon:
+            raise PolicyRefusal(f"{name}: the request asks for epsilon {config.privacy.epsilon:g}, more than this "
+                                f"site's policy.max_epsilon={pol.max_epsilon:g}")
+        if releasing and pol.require_gate and not config.gate.enabled:
+            raise PolicyRefusal(f"{name}: this site releases only through the release gate (policy.require_gate)")
+        if releasing and config.gate.enabled and config.gate.quantile < pol.min_gate_quantile:
+            raise PolicyRefusal(f"{name}: gate quantile {config.gate.quantile:g} is looser than this site's "
+                                f"policy.min_gate_quantile={pol.min_gate_quantile:g}")
+        if releasing and config.alignment.enabled and not pol.allow_alignment:
+            raise PolicyRefusal(f"{name}: this site does not release intensity histograms (policy.allow_alignment)")
+
+    def _score_histogram(self, labels: np.ndarray, probs: np.ndarray, edges: np.ndarray) -> ScoreHistogram:
+        """A score histogram as the site's policy lets it leave: bounded bins, none holding fewer
+        than ``policy.min_bin_count`` images."""
+        edges = np.asarray(edges, dtype=np.float64)
+        if edges.ndim != 1 or len(edges) < 3 or not np.all(np.diff(edges) > 0):
+            raise PolicyRefusal(f"{self.name}: the classifier's score bin edges are malformed")
+        if len(edges) - 1 > self.policy.max_score_bins:
+            raise PolicyRefusal(f"{self.name}: {len(edges) - 1} score bins requested; this site's "
+                                f"policy.max_score_bins is {self.policy.max_score_bins}")
+        return ScoreHistogram.from_scores(labels, probs, edges).coarsened(self.policy.min_bin_count)
+
+    def _plan(self, config: RunConfig, batch_size: int, epochs: int,
+              extra: tuple[Mechanism, ...] = (), calibrate_epochs: int | None = None) -> DPPlan | None:
         """The DP plan for a training of ``epochs`` (None without DP), after the budget check
         (which also counts ``extra`` mechanisms the same request will run)."""
         entries = self.state.ledger().entries()  # a damaged ledger stops the site here
         if config.privacy is None:
             return None
-        plan = plan_training(config.privacy, len(self.data.train), batch_size, epochs)
-        check: BudgetCheck = check_budget(self.name, entries, plan, self.state.budget, fingerprint, extra)
+        plan = plan_training(config.privacy, len(self.data.train), batch_size, epochs, calibrate_epochs)
+        check: BudgetCheck = check_budget(self.name, entries, plan, self.state.budget, extra)
         log.info("%s: DP plan noise=%.3f q=%.4f steps=%d; budget spent %.3g -> %.3g of %g", self.name,
                  plan.noise_multiplier, plan.sample_rate, plan.steps, check.spent_before, check.spent_after,
                  self.state.budget.epsilon)
@@ -207,15 +244,15 @@ class Site:
         hist = intensity_histogram(self.data.train.images, config.alignment.bins)
         if statistic is None:
             return hist.tolist()
-        noisy = add_gaussian_noise(hist, statistic.noise_multiplier, seed + 13)
+        noisy = add_gaussian_noise(hist, statistic.noise_multiplier)  # OS entropy, never the run seed
         delta = plan.delta if plan is not None else default_delta(len(self.data.train))
         self.state.ledger().append({
-            "type": "dp-statistic",
+            "type": DP_STATISTIC,
             "run_id": run_id,
             "dataset_fingerprint": fingerprint,
             "mechanism": {"name": "gaussian (sum of per-image intensity histograms, sensitivity 1)",
                           **statistic.to_dict(), "delta": delta, "accountant": config.privacy.accountant,
-                          "max_grad_norm": None, "secure_rng": False},
+                          "max_grad_norm": None, "secure_rng": False, "noise_source": "os-entropy"},
             "epsilon": epsilon([statistic], delta, config.privacy.accountant),
             "details": {"statistic": "intensity histogram", "bins": config.alignment.bins},
         }, self.state.signing_key())
@@ -243,30 +280,36 @@ class Site:
     def train_round(self, request: RoundRequest) -> ModelUpdate:
         """One round of federated averaging: start from the global weights, train for
         ``federation.local_epochs`` (DP-SGD when asked), sign the update."""
+        with self.state.exclusive():
+            return self._train_round(request)
+
+    def _train_round(self, request: RoundRequest) -> ModelUpdate:
         config = request.config
         train = self.data.train
         if len(train) == 0:
             raise DataError(f"{self.name}: no training images")
+        self.check_policy(config, releasing=False)
         fingerprint = train.fingerprint()
         ledger, key = self.state.ledger(), self.state.signing_key()
         epochs = config.federation.local_epochs
         seed = site_seed(config.run.seed, self.name) + 7919 * request.round
         if request.stage == GENERATOR_ROUND:
             gen_cfg = config.generator.model_copy(update={"epochs": epochs})
-            plan = self._plan(config, gen_cfg.batch_size, epochs, fingerprint)
+            plan = self._plan(config, gen_cfg.batch_size, epochs, calibrate_epochs=epochs * config.federation.rounds)
             model = build_generator(gen_cfg, config.data.resolution, seed=seed, device=self.device)
             model.load_training_state(request.weights)
             report = model.fit(train.images, train.labels, privacy=plan)
             weights = model.training_state()
             privacy, steps, name = report.privacy, report.steps, f"generator ({model.family})"
         elif request.stage == CLASSIFIER_ROUND:
-            plan = self._plan(config, config.classifier.batch_size, epochs, fingerprint)
+            plan = self._plan(config, config.classifier.batch_size, epochs,
+                              calibrate_epochs=epochs * config.federation.rounds)
             clf = build_trainable(config.classifier_arch(), config.data.resolution, plan is not None)
             load_exchangeable(clf, request.weights)
             result = train_local(clf, train.images, train.labels, config.classifier, epochs=epochs, seed=seed,
                                  device=self.device, privacy=plan)
             weights = exchangeable(clf.state_dict())
-            privacy, steps, name = result["privacy"], result["images_seen"], f"classifier ({config.classifier_arch()})"
+            privacy, steps, name = result["privacy"], result["steps"], f"classifier ({config.classifier_arch()})"
         else:
             raise ValueError(f"unknown round stage {request.stage!r}")
         training = ledger.append(
@@ -344,14 +387,14 @@ class Site:
                 own = request.synthetic_origin == request.origin_names.index(self.name)
             try:
                 extra, hists = site_extras(self.data, synthetic, request.synthetic_labels.astype(np.int64), own,
-                                           config, seed, self.device)
+                                           config, seed, self.device, self._score_histogram)
             except Exception as err:  # the extras must not cost the run its main evaluation
                 log.exception("%s: fidelity/utility evaluation failed", self.name)
-                extra = {"error": f"{type(err).__name__}: {err}"}
+                extra = {"error": public_reason(err)}
         return EvalResult(
             site=self.name,
             metrics=metrics.to_dict(),
-            histogram=ScoreHistogram.from_scores(test.labels, probs, classifier.score_edges(ev.histogram_bins)),
+            histogram=self._score_histogram(test.labels, probs, classifier.score_edges(ev.histogram_bins)),
             meta={"phantom": bool(test.phantom), "n_test": len(test)},
             extra=extra,
             extra_histograms=hists,

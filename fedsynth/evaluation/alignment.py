@@ -24,9 +24,10 @@ def intensity_histogram(images: np.ndarray, bins: int) -> np.ndarray:
     return per_image.sum(axis=0)
 
 
-def add_gaussian_noise(hist: np.ndarray, noise_multiplier: float, seed: int) -> np.ndarray:
-    """The Gaussian mechanism on a sensitivity-1 sum: N(0, noise_multiplier^2) per bin."""
-    rng = np.random.default_rng(seed)
+def add_gaussian_noise(hist: np.ndarray, noise_multiplier: float) -> np.ndarray:
+    """The Gaussian mechanism on a sensitivity-1 sum: N(0, noise_multiplier^2) per bin,
+    drawn from OS entropy (a seed the server could know would let it subtract the noise)."""
+    rng = np.random.default_rng()
     return hist + rng.normal(0.0, noise_multiplier, size=hist.shape)
 
 

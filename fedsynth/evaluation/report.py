@@ -450,7 +450,7 @@ def section_config(data: RunData) -> str:
         cdp = fed.get("client_dp")
         rows.append(["Client-level DP", "none" if not cdp else
                      f"noise multiplier {cdp.get('noise_multiplier')}, clipping norm {cdp.get('clipping_norm')} "
-                     f"({cdp.get('clipping')} side), delta {cdp.get('delta')}"])
+                     f"(server side), delta {cdp.get('delta')}"])
     if mode in ("substitution", "federated"):
         rows.append(["Generator", _describe_generator(c.get("generator") or {})])
         for site, g in sorted((_get(c, "sites", "generators") or {}).items()):

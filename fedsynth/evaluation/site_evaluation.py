@@ -15,11 +15,12 @@ Only figures and class-wise score histograms leave the site.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from fedsynth.classifier.metrics import ScoreHistogram, evaluate_scores
+from fedsynth.classifier.metrics import ScoreHistogram, evaluate_scores, uniform_edges
 from fedsynth.classifier.train import train_classifier
 from fedsynth.config import RunConfig
 from fedsynth.data.partition import SiteSplit
@@ -44,6 +45,7 @@ def site_extras(
     config: RunConfig,
     seed: int,
     device: str,
+    histogram: Callable[[np.ndarray, np.ndarray, np.ndarray], ScoreHistogram],
 ) -> tuple[dict[str, Any], dict[str, ScoreHistogram]]:
     """(figures, histograms) for the site's evaluation reply. ``own``: the rows of the
     sample that came from this site's release, if any."""
@@ -71,7 +73,7 @@ def site_extras(
             utility[name] = evaluate_scores(test.labels, probs, clf.threshold, n_boot=ev.bootstrap,
                                             level=ev.ci_level, seed=seed).to_dict()
             utility[name]["n_train"] = int(len(labels))
-            hists[name] = ScoreHistogram.from_scores(test.labels, probs, ev.histogram_bins)
+            hists[name] = histogram(test.labels, probs, uniform_edges(ev.histogram_bins))
             log.info("%s: %s AUROC %.3f", data.name, name, utility[name]["auroc"] or float("nan"))
         extra["utility"] = utility
     return extra, hists

@@ -137,7 +137,7 @@ class DiffusionGenerator(Generator):
         step_model, dp = model, None
         if privacy is not None:
             dp = PrivateTraining(privacy)
-            step_model, opt, loader = dp.wrap(model, opt, loader, torch.Generator().manual_seed(self.seed + 3))
+            step_model, opt, loader = dp.wrap(model, opt, loader)
         ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=0.75)
         k = cfg.augmentation_multiplicity if privacy is not None else 1
         gen = torch.Generator().manual_seed(self.seed + 4)

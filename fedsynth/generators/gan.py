@@ -1,11 +1,13 @@
 """Class-conditional DCGAN-style GAN for one-channel chest X-rays.
 
-Generator: noise and a label embedding -> 4x4 feature map -> transposed-conv upsampling
-(each followed by pixel norm, which is stateless so training and sampling behave the
-same) -> tanh image. Discriminator: strided convs with GroupNorm (not BatchNorm: its
-per-batch statistics mix samples, which DP-SGD's per-sample gradients forbid) and a
-projection head for the label (Miyato & Koyama 2018). Sampling uses an exponential
-moving average of the generator weights.
+Generator: noise -> 4x4 feature map -> transposed-conv upsampling, each followed by a
+class-conditional BatchNorm (the label sets each channel's scale and shift; de Vries et
+al. 2017, as in projection cGANs) -> tanh image. The generator never sees real images,
+so BatchNorm is allowed there. Discriminator: strided convs with GroupNorm (not
+BatchNorm: its per-batch statistics mix samples, which DP-SGD's per-sample gradients
+forbid), optional differentiable augmentation of its inputs, and a projection head for
+the label (Miyato & Koyama 2018). Sampling uses an exponential moving average of the
+generator weights.
 
 Only the discriminator sees real images; under DP the generator is post-processing.
 Both real and fake rows go through one discriminator forward, so per-sample gradient
@@ -210,7 +212,7 @@ class ConditionalGAN(Generator):
             # Only the discriminator sees real images, so only it is made private; the
             # generator learns through it and is post-processing of its DP outputs.
             dp = PrivateTraining(privacy)
-            d_step, opt_d, loader = dp.wrap(d, opt_d, loader, torch.Generator().manual_seed(self.seed + 3))
+            d_step, opt_d, loader = dp.wrap(d, opt_d, loader)
         g.train()
         d.train()
         start = time.perf_counter()

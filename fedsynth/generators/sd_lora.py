@@ -143,7 +143,7 @@ class StableDiffusionLoRA(Generator):
             step_model, dp = denoiser, None
             if privacy is not None:
                 dp = PrivateTraining(privacy)
-                step_model, opt, loader = dp.wrap(denoiser, opt, loader, torch.Generator().manual_seed(self.seed + 3))
+                step_model, opt, loader = dp.wrap(denoiser, opt, loader)
             gen = torch.Generator().manual_seed(self.seed + 4)
             self.unet.train()
             start, steps, seen, history = time.perf_counter(), 0, 0, []

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from fedsynth.privacy.keys import load_public_key
-from fedsynth.privacy.ledger import DP_TRAINING, RELEASE, TRAINING, Verification, read_ledger, verify_ledger
+from fedsynth.privacy.ledger import (
+    DP_STATISTIC,
+    DP_TRAINING,
+    RELEASE,
+    TRAINING,
+    Verification,
+    read_ledger,
+    verify_ledger,
+)
 
 
 @dataclass
@@ -68,19 +76,21 @@ def site_sections(ledger_path: Path, public_key_path: Path) -> list[Section]:
             "DP guarantee."
         )
     trainings = Section(
-        f"{site}: trainings",
+        f"{site}: trainings and DP statistics",
         headers=["#", "time", "run", "DP", "epsilon (stored / recomputed)", "delta", "noise", "sample rate",
                  "steps", "clip", "accountant", "secure RNG", "data fingerprint"],
     )
     checks = {c.index: c for c in verification.checks}
     for e in entries:
-        if e.get("type") not in (DP_TRAINING, TRAINING):
+        if e.get("type") not in (DP_TRAINING, TRAINING, DP_STATISTIC):
             continue
         m = e.get("mechanism") or {}
         c = checks.get(e.get("index"))
+        kind = {DP_TRAINING: "yes", TRAINING: "NO",
+                DP_STATISTIC: f"yes (statistic: {(e.get('details') or {}).get('statistic', '?')})"}[e["type"]]
         trainings.rows.append([
             _fmt(e.get("index")), _fmt(e.get("time")), _fmt(e.get("run_id")),
-            "yes" if e.get("type") == DP_TRAINING else "NO",
+            kind,
             f"{_fmt(e.get('epsilon'))} / {_fmt(c.recomputed_epsilon if c else None)}" if m else "infinite",
             _fmt(m.get("delta")), _fmt(m.get("noise_multiplier")), _fmt(m.get("sample_rate")), _fmt(m.get("steps")),
             _fmt(m.get("max_grad_norm")), _fmt(m.get("accountant")), _fmt(m.get("secure_rng")),

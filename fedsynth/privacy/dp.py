@@ -11,13 +11,16 @@ After training, epsilon is read from the Opacus accountant that counted the real
 from __future__ import annotations
 
 import math
+import secrets
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
+
 from fedsynth.errors import FedsynthError
 from fedsynth.privacy.accounting import Mechanism, accountant_epsilon, default_delta, epsilon, noise_for_target
-from fedsynth.privacy.ledger import dp_mechanisms, non_private_over, spent_epsilon
+from fedsynth.privacy.ledger import dp_mechanisms, non_private, spent_epsilon
 
 # Opacus warns on every engine without a secure RNG: every ledger entry records
 # secure_rng instead, and the audit report says it. The backward-hook warning fires on the
@@ -66,8 +69,12 @@ class Budget:
     delta: float
 
 
-def plan_training(privacy: Any, n: int, batch_size: int, epochs: int) -> DPPlan:
-    """A DP-SGD plan for ``n`` private examples (``privacy`` is the config's privacy section)."""
+def plan_training(privacy: Any, n: int, batch_size: int, epochs: int, calibrate_epochs: int | None = None) -> DPPlan:
+    """A DP-SGD plan for ``n`` private examples (``privacy`` is the config's privacy section).
+
+    ``calibrate_epochs``: the noise is calibrated so that this many epochs in all (every
+    round of a federated run) stay within the target epsilon, while the plan itself covers
+    ``epochs`` (one round)."""
     if n < 2:
         raise ValueError("DP training needs at least 2 examples")
     batch_size = min(batch_size, n)
@@ -84,7 +91,8 @@ def plan_training(privacy: Any, n: int, batch_size: int, epochs: int) -> DPPlan:
             raise PrivacyUnavailable(
                 "privacy.secure_rng=true needs the torchcsprng package, which is not installed"
             ) from None
-    sigma = noise_for_target(privacy.epsilon, delta, q, steps, privacy.accountant)
+    total_steps = (calibrate_epochs or epochs) * batches
+    sigma = noise_for_target(privacy.epsilon, delta, q, total_steps, privacy.accountant)
     return DPPlan(
         target_epsilon=float(privacy.epsilon),
         delta=float(delta),
@@ -117,7 +125,6 @@ def check_budget(
     entries: list[dict[str, Any]],
     plan: DPPlan,
     budget: Budget,
-    fingerprint: str,
     extra: tuple[Mechanism, ...] = (),
 ) -> BudgetCheck:
     """Refuse (BudgetExceeded) before training if ``plan`` (and ``extra`` mechanisms the
@@ -126,11 +133,11 @@ def check_budget(
         raise BudgetExceeded(
             f"{site}: the request's delta {plan.delta:g} exceeds the site's budget delta {budget.delta:g}"
         )
-    tainted = non_private_over(entries, fingerprint)
+    tainted = non_private(entries)
     if tainted:
         raise BudgetExceeded(
-            f"{site}: ledger entry {tainted[0]['index']} trained without DP on this same dataset; "
-            "no DP guarantee can be given for it any more"
+            f"{site}: ledger entry {tainted[0]['index']} trained without DP on this site's data; no DP guarantee "
+            "can be given for those patients any more (a new dataset needs its own state directory and ledger)"
         )
     before = spent_epsilon(entries, budget.delta, plan.accountant)
     after = epsilon([*dp_mechanisms(entries), plan.mechanism(), *extra], budget.delta, plan.accountant)
@@ -162,8 +169,22 @@ def make_dp_compatible(model):
     return model
 
 
+def entropy_generator() -> torch.Generator:
+    """A torch generator seeded from the operating system's entropy. Everything the DP
+    guarantee rests on (which examples a Poisson batch draws, the Gaussian noise) comes
+    from such generators: seeding them from the run seed, which the server knows, would let
+    the server replay the noise and subtract it."""
+    return torch.Generator().manual_seed(secrets.randbits(63))
+
+
+NOISE_SOURCE = "os-entropy"  # recorded in every DP ledger entry
+
+
 class PrivateTraining:
-    """Opacus around one module: ``wrap`` before the first step, ``result`` after the last."""
+    """Opacus around one module: ``wrap`` before the first step, ``result`` after the last.
+
+    Poisson sampling and noise use fresh OS-entropy generators (never the run seed), so a
+    DP run is reproducible from its config except for exactly those draws."""
 
     def __init__(self, plan: DPPlan):
         from opacus import PrivacyEngine
@@ -171,7 +192,8 @@ class PrivateTraining:
         self.plan = plan
         self.engine = PrivacyEngine(accountant=plan.accountant, secure_mode=plan.secure_rng)
 
-    def wrap(self, module, optimizer, loader, noise_generator=None):
+    def wrap(self, module, optimizer, loader):
+        loader.generator = entropy_generator()  # Opacus's Poisson sampler draws with the loader's generator
         module, optimizer, loader = self.engine.make_private(
             module=module,
             optimizer=optimizer,
@@ -180,7 +202,7 @@ class PrivateTraining:
             max_grad_norm=self.plan.max_grad_norm,
             poisson_sampling=True,
             grad_sample_mode="hooks",
-            noise_generator=noise_generator,
+            noise_generator=None if self.plan.secure_rng else entropy_generator(),
         )
         q = 1.0 / len(loader)
         if not math.isclose(q, self.plan.sample_rate, rel_tol=1e-9):
@@ -204,6 +226,7 @@ class PrivateTraining:
                 "delta": self.plan.delta,
                 "accountant": self.plan.accountant,
                 "secure_rng": self.plan.secure_rng,
+                "noise_source": "torchcsprng" if self.plan.secure_rng else NOISE_SOURCE,
             },
             "epsilon": eps,
             "target_epsilon": self.plan.target_epsilon,

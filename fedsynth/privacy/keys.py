@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -16,6 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from fedsynth.errors import FedsynthError
 
+SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
 
 class SiteKeyError(FedsynthError):
     """A key file is missing or is not an Ed25519 key."""
@@ -23,6 +26,9 @@ class SiteKeyError(FedsynthError):
 
 def generate_keypair(site: str, out_dir: str | Path, overwrite: bool = False) -> tuple[Path, Path]:
     """Write ``<out_dir>/<site>.key`` (mode 0600) and ``<site>.pub``; never overwrite silently."""
+    if not SITE_NAME.fullmatch(site):
+        raise SiteKeyError(f"site name {site!r} must be letters, digits, '.', '_' or '-' (and not start with one "
+                           "of the last three)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     key_path, pub_path = out / f"{site}.key", out / f"{site}.pub"

@@ -39,7 +39,8 @@ GENESIS = "0" * 64
 DP_TRAINING = "dp-training"
 TRAINING = "training"  # not private: recorded so the officer sees it
 RELEASE = "release"
-ENTRY_TYPES = (DP_TRAINING, TRAINING, RELEASE, "dp-statistic")
+DP_STATISTIC = "dp-statistic"  # a noisy statistic of the real images (the alignment histogram)
+ENTRY_TYPES = (DP_TRAINING, TRAINING, RELEASE, DP_STATISTIC)
 
 
 class LedgerError(FedsynthError):
@@ -255,9 +256,11 @@ def spent_epsilon(entries: list[dict[str, Any]], delta: float, accountant: str) 
     return epsilon(mechs, delta, accountant) if mechs else 0.0
 
 
-def non_private_over(entries: list[dict[str, Any]], fingerprint: str) -> list[dict[str, Any]]:
-    """Non-private trainings on the same data (their outputs void any DP guarantee)."""
-    return [e for e in entries if e.get("type") == TRAINING and e.get("dataset_fingerprint") == fingerprint]
+def non_private(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trainings without DP in the ledger. Whatever data they used (a different split or
+    resolution of the same patients has another fingerprint), their outputs void any DP
+    guarantee for those patients, so a site's ledger with one gives no more DP."""
+    return [e for e in entries if e.get("type") == TRAINING]
 
 
 def finite(x: float | None) -> float | None:

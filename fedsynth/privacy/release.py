@@ -50,10 +50,11 @@ def check_signed_release(
     ledger: Any,
     public_key: Ed25519PublicKey | None,
     required_epsilon: float | None,
+    run_id: str | None = None,
 ) -> str | None:
     """Why a release of synthetic images must be rejected, or None when it checks out."""
     return check_signed(site, content_hash(images, labels), ("n_images", len(labels)), ledger, public_key,
-                        required_epsilon)
+                        required_epsilon, run_id)
 
 
 def check_signed(
@@ -63,11 +64,14 @@ def check_signed(
     ledger: Any,
     public_key: Ed25519PublicKey | None,
     required_epsilon: float | None,
+    run_id: str | None = None,
+    round_no: int | None = None,
 ) -> str | None:
     """Why a signed release (images, or a model update) must be rejected, or None.
 
     ``digest`` is the SHA-256 of what arrived; ``count`` names the signed size field and
-    the size that arrived."""
+    the size that arrived; ``run_id`` and ``round_no``, when given, must be the ones signed
+    (an old release replayed into a new run is refused)."""
     if public_key is None:
         return f"unknown site {site!r}: no public key is registered for it"
     if not isinstance(ledger, list) or not ledger:
@@ -80,6 +84,10 @@ def check_signed(
         return "the ledger's last entry is not this release"
     if last.get("site") != site:
         return f"the signed release is from {last.get('site')!r}, not {site!r}"
+    if run_id is not None and last.get("run_id") != run_id:
+        return f"signed for run {last.get('run_id')!r}, not this run ({run_id!r}): a replayed release"
+    if round_no is not None and last.get("round") != round_no:
+        return f"signed for round {last.get('round')}, not round {round_no}"
     if last.get("content_hash") != digest:
         return "content does not match its signed hash (tampered in transit or by the sender)"
     field, n = count
@@ -100,3 +108,21 @@ def check_signed(
     if budget and spent.get("epsilon") is not None and float(spent["epsilon"]) > float(budget["epsilon"]) + 1e-9:
         return f"over budget: spent epsilon {float(spent['epsilon']):.4g} > budget {float(budget['epsilon']):g}"
     return None
+
+
+def signed_privacy(ledger: list[dict[str, Any]]) -> tuple[bool, dict[str, Any]]:
+    """(private, figures) of a verified release, read from its signed ledger entries rather
+    than from anything unsigned the site sent beside them."""
+    last = ledger[-1]
+    training = next((e for e in ledger if e.get("hash") == last.get("training_entry")), {})
+    private = training.get("type") == DP_TRAINING
+    mech = training.get("mechanism") or {}
+    return private, {
+        "epsilon": training.get("epsilon") if private else None,
+        "delta": mech.get("delta") if private else None,
+        "spent_epsilon": (last.get("spent") or {}).get("epsilon"),
+        "budget": last.get("budget"),
+        "gate": last.get("gate"),
+        "membership_auc": last.get("membership_auc"),
+        "ledger_entries": len(ledger),
+    }

@@ -9,6 +9,10 @@ Layout of a site's state directory::
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +53,19 @@ class SiteState:
                 f"`fedsynth keys generate --site {self.name} --out {self.state_dir}`"
             )
         return load_private_key(self.key_path)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the site's privacy lock: from the budget check to the last ledger entry of
+        a request, no other request of this site can check or spend."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.state_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     def ensure_keys(self) -> Path:
         """Create the key pair if there is none (simulation); returns the public key path."""

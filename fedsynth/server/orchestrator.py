@@ -38,7 +38,7 @@ from fedsynth.evaluation.report import write_report
 from fedsynth.generators.base import ProgressFn
 from fedsynth.privacy.keys import load_public_key
 from fedsynth.privacy.ledger import canonical
-from fedsynth.privacy.release import check_signed_release
+from fedsynth.privacy.release import check_signed_release, signed_privacy
 from fedsynth.protocol import (
     EvalResult,
     EvaluateRequest,
@@ -134,6 +134,23 @@ def check_release(rel: Release, config: RunConfig) -> str | None:
     return None
 
 
+def check_eval_result(res: EvalResult, n_bins: int, extra_bins: int) -> str | None:
+    """Why an evaluation reply cannot be pooled, or None."""
+    m = res.metrics
+    missing = [k for k in ("n", "tp", "fp", "tn", "fn") if not isinstance(m.get(k), int)]
+    if missing:
+        return f"metrics lack {', '.join(missing)}"
+    for name, h, bins in [("main", res.histogram, n_bins),
+                          *((k, v, extra_bins) for k, v in res.extra_histograms.items())]:
+        if len(h.positive) != bins:
+            return f"{name} histogram has {len(h.positive)} bins, expected {bins}"
+        if name == "main" and int(h.positive.sum() + h.negative.sum()) != m["n"]:
+            return f"histogram counts {int(h.positive.sum() + h.negative.sum())} do not add up to n={m['n']}"
+    if m["tp"] + m["fp"] + m["tn"] + m["fn"] != m["n"]:
+        return "confusion counts do not add up to n"
+    return None
+
+
 def require_sites(n_ok: int, config: RunConfig, stage: str, failures: list[SiteFailure]) -> None:
     if n_ok < config.federation.min_sites:
         reasons = "; ".join(f"{f.site}: {f.reason}" for f in failures) or "no site answered"
@@ -143,25 +160,26 @@ def require_sites(n_ok: int, config: RunConfig, stage: str, failures: list[SiteF
         )
 
 
-def verify_release(rel: Release, config: RunConfig, registry: dict[str, Path]) -> str | None:
-    """Shape checks, then signature, chain, epsilon and budget checks; None when acceptable."""
+def verify_release(rel: Release, config: RunConfig, registry: dict[str, Path], run_id: str | None = None) -> str | None:
+    """Shape checks, then signature, chain, epsilon, budget and run checks; None when acceptable."""
     problem = check_release(rel, config)
     if problem:
         return problem
     key_path = registry.get(rel.site)
     key = load_public_key(key_path) if key_path is not None else None
     required = config.privacy.epsilon if config.privacy is not None else None
-    return check_signed_release(rel.site, rel.images, rel.labels, rel.meta.get("ledger"), key, required)
+    return check_signed_release(rel.site, rel.images, rel.labels, rel.meta.get("ledger"), key, required, run_id)
 
 
 def keep_ledger(site: str, ledger: list[dict], run_dir: RunDir, registry: dict[str, Path]) -> None:
     """Copy the site's ledger (as received, byte for byte) and its registered public key
     into the run directory, for ``fedsynth audit verify``."""
+    if site not in registry:  # only registered sites; a name from the wire never becomes a path otherwise
+        return
     ledgers = run_dir.path / "ledgers"
     ledgers.mkdir(exist_ok=True)
     (ledgers / f"{site}.jsonl").write_bytes(b"".join(canonical(e) + b"\n" for e in ledger))
-    if site in registry:
-        shutil.copyfile(registry[site], ledgers / f"{site}.pub")
+    shutil.copyfile(registry[site], ledgers / f"{site}.pub")
 
 
 @dataclass
@@ -197,7 +215,7 @@ def run_substitution(
     failures += failed
     accepted: list[Release] = []
     for rel in releases:
-        problem = verify_release(rel, config, registry)
+        problem = verify_release(rel, config, registry, run_dir.run_id)
         if isinstance(rel.meta.get("ledger"), list) and rel.meta["ledger"]:
             keep_ledger(rel.site, rel.meta["ledger"], run_dir, registry)
         if problem:
@@ -218,15 +236,12 @@ def run_substitution(
     _synthetic_grids(accepted, run_dir, config, phantom)
     for rel in accepted:
         save_release(run_dir, rel.site, rel.images, rel.labels, phantom)
-    contributions = [
-        Contribution(
-            r.site, "release", {**{k: v for k, v in r.meta.items() if k != "ledger"}, "n_released": len(r.labels)},
-            bool(r.meta.get("private")),
-            {**r.meta.get("privacy", {}), "gate": r.meta.get("gate"), "membership_auc": r.meta.get("membership_auc")},
-            bool(r.meta.get("phantom")),
-        )
-        for r in accepted
-    ]
+    contributions = []
+    for r in accepted:  # privacy figures from the verified, signed ledger, not the unsigned metadata
+        private, privacy = signed_privacy(r.meta["ledger"])
+        info = {k: v for k, v in r.meta.items() if k not in ("ledger", "privacy", "private")}
+        contributions.append(Contribution(r.site, "release", {**info, "n_released": len(r.labels)}, private,
+                                          privacy, bool(r.meta.get("phantom"))))
     extra: dict[str, Any] = {}
     if config.alignment.enabled:
         images, extra["alignment"] = _align(images, accepted, config)
@@ -311,7 +326,20 @@ def evaluate_and_report(
             synthetic, request.origin_names, config.evaluation.fidelity_samples, config.run.seed)
     results, failed = transport.evaluate(request)
     failures = failures + failed
-    results.sort(key=lambda r: r.site)
+    valid, seen = [], set()
+    for r in sorted(results, key=lambda r: r.site):
+        problem = check_eval_result(r, len(clf.score_edges(config.evaluation.histogram_bins)) - 1,
+                                    config.evaluation.histogram_bins)
+        if problem is None and r.site in seen:
+            problem = "a second evaluation from the same site"
+        if problem:
+            log.warning("evaluation from %s rejected: %s", r.site, problem)
+            failures.append(SiteFailure(r.site, "evaluation-check", problem))
+        else:
+            valid.append(r)
+            seen.add(r.site)
+    results = valid
+    require_sites(len(results), config, "an evaluation", failures)
     timings["evaluate_s"] = time.perf_counter() - t2
     pooled = _pool(results, lambda r: (r.histogram, r.metrics), clf.threshold, config)
     timings["total_s"] = time.perf_counter() - t0

@@ -29,7 +29,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, 
 from fedsynth.config import RunConfig
 from fedsynth.errors import FederationError
 from fedsynth.privacy.keys import load_public_key
-from fedsynth.privacy.release import arrays_hash, check_signed
+from fedsynth.privacy.release import arrays_hash, check_signed, signed_privacy
 from fedsynth.protocol import (
     ModelUpdate,
     RoundRequest,
@@ -85,6 +85,8 @@ class RoundsState:
 
     completed: int = 0
     excluded: dict[str, str] = field(default_factory=dict)  # node id -> site name
+    # by name too: a restarted SuperLink gives nodes new ids, the site keeps its name
+    excluded_sites: list[str] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)  # node id -> site name
     failures: list[dict] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
@@ -146,7 +148,7 @@ def build_strategy(config: RunConfig, n_sites: int):
 
 
 def check_update(upd: ModelUpdate, reference: dict[str, np.ndarray], config: RunConfig,
-                 registry: dict[str, Path]) -> str | None:
+                 registry: dict[str, Path], run_id: str | None = None, round_no: int | None = None) -> str | None:
     """Why an update cannot be averaged, or None."""
     if set(upd.weights) != set(reference):
         return "the update's arrays do not match the global model's"
@@ -162,7 +164,7 @@ def check_update(upd: ModelUpdate, reference: dict[str, np.ndarray], config: Run
     key = load_public_key(key_path) if key_path is not None else None
     required = config.privacy.epsilon if config.privacy is not None else None
     return check_signed(upd.site, arrays_hash(upd.weights), ("n_examples", upd.n_examples), upd.meta.get("ledger"),
-                        key, required)
+                        key, required, run_id, round_no)
 
 
 def run_rounds(
@@ -195,6 +197,8 @@ def run_rounds(
         if node is not None:
             excluded.add(node)
             state.excluded[str(node)] = site
+        if not site.startswith("node-") and site not in state.excluded_sites:
+            state.excluded_sites.append(site)
 
     for round_no in range(state.completed + 1, fed.rounds + 1):
         started = time.perf_counter()
@@ -229,15 +233,22 @@ def run_rounds(
                 fail(name, f"malformed reply: {type(err).__name__}: {err}", node, round_no)
                 continue
             state.names[str(node)] = upd.site
+            if upd.site in state.excluded_sites:  # dropped before a restart, now under a new node id
+                excluded.add(node)
+                state.excluded[str(node)] = upd.site
+                log.warning("round %d: %s was dropped earlier; its update is not used", round_no, upd.site)
+                continue
             state.bytes_sent[upd.site] = state.bytes_sent.get(upd.site, 0) + content_bytes(reply.content)
             if isinstance(upd.meta.get("ledger"), list) and upd.meta["ledger"]:
                 keep_ledger(upd.site, upd.meta["ledger"], run_dir, registry)
-            problem = check_update(upd, weights, config, registry)
+            problem = check_update(upd, weights, config, registry, run_dir.run_id, round_no)
             if problem:
                 fail(upd.site, f"update rejected: {problem}", node, round_no)
                 continue
             valid.append(reply)
-            state.sites[upd.site] = {k: v for k, v in upd.meta.items() if k != "ledger"}
+            private, privacy = signed_privacy(upd.meta["ledger"])  # from the verified ledger
+            state.sites[upd.site] = {**{k: v for k, v in upd.meta.items() if k not in ("ledger", "privacy", "private")},
+                                     "private": private, "privacy": privacy}
         for node in sent_to - answered:
             fail(state.names.get(str(node), f"node-{node}"), f"no reply within {fed.site_timeout_s:g} s", node,
                  round_no)

@@ -7,7 +7,7 @@ import os
 import warnings
 
 from fedsynth.config import RunConfig
-from fedsynth.errors import FederationError
+from fedsynth.errors import FederationError, FedsynthError
 from fedsynth.server.orchestrator import ProgressFactory, no_progress
 from fedsynth.server.rundir import METRICS_FILE, RunDir
 
@@ -85,5 +85,10 @@ def _simulate_inprocess(config, run_dir, progress, on_round) -> tuple[RunDir, di
     grid = InProcessGrid(client_app, config.federation.num_sites)
     try:
         return run_dir, serve(grid, config, run_dir, progress, on_round)
+    except FedsynthError:
+        raise
+    except Exception as err:  # as the Ray engine does: one clear line, the traceback in the log
+        log.exception("the simulation stopped")
+        raise FederationError(f"the simulation stopped: {type(err).__name__}: {err}") from err
     finally:
         grid.close()
