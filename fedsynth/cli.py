@@ -176,7 +176,7 @@ def simulate(
     console.print(f"outputs: {run_dir.path}")
 
 
-# ---- report (begin) ---------------------------------------------------------------------------
+# ---- report --------------------------------------------------------------------------------------
 # `fedsynth report`: rebuild a run's self-contained report.html (fedsynth.evaluation.report).
 
 
@@ -197,10 +197,7 @@ def report(
     console.print(f"wrote {path} (open it in a browser)", highlight=False, soft_wrap=True)
 
 
-# ---- report (end) -----------------------------------------------------------------------------
-
-
-# ---- compare (begin) --------------------------------------------------------------------------
+# ---- compare -------------------------------------------------------------------------------------
 # `fedsynth compare`: one table of key figures across runs (fedsynth.evaluation.compare).
 
 
@@ -225,9 +222,6 @@ def compare(
     for path, write in ((out, write_markdown), (csv_path, write_csv)):
         if path is not None:
             console.print(f"wrote {write(rows, path)}", highlight=False, soft_wrap=True)
-
-
-# ---- compare (end) ----------------------------------------------------------------------------
 
 
 # ---- predict ---------------------------------------------------------------------------------
@@ -425,7 +419,7 @@ def show_config(
     typer.echo(json.dumps(cfg.to_dict(), indent=2) if as_json else cfg.to_yaml())
 
 
-# ---- serve (begin) ----------------------------------------------------------------------------
+# ---- serve ---------------------------------------------------------------------------------------
 # `fedsynth serve`: the web app on a finished run (docs/webapp.md). The app lives in fedsynth.webapp.
 
 
@@ -461,10 +455,7 @@ def serve(
     uvicorn.run(web, host=host, port=port, log_level="info", ws="none", access_log=False)
 
 
-# ---- serve (end) ------------------------------------------------------------------------------
-
-
-# ---- deploy (begin) ---------------------------------------------------------------------------
+# ---- deploy --------------------------------------------------------------------------------------
 # The `fedsynth deploy` sub-app: TLS and SuperNode keys for Flower's deployment engine
 # (docs/deployment.md). The logic lives in fedsynth.deploy; these commands only call it.
 
@@ -527,9 +518,6 @@ def deploy_connection(
     home = flwr_home or Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr")
     path = write_flower_connection(home, name, address, root_certificates)
     console.print(f"wrote connection {name!r} ({address}, trusting {root_certificates}) to {path}", highlight=False)
-
-
-# ---- deploy (end) -----------------------------------------------------------------------------
 
 
 if __name__ == "__main__":  # pragma: no cover

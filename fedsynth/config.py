@@ -7,6 +7,7 @@ typo in a YAML file never silently falls back to a default.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -369,7 +370,7 @@ class RunConfig(_Section):
 
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
-        return _validate(cls, _json_loads(text), "<message>")
+        return _validate(cls, json.loads(text), "<message>")
 
     def generator_for(self, site: str) -> GANSection | DDPMSection | SDLoRASection:
         """The generator a (simulated) site trains: its own choice, else the run's."""
@@ -379,12 +380,6 @@ class RunConfig(_Section):
         if self.classifier.arch != "auto":
             return self.classifier.arch
         return "small-cnn" if self.data.resolution <= 32 else "resnet18"
-
-
-def _json_loads(text: str) -> Any:
-    import json
-
-    return json.loads(text)
 
 
 def _format_errors(err: ValidationError, origin: str) -> str:

@@ -23,8 +23,6 @@ from fedsynth.classifier.metrics import ScoreHistogram
 from fedsynth.config import RunConfig
 
 SITE_ERROR = 1001  # Error.code of a failure a fedsynth site caught and explained
-TRAIN = "train"
-EVALUATE = "evaluate"
 GENERATOR_ROUND = "generator-round"
 CLASSIFIER_ROUND = "classifier-round"
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from fedsynth.errors import FedsynthError
+from fedsynth.evaluation.report import as_number, dig, fmt_bytes, fmt_seconds
 from fedsynth.server.rundir import CONFIG_FILE, METRICS_FILE
 
 
@@ -48,28 +48,12 @@ CSV_FIELDS = ["run_id", "mode", "partition", "sites_ok", "sites_total", "dp_epsi
               "fidelity_recall", "fidelity_encoder", "bytes_per_site", "wall_s", "flags", "path"]
 
 
-def _get(d: Any, *keys: str, default: Any = None) -> Any:
-    for k in keys:
-        if not isinstance(d, dict) or k not in d:
-            return default
-        d = d[k]
-    return d
-
-
-def _num(x: Any) -> float | None:
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(v) or math.isinf(v) else v
 
 
 def _ci(d: Any, key: str) -> tuple[float | None, float | None, float | None]:
-    ci = _get(d, f"{key}_ci") or [None, None]
+    ci = dig(d, f"{key}_ci") or [None, None]
     ci = list(ci) + [None, None] if isinstance(ci, (list, tuple)) else [None, None]
-    return _num(_get(d, key)), _num(ci[0]), _num(ci[1])
+    return as_number(dig(d, key)), as_number(ci[0]), as_number(ci[1])
 
 
 def load(run_dir: str | Path) -> tuple[dict, dict]:
@@ -93,7 +77,7 @@ def load(run_dir: str | Path) -> tuple[dict, dict]:
 
 def _flags(metrics: dict) -> list[str]:
     flags = []
-    if _get(metrics, "data", "phantom"):
+    if dig(metrics, "data", "phantom"):
         flags.append("PHANTOM")
     if metrics.get("mode") == "centralized-real":
         flags.append("CENTRALIZED")
@@ -108,11 +92,11 @@ def _generators(metrics: dict, config: dict) -> list[str]:
     mode = metrics.get("mode")
     if mode in ("fedavg-classifier", "centralized-real"):
         return []
-    fams = {_get(s, "release", "generator", "family") for s in (metrics.get("sites") or {}).values()}
+    fams = {dig(s, "release", "generator", "family") for s in (metrics.get("sites") or {}).values()}
     fams.discard(None)
     if not fams:
-        fams = {_get(config, "generator", "family")} | {
-            g.get("family") for g in (_get(config, "sites", "generators") or {}).values() if isinstance(g, dict)}
+        fams = {dig(config, "generator", "family")} | {
+            g.get("family") for g in (dig(config, "sites", "generators") or {}).values() if isinstance(g, dict)}
         fams.discard(None)
     return sorted(str(f) for f in fams)
 
@@ -125,34 +109,34 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
     partition = fed.get("partition")
     if partition == "dirichlet":
         partition = f"dirichlet α={fed.get('dirichlet_alpha')}"
-    requested = _get(metrics, "privacy", "requested") or config.get("privacy") or {}
-    spent = [_num(p.get("spent_epsilon")) for p in (_get(metrics, "privacy", "sites") or {}).values()
+    requested = dig(metrics, "privacy", "requested") or config.get("privacy") or {}
+    spent = [as_number(p.get("spent_epsilon")) for p in (dig(metrics, "privacy", "sites") or {}).values()
              if isinstance(p, dict)]
     spent = [s for s in spent if s is not None]
     auroc, aupr, trtr = _ci(metrics.get("pooled"), "auroc"), _ci(metrics.get("pooled"), "aupr"), _ci(
-        _get(metrics, "utility", "trtr", "pooled"), "auroc")
-    fid = _get(metrics, "fidelity", "pooled") or {}
-    sent = [_num(s.get("bytes_sent")) for s in sites.values()]
+        dig(metrics, "utility", "trtr", "pooled"), "auroc")
+    fid = dig(metrics, "fidelity", "pooled") or {}
+    sent = [as_number(s.get("bytes_sent")) for s in sites.values()]
     sent = [b for b in sent if b is not None]
     return {
         "run_id": metrics.get("run_id") or Path(run_dir).name,
-        "mode": metrics.get("mode") or _get(config, "run", "mode"),
+        "mode": metrics.get("mode") or dig(config, "run", "mode"),
         "partition": partition,
         "sites_ok": sum(1 for s in sites.values() if s.get("status") == "ok"),
         "sites_total": len(sites),
-        "dp_epsilon": _num(requested.get("epsilon")) if requested else None,
-        "dp_delta": _num(requested.get("delta")) if requested else None,
+        "dp_epsilon": as_number(requested.get("epsilon")) if requested else None,
+        "dp_delta": as_number(requested.get("delta")) if requested else None,
         "max_spent_epsilon": max(spent) if spent and metrics.get("private") else None,
         "generators": "+".join(_generators(metrics, config)),
         "auroc": auroc[0], "auroc_lo": auroc[1], "auroc_hi": auroc[2],
         "aupr": aupr[0], "aupr_lo": aupr[1], "aupr_hi": aupr[2],
         "trtr_auroc": trtr[0], "trtr_auroc_lo": trtr[1], "trtr_auroc_hi": trtr[2],
-        "frechet_distance": _num(fid.get("frechet_distance")),
-        "fidelity_precision": _num(fid.get("precision")),
-        "fidelity_recall": _num(fid.get("recall")),
+        "frechet_distance": as_number(fid.get("frechet_distance")),
+        "fidelity_precision": as_number(fid.get("precision")),
+        "fidelity_recall": as_number(fid.get("recall")),
         "fidelity_encoder": fid.get("encoder"),
         "bytes_per_site": sum(sent) / len(sent) if sent else None,
-        "wall_s": _num(_get(metrics, "timings", "total_s")),
+        "wall_s": as_number(dig(metrics, "timings", "total_s")),
         "flags": " ".join(_flags(metrics)),
         "path": str(Path(run_dir).resolve()),
     }
@@ -168,40 +152,24 @@ def compare(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
 
 
 def _f(x: Any, digits: int = 3) -> str:
-    v = _num(x)
+    v = as_number(x)
     return "–" if v is None else f"{v:.{digits}f}"
 
 
 def _g(x: Any, digits: int = 3) -> str:
-    v = _num(x)
+    v = as_number(x)
     return "–" if v is None else f"{v:.{digits}g}"
 
 
 def _with_ci(row: dict, key: str) -> str:
     v, lo, hi = row.get(key), row.get(f"{key}_lo"), row.get(f"{key}_hi")
-    if _num(v) is None:
+    if as_number(v) is None:
         return "–"
-    if _num(lo) is None or _num(hi) is None:
+    if as_number(lo) is None or as_number(hi) is None:
         return _f(v)
     return f"{_f(v)} [{_f(lo)}, {_f(hi)}]"
 
 
-def _bytes(n: Any) -> str:
-    v = _num(n)
-    if v is None:
-        return "–"
-    for unit in ("B", "kB", "MB", "GB"):
-        if v < 1000 or unit == "GB":
-            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
-        v /= 1000
-    return "–"
-
-
-def _time(s: Any) -> str:
-    v = _num(s)
-    if v is None:
-        return "–"
-    return f"{v:.0f} s" if v < 120 else f"{v / 60:.1f} min"
 
 
 def display_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
@@ -224,8 +192,8 @@ def display_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
             "frechet_distance": _g(r["frechet_distance"], 4),
             "fidelity_precision": _f(r["fidelity_precision"]),
             "fidelity_recall": _f(r["fidelity_recall"]),
-            "bytes_per_site": _bytes(r["bytes_per_site"]),
-            "wall_s": _time(r["wall_s"]),
+            "bytes_per_site": fmt_bytes(r["bytes_per_site"]),
+            "wall_s": fmt_seconds(r["wall_s"]),
             "flags": r["flags"] or "–",
         }
         out.append([cells[c] for c, _ in COLUMNS])

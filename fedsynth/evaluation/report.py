@@ -92,7 +92,7 @@ def esc(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
-def _num(x: Any) -> float | None:
+def as_number(x: Any) -> float | None:
     if x is None or isinstance(x, bool):
         return None
     try:
@@ -103,29 +103,29 @@ def _num(x: Any) -> float | None:
 
 
 def fmt(x: Any, digits: int = 3) -> str:
-    v = _num(x)
+    v = as_number(x)
     if v is None:
         return "–"
     return f"{v:.{digits}f}"
 
 
 def fmt_g(x: Any, digits: int = 3) -> str:
-    v = _num(x)
+    v = as_number(x)
     return "–" if v is None else f"{v:.{digits}g}"
 
 
 def fmt_ci(value: Any, ci: Any, digits: int = 3) -> str:
-    v = _num(value)
+    v = as_number(value)
     if v is None:
         return "n/a"
     lo, hi = (list(ci) + [None, None])[:2] if isinstance(ci, (list, tuple)) else (None, None)
-    if _num(lo) is None or _num(hi) is None:
+    if as_number(lo) is None or as_number(hi) is None:
         return f"{v:.{digits}f}"
     return f"{v:.{digits}f} [{float(lo):.{digits}f}, {float(hi):.{digits}f}]"
 
 
 def fmt_bytes(n: Any) -> str:
-    v = _num(n)
+    v = as_number(n)
     if v is None:
         return "–"
     for unit in ("B", "kB", "MB", "GB"):
@@ -136,7 +136,7 @@ def fmt_bytes(n: Any) -> str:
 
 
 def fmt_seconds(s: Any) -> str:
-    v = _num(s)
+    v = as_number(s)
     if v is None:
         return "–"
     if v < 120:
@@ -196,7 +196,7 @@ class RunData:
 
     @property
     def mode(self) -> str:
-        return str(self.metrics.get("mode") or _get(self.config, "run", "mode") or "?")
+        return str(self.metrics.get("mode") or dig(self.config, "run", "mode") or "?")
 
     @property
     def sites(self) -> dict[str, dict]:
@@ -204,10 +204,10 @@ class RunData:
 
     @property
     def level(self) -> float:
-        return float(_get(self.config, "evaluation", "ci_level") or 0.95)
+        return float(dig(self.config, "evaluation", "ci_level") or 0.95)
 
 
-def _get(d: Any, *keys: str, default: Any = None) -> Any:
+def dig(d: Any, *keys: str, default: Any = None) -> Any:
     for k in keys:
         if not isinstance(d, dict) or k not in d:
             return default
@@ -272,14 +272,14 @@ def verify_ledgers(run_dir: Path, run_id: str | None) -> dict[str, LedgerStatus]
             status.non_private_trainings = sum(e.get("type") == TRAINING for e in entries)
             ours = [e for e in entries if e.get("type") in (TRAINING, "dp-training") and e.get("run_id") == run_id]
             if ours:
-                status.n_train = _get(ours[-1], "details", "n_train")
+                status.n_train = dig(ours[-1], "details", "n_train")
             releases = [e for e in entries if e.get("type") == RELEASE]
             if releases:
                 status.budget = releases[-1].get("budget")
             if status.public_key is None:
                 status.note = "no public key in ledgers/: the ledger cannot be verified"
-                spent = _get(releases[-1], "spent", "epsilon") if releases else None
-                status.spent_epsilon = _num(spent)
+                spent = dig(releases[-1], "spent", "epsilon") if releases else None
+                status.spent_epsilon = as_number(spent)
                 continue
             result = verify_ledger(ledger, load_public_key(status.public_key))
             status.verified = result.ok
@@ -321,7 +321,7 @@ def banners(data: RunData) -> list[Banner]:
         else:
             out.append(Banner("WARNING", w, "dropped"))
     tags = {b.tag for b in out}
-    if _get(m, "data", "phantom") and "PHANTOM DATA" not in tags:
+    if dig(m, "data", "phantom") and "PHANTOM DATA" not in tags:
         out.insert(0, Banner("PHANTOM DATA", "these results come from procedurally generated phantoms, not "
                                              "X-rays.", "phantom"))
     if m.get("private") is False and "NOT PRIVATE" not in tags:
@@ -333,7 +333,7 @@ def banners(data: RunData) -> list[Banner]:
     if data.mode == "centralized-real" and "CENTRALIZED" not in tags:
         out.append(Banner("CENTRALIZED", "real images were pooled in one place (simulation-only upper bound).",
                           "central"))
-    if not _get(m, "data", "phantom") and _png_files(data)[1]:
+    if not dig(m, "data", "phantom") and _png_files(data)[1]:
         out.append(Banner("CONTAINS REAL IMAGES", "the Images section embeds real X-rays from the sites' "
                           "real-vs-synthetic grids (a simulation keeps them in the run directory). Share this page "
                           "only with people allowed to see the data, or rebuild it with: fedsynth report RUN_DIR "
@@ -355,14 +355,14 @@ def section_header(data: RunData) -> str:
         created = created.replace("T", " ")
         if len(created) > 19 and created[19] in "+-":
             created = created[:19] + " " + created[19:]
-    source = _get(m, "data", "source") or _get(data.config, "data", "source") or "?"
+    source = dig(m, "data", "source") or dig(data.config, "data", "source") or "?"
     facts = [
         ("Run", m.get("run_id") or data.path.name),
         ("Mode", data.mode),
-        ("Data", f"{source}" + (" (phantoms: not medical images)" if _get(m, "data", "phantom") else "")
-         + (f", {_get(m, 'data', 'resolution')} px" if _get(m, "data", "resolution") else "")),
+        ("Data", f"{source}" + (" (phantoms: not medical images)" if dig(m, "data", "phantom") else "")
+         + (f", {dig(m, 'data', 'resolution')} px" if dig(m, "data", "resolution") else "")),
         ("Date", created or "–"),
-        ("Wall time", fmt_seconds(_get(m, "timings", "total_s"))),
+        ("Wall time", fmt_seconds(dig(m, "timings", "total_s"))),
         ("Software", f"fedsynth {m.get('fedsynth_version', '?')}"),
     ]
     dl = "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in facts)
@@ -381,7 +381,7 @@ def section_glance(data: RunData) -> str:
     pooled = m.get("pooled") or {}
     sites = data.sites
     ok = sum(1 for s in sites.values() if s.get("status") == "ok")
-    eps = [_num(p.get("spent_epsilon")) for p in (_get(m, "privacy", "sites") or {}).values()]
+    eps = [as_number(p.get("spent_epsilon")) for p in (dig(m, "privacy", "sites") or {}).values()]
     eps = [e for e in eps if e is not None]
     if m.get("private"):
         privacy = f"DP, max ε spent {max(eps):.3g}" if eps else "DP"
@@ -393,7 +393,7 @@ def section_glance(data: RunData) -> str:
 
     def ci(d: dict, key: str) -> str:
         lo, hi = (list(d.get(f"{key}_ci") or []) + [None, None])[:2]
-        return f"{level} {fmt(lo)} to {fmt(hi)}" if _num(lo) is not None and _num(hi) is not None else ""
+        return f"{level} {fmt(lo)} to {fmt(hi)}" if as_number(lo) is not None and as_number(hi) is not None else ""
 
     n = pooled.get("n")
     cards = [
@@ -401,7 +401,7 @@ def section_glance(data: RunData) -> str:
         ("Pooled AUPR", fmt(pooled.get("aupr")),
          ci(pooled, "aupr") + (f"; chance {pooled['n_positive'] / n:.2f}" if n else "")),
         ("Sensitivity / specificity", f"{fmt(pooled.get('sensitivity'), 2)} / {fmt(pooled.get('specificity'), 2)}",
-         f"at threshold {fmt(pooled.get('threshold'))}" if _num(pooled.get("threshold")) is not None else ""),
+         f"at threshold {fmt(pooled.get('threshold'))}" if as_number(pooled.get("threshold")) is not None else ""),
         ("Sites", f"{ok} of {len(sites)} completed", f"tested on {n} real X-rays" if n else "no evaluation"),
         ("Privacy", privacy, "DP-SGD at every site's generator" if m.get("private") else
          ("" if data.mode == "centralized-real" else "no DP guarantee")),
@@ -430,7 +430,7 @@ def section_config(data: RunData) -> str:
         return ("<section id='config'><h2>Configuration</h2><p class='note'>config.yaml is missing or "
                 "unreadable.</p></section>")
     fed, priv, ev = c.get("federation") or {}, c.get("privacy"), c.get("evaluation") or {}
-    mode = _get(c, "run", "mode", default="?")
+    mode = dig(c, "run", "mode", default="?")
     part = fed.get("partition", "?")
     if part == "dirichlet":
         part += f" label skew (alpha {fed.get('dirichlet_alpha')})"
@@ -442,7 +442,7 @@ def section_config(data: RunData) -> str:
     d = c.get("data") or {}
     src = str(d.get("source", "?"))
     if src == "phantom":
-        src += f" ({_get(d, 'phantom', 'n_images')} procedural images, not medical)"
+        src += f" ({dig(d, 'phantom', 'n_images')} procedural images, not medical)"
     rows.append(["Data", f"{src}; {d.get('resolution', '?')} px; test fraction {d.get('test_fraction', '?')}"])
     if mode in ("federated", "fedavg-classifier"):
         rows.append(["Federated averaging", f"{fed.get('rounds')} rounds of {fed.get('local_epochs')} local "
@@ -453,15 +453,15 @@ def section_config(data: RunData) -> str:
                      f"(server side), delta {cdp.get('delta')}"])
     if mode in ("substitution", "federated"):
         rows.append(["Generator", _describe_generator(c.get("generator") or {})])
-        for site, g in sorted((_get(c, "sites", "generators") or {}).items()):
+        for site, g in sorted((dig(c, "sites", "generators") or {}).items()):
             rows.append([f"Generator at {site}", _describe_generator(g)])
     rows.append(["Differential privacy (DP-SGD)", "none: NOT PRIVATE" if not priv else
                  f"target epsilon {priv.get('epsilon')} at delta {priv.get('delta') or 'default min(1e-5, 1/(10n))'}"
                  f", clipping norm {priv.get('max_grad_norm')}, {priv.get('accountant')} accountant, secure RNG "
                  f"{'yes' if priv.get('secure_rng') else 'no'}"])
-    budget = _get(c, "sites", "budget") or {}
+    budget = dig(c, "sites", "budget") or {}
     text = f"epsilon {budget.get('epsilon')} at delta {budget.get('delta')} per site (over its whole ledger)"
-    for site, b in sorted((_get(c, "sites", "budgets") or {}).items()):
+    for site, b in sorted((dig(c, "sites", "budgets") or {}).items()):
         text += f"; {site}: epsilon {b.get('epsilon')} at delta {b.get('delta')}"
     rows.append(["Privacy budgets", text])
     if mode == "substitution":
@@ -470,7 +470,7 @@ def section_config(data: RunData) -> str:
                                       f"{gate.get('quantile')} quantile of real-to-real distances"
                                       if gate.get("enabled") else "off")
                      + ("; membership-inference audit on" if gate.get("membership_audit") else "")])
-        rows.append(["Release", f"{_get(c, 'release', 'n_per_class')} synthetic images per class and site"])
+        rows.append(["Release", f"{dig(c, 'release', 'n_per_class')} synthetic images per class and site"])
     align = c.get("alignment")
     if isinstance(align, dict):
         rows.append(["Domain alignment", "on: " + ", ".join(f"{k} {v}" for k, v in align.items() if k != "enabled")
@@ -484,7 +484,7 @@ def section_config(data: RunData) -> str:
     rows.append(["Evaluation", f"{ev.get('bootstrap')} bootstrap resamples, {ev.get('ci_level')} intervals; "
                                f"fidelity {'on' if ev.get('fidelity') else 'off'}; site baselines "
                                f"{'on' if ev.get('site_baselines') else 'off'}"])
-    rows.append(["Seed", str(_get(c, "run", "seed"))])
+    rows.append(["Seed", str(dig(c, "run", "seed"))])
     full = yaml.safe_dump(c, sort_keys=False)
     return ("<section id='config'><h2>Configuration</h2>" + table(["setting", "value"], rows, "kv")
             + f"<details><summary>Full resolved config (config.yaml)</summary><pre>{esc(full)}</pre></details>"
@@ -508,7 +508,7 @@ def _site_train(data: RunData, name: str, site: dict) -> str:
     st = data.ledgers.get(name)
     if st is not None and st.n_train is not None:
         return str(st.n_train)
-    n = _get(data.metrics, "utility", "trtr", "sites", name, "n_train")
+    n = dig(data.metrics, "utility", "trtr", "sites", name, "n_train")
     return str(n) if n is not None else "–"
 
 
@@ -532,11 +532,11 @@ def section_sites(data: RunData) -> str:
             withheld = rel.get("withheld_classes") or {}
             if withheld:
                 released += " (withheld: " + ", ".join(f"{k}: {v}" for k, v in withheld.items()) + ")"
-            gen = _get(rel, "generator", "family") or "–"
+            gen = dig(rel, "generator", "family") or "–"
         elif tr:
             released = "model updates, rounds " + ", ".join(map(str, tr.get("rounds") or [])) if tr.get(
                 "rounds") else "model updates"
-            gen = (_get(data.config, "generator", "family") or "–") if data.mode == "federated" else "–"
+            gen = (dig(data.config, "generator", "family") or "–") if data.mode == "federated" else "–"
         else:
             released, gen = ("real images (pooled centrally)" if site.get("real_data") else "–"), "–"
         status = site.get("status", "?")
@@ -610,8 +610,8 @@ def curves_png(data: RunData) -> bytes | None:
     sets = _curve_sets(data)
     if not sets:
         return None
-    n_boot = min(int(_get(data.config, "evaluation", "bootstrap") or 0), MAX_CURVE_BOOTSTRAP)
-    seed = int(_get(data.config, "run", "seed") or 0)
+    n_boot = min(int(dig(data.config, "evaluation", "bootstrap") or 0), MAX_CURVE_BOOTSTRAP)
+    seed = int(dig(data.config, "run", "seed") or 0)
     edges = data.histograms.get("edges") if isinstance(data.histograms.get("edges"), dict) else {}
     curves = [pooled_curves(label, list(sites.values()), n_boot=n_boot, level=data.level, seed=seed,
                             edges=edges.get(key))
@@ -658,7 +658,7 @@ def curves_png(data: RunData) -> bytes | None:
         ax.grid(alpha=0.25)
         ax.legend(loc="lower right" if ax is ax_roc else "lower left", fontsize=8, framealpha=0.9)
         ax.title.set_fontsize(9.5)
-    if _get(data.metrics, "data", "phantom"):
+    if dig(data.metrics, "data", "phantom"):
         fig.suptitle("PHANTOM DATA - not medical images", color="#b35900", fontsize=10, fontweight="bold")
     fig.tight_layout()
     buf = io.BytesIO()
@@ -687,7 +687,7 @@ def section_curves(data: RunData) -> str:
 
 
 def section_utility(data: RunData) -> str:
-    u = _get(data.metrics, "utility") or {}
+    u = dig(data.metrics, "utility") or {}
     present = [k for k in ("tstr", "trtr", "real_plus_synthetic") if u.get(k)]
     if not present or present == ["tstr"]:
         return ("<section id='utility'><h2>Utility: synthetic against real</h2><p class='note'>No site baselines "
@@ -700,7 +700,7 @@ def section_utility(data: RunData) -> str:
               "real_plus_synthetic": BASELINES["real_plus_synthetic"][0]}
     for k in present:
         row = _metrics_row(labels[k], u[k].get("pooled"))
-        row += [fmt_ci(_get(u[k], "sites", s, "auroc"), _get(u[k], "sites", s, "auroc_ci")) for s in sites]
+        row += [fmt_ci(dig(u[k], "sites", s, "auroc"), dig(u[k], "sites", s, "auroc_ci")) for s in sites]
         rows.append(row)
     tstr_name = ("Train-synthetic-test-real (TSTR)" if data.mode in ("substitution", "federated")
                  else "The server's classifier")
@@ -716,7 +716,7 @@ def section_utility(data: RunData) -> str:
 
 
 def section_fidelity(data: RunData) -> str:
-    f = _get(data.metrics, "fidelity") or {}
+    f = dig(data.metrics, "fidelity") or {}
     if not f:
         return ("<section id='fidelity'><h2>Fidelity: how real the synthetic images look</h2><p class='note'>"
                 "Fidelity was not measured in this run (evaluation.fidelity off, or no synthetic images).</p>"
@@ -748,7 +748,7 @@ def section_fidelity(data: RunData) -> str:
 
 def section_privacy(data: RunData) -> str:
     m = data.metrics
-    psites = _get(m, "privacy", "sites") or {}
+    psites = dig(m, "privacy", "sites") or {}
     names = sorted(set(psites) | set(data.ledgers) | set(data.sites))
     rows = []
     for name in names:
@@ -763,7 +763,7 @@ def section_privacy(data: RunData) -> str:
         else:
             eps_text = "NOT PRIVATE" if eps is None else fmt_g(eps, 4)
         budget = p.get("budget") or (st.budget if st else None) or {}
-        spent_reported = _num(p.get("spent_epsilon"))
+        spent_reported = as_number(p.get("spent_epsilon"))
         if budget:
             spent = (f"{fmt_g(spent_reported, 4)} / {fmt_g(budget.get('epsilon'), 4)} at delta "
                      f"{fmt_g(budget.get('delta'), 2)}")
@@ -774,13 +774,13 @@ def section_privacy(data: RunData) -> str:
             gate_text = (f"{gate.get('dropped', '?')} of {gate.get('requested', '?')}" if gate.get("enabled", True)
                          else "gate off") + (f", shortfall {gate['shortfall']}" if gate.get("shortfall") else "")
         else:
-            gate_text = "n/a (model updates)" if _get(site, "training") else "–"
+            gate_text = "n/a (model updates)" if dig(site, "training") else "–"
         if p.get("membership_auc") is not None:
             mia = fmt(p.get("membership_auc"))
         elif not p:
             mia = "–"
         else:
-            mia = "n/a" if _get(site, "training") or not gate else "not measured"
+            mia = "n/a" if dig(site, "training") or not gate else "not measured"
         if st is None:
             ledger = "<span class='muted'>no ledger received</span>" + (
                 "<div class='reason'>the site failed before sending anything to train on</div>"
@@ -801,7 +801,7 @@ def section_privacy(data: RunData) -> str:
         rows.append([esc(name), esc(eps_text), esc(fmt_g(p.get("delta"), 2)), esc(spent), esc(gate_text), esc(mia),
                      ledger])
     out = ["<section id='privacy'><h2>Privacy</h2>"]
-    req = _get(m, "privacy", "requested")
+    req = dig(m, "privacy", "requested")
     gated = any((p or {}).get("gate") for p in psites.values())
     out.append(explain(
         "Differential privacy (DP) bounds how much anything the software outputs can reveal about any single "
@@ -861,7 +861,7 @@ def audit_detail(data: RunData) -> str:
                           f"private {'yes' if e.get('private') else 'NO'}"
                           + (f"; gate dropped {gate.get('dropped')}" if gate else "")
                           + (f"; MIA AUC {fmt(e.get('membership_auc'))}" if e.get("membership_auc") is not None else "")
-                          + (f"; spent {fmt_g(_get(e, 'spent', 'epsilon'), 4)}" if e.get("spent") else ""))
+                          + (f"; spent {fmt_g(dig(e, 'spent', 'epsilon'), 4)}" if e.get("spent") else ""))
             else:
                 detail = _mechanism(e)
             if c is None:

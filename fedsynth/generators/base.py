@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 """Called after each epoch with (epoch, total_epochs, metrics)."""
@@ -151,6 +152,27 @@ class Generator(ABC):
 
     @abstractmethod
     def load_training_state(self, state: dict[str, np.ndarray]) -> None: ...
+
+    def training_loader(self, images: Any, labels: Any, privacy: Any, epochs: int, batch_size: int,
+                        drop_last: bool = False) -> DataLoader:
+        """The validated training data as every family trains on it: images in [-1, 1] and
+        labels, in shuffled batches; under DP in batches of the plan's size, which Opacus
+        turns into Poisson samples. Refuses a DP plan made for other data or epochs."""
+        images, labels = check_training_data(images, labels, self.resolution)
+        if privacy is not None and (privacy.n != len(images) or privacy.epochs != epochs):
+            raise ValueError(
+                f"privacy: the plan was made for {privacy.n} images and {privacy.epochs} epochs; "
+                f"got {len(images)} images and {epochs} epochs"
+            )
+        x = torch.from_numpy(images)[:, None] * 2.0 - 1.0
+        batch = privacy.batch_size if privacy is not None else min(batch_size, len(x))
+        return DataLoader(
+            TensorDataset(x, torch.from_numpy(labels)),
+            batch_size=batch,
+            shuffle=privacy is None,
+            drop_last=drop_last and privacy is None and len(x) >= 2 * batch,
+            generator=torch.Generator().manual_seed(self.seed + 2),
+        )
 
     def _require_fitted(self) -> None:
         if not self.fitted:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from fedsynth.config import GANSection
 from fedsynth.generators.base import (
@@ -33,7 +33,6 @@ from fedsynth.generators.base import (
     Generator,
     ProgressFn,
     check_sample_request,
-    check_training_data,
     exchangeable,
     load_exchangeable,
     seeded,
@@ -181,24 +180,9 @@ class ConditionalGAN(Generator):
         progress: ProgressFn | None = None,
     ) -> FitReport:
         """Train on (images, labels); with a DP plan the discriminator trains with DP-SGD."""
-        images, labels = check_training_data(images, labels, self.resolution)
-        cfg = self.config
-        if privacy is not None and (privacy.n != len(images) or privacy.epochs != cfg.epochs):
-            raise ValueError(
-                f"privacy: the plan was made for {privacy.n} images and {privacy.epochs} epochs; "
-                f"got {len(images)} images and {cfg.epochs} epochs"
-            )
-        x = torch.from_numpy(images)[:, None] * 2.0 - 1.0
-        y = torch.from_numpy(labels)
-        batch = privacy.batch_size if privacy is not None else min(cfg.batch_size, len(x))
+        loader = self.training_loader(images, labels, privacy, self.config.epochs, self.config.batch_size,
+                                      drop_last=True)
         with seeded(self.seed + 1):
-            loader = DataLoader(
-                TensorDataset(x, y),
-                batch_size=batch,
-                shuffle=privacy is None,  # under DP, Opacus replaces this with Poisson sampling
-                drop_last=privacy is None and len(x) >= 2 * batch,
-                generator=torch.Generator().manual_seed(self.seed + 2),
-            )
             return self._train(loader, progress, privacy)
 
     def _train(self, loader: DataLoader, progress: ProgressFn | None, privacy: DPPlan | None) -> FitReport:

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
 
 from fedsynth.config import SDLoRASection
 from fedsynth.errors import ConfigError
@@ -32,7 +31,6 @@ from fedsynth.generators.base import (
     Generator,
     ProgressFn,
     check_sample_request,
-    check_training_data,
     seeded,
 )
 from fedsynth.privacy.dp import DPPlan, PrivateTraining
@@ -127,19 +125,12 @@ class StableDiffusionLoRA(Generator):
     # ---- training --------------------------------------------------------------------------
     def fit(self, images: np.ndarray, labels: np.ndarray, privacy: DPPlan | None = None,
             progress: ProgressFn | None = None) -> FitReport:
-        images, labels = check_training_data(images, labels, self.resolution)
         cfg = self.config
-        if privacy is not None and (privacy.n != len(images) or privacy.epochs != cfg.epochs):
-            raise ValueError("privacy: the plan does not match these images and epochs")
-        x = torch.from_numpy(images)[:, None] * 2.0 - 1.0
-        y = torch.from_numpy(labels)
-        batch = privacy.batch_size if privacy is not None else min(cfg.batch_size, len(x))
+        loader = self.training_loader(images, labels, privacy, cfg.epochs, cfg.batch_size)
         text = self._text()
         denoiser = _Denoiser(self.unet)
         opt = torch.optim.AdamW(self.lora_parameters(), lr=cfg.lr)
         with seeded(self.seed + 1):
-            loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=privacy is None,
-                                generator=torch.Generator().manual_seed(self.seed + 2))
             step_model, dp = denoiser, None
             if privacy is not None:
                 dp = PrivateTraining(privacy)

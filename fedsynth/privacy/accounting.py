@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 ACCOUNTANTS = ("rdp", "prv")
@@ -109,7 +109,3 @@ def default_delta(n: int) -> float:
 
 def same_epsilon(a: float, b: float, rel: float = 1e-6) -> bool:
     return math.isclose(a, b, rel_tol=rel, abs_tol=1e-9)
-
-
-def history_of(mechanisms: Sequence[Mechanism]) -> list[list[float]]:
-    return [[m.noise_multiplier, m.sample_rate, m.steps] for m in mechanisms]

@@ -69,17 +69,6 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
     return key
 
 
-def public_key_pem(key: Ed25519PublicKey) -> str:
-    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-
-
-def public_key_from_pem(pem: str) -> Ed25519PublicKey:
-    key = serialization.load_pem_public_key(pem.encode())
-    if not isinstance(key, Ed25519PublicKey):
-        raise SiteKeyError("not an Ed25519 public key")
-    return key
-
-
 def key_id(key: Ed25519PublicKey) -> str:
     """Short fingerprint of a public key (first 16 hex of SHA-256 of its raw bytes)."""
     import hashlib

@@ -20,7 +20,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -261,7 +260,3 @@ def non_private(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     resolution of the same patients has another fingerprint), their outputs void any DP
     guarantee for those patients, so a site's ledger with one gives no more DP."""
     return [e for e in entries if e.get("type") == TRAINING]
-
-
-def finite(x: float | None) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isinf(x)) else x

@@ -22,7 +22,6 @@ from fedsynth.data.ingest import read_image_file
 from fedsynth.data.preprocess import prepare
 
 UPLOAD_FIELD = "file"
-CHUNK = 64 * 1024
 MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries a form adds around the file
 MAX_PIXELS = 64_000_000  # larger than any radiograph; refuses decompression bombs before decoding
 VIEW_SIZE = 320  # pixels: what the page shows of a 32-256 px model input
