@@ -47,7 +47,9 @@ def row_of(mode: str, partition: str, privacy: str, metrics: dict, wall: float) 
     pooled = metrics.get("pooled") or {}
     sites = metrics.get("sites", {})
     sent = [s.get("bytes_sent", 0) for s in sites.values() if s.get("bytes_sent")]
-    eps = [p.get("epsilon") for p in (metrics.get("privacy") or {}).get("sites", {}).values()]
+    # what each site spent in this run, composed over all its DP entries (every round, in the federated modes)
+    eps = [p.get("spent_epsilon") if p.get("epsilon") is not None else None
+           for p in (metrics.get("privacy") or {}).get("sites", {}).values()]
     return {
         "mode": mode, "partition": partition, "privacy": privacy,
         "auroc": pooled.get("auroc"), "auroc_ci": pooled.get("auroc_ci"),
