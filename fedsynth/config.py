@@ -115,7 +115,7 @@ class GANSection(_Section):
     family: Literal["gan"] = "gan"
     latent_dim: int = Field(64, ge=2, description="Size of the noise vector.")
     base_channels: int = Field(32, ge=4, description="Width of the narrowest convolution (doubles per level).")
-    epochs: int = Field(50, ge=1, description="Passes over the site's training images.")
+    epochs: int = Field(40, ge=1, description="Passes over the site's training images.")
     batch_size: int = Field(16, ge=2, description="Real images per discriminator step (the expected size under DP).")
     lr_generator: float = Field(2e-4, gt=0)
     lr_discriminator: float = Field(2e-4, gt=0)
@@ -280,7 +280,7 @@ class ClassifierSection(_Section):
     arch: Literal["auto", "small-cnn", "resnet18"] = Field(
         "auto", description="auto: small-cnn up to 32 px, resnet18 above."
     )
-    epochs: int = Field(12, ge=1)
+    epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=2)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -303,7 +303,7 @@ class EvaluationSection(_Section):
     grid_images: int = Field(8, ge=1, le=64, description="Images per row in the real-vs-synthetic grids.")
     fidelity: bool = Field(True, description="Sites measure the synthetic images' fidelity against their real ones.")
     fidelity_samples: int = Field(
-        500, ge=10, description="Pooled synthetic images sent to each site for fidelity and utility."
+        300, ge=10, description="Pooled synthetic images sent to each site for fidelity and utility."
     )
     inception_weights: str = Field(
         "", description="Inception-v3 ImageNet weights (.pth) for FID; empty: a CXR encoder trained at each site."
