@@ -127,7 +127,9 @@ def test_browser_uploads_an_xray_and_reads_the_probability(site):
         assert page.inner_text("#prediction") == ("pneumonia" if shown >= clf.threshold else "normal")
         # both pictures decoded and laid out by the browser
         for sel in ("#input-image", "#overlay-image"):
-            assert page.eval_on_selector(sel, "img => img.complete && img.naturalWidth") == 320
+            page.wait_for_function(f"() => {{ const i = document.querySelector('{sel}');"
+                                   " return i && i.complete && i.naturalWidth > 0; }", timeout=30_000)
+            assert page.eval_on_selector(sel, "img => img.naturalWidth") == 320
 
         # a bad file gets its reason on the page
         bad = root / "notes.png"
@@ -150,7 +152,10 @@ def test_browser_reader_completes_a_study(site, tmp_path):
         for k in range(4):
             heading = page.inner_text("h1")
             assert f"image {k + 1} of 4" in heading
-            assert page.eval_on_selector("#study-image", "img => img.complete && img.naturalWidth") == 448
+            # the image arrives after the page; wait for it instead of racing a busy machine
+            page.wait_for_function("() => { const i = document.querySelector('#study-image');"
+                                   " return i && i.complete && i.naturalWidth > 0; }", timeout=30_000)
+            assert page.eval_on_selector("#study-image", "img => img.naturalWidth") == 448
             if k == 0:
                 page.check("input[name=pneumonia][value=yes]")
             page.click("#answer-real" if k % 2 == 0 else "#answer-synthetic")
