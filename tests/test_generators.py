@@ -112,3 +112,15 @@ def test_diff_augment_is_per_sample():
 
 def test_registry_lists_families():
     assert "gan" in FAMILIES
+
+
+def test_federated_state_carries_the_moving_average_across_rounds(fitted, phantoms16):
+    gen, report = fitted
+    state = gen.training_state()
+    assert state["ema_steps"][0] == report.steps
+    assert any(k.startswith("generator_ema.") for k in state)
+    nxt = build_generator(TINY, 16, seed=5, device="cpu")
+    nxt.load_training_state(state)
+    np.testing.assert_array_equal(nxt.sample(3, 1, seed=2), gen.sample(3, 1, seed=2))  # samples from the average
+    again = nxt.fit(phantoms16.images, phantoms16.labels)
+    assert nxt.training_state()["ema_steps"][0] == report.steps + again.steps

@@ -167,6 +167,7 @@ class ConditionalGAN(Generator):
             self.generator = GeneratorNet(self.resolution, self.config.latent_dim, self.config.base_channels)
             self.discriminator = DiscriminatorNet(self.resolution, self.config.base_channels)
         self.generator_ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
+        self.ema_steps = 0  # steps the average has seen, across federated rounds too (its warm-up)
         self.generator.to(self.device)
         self.discriminator.to(self.device)
         self.generator_ema.to(self.device)
@@ -243,7 +244,8 @@ class ConditionalGAN(Generator):
                 if dp is not None:
                     d_step.enable_hooks()
                 steps += 1
-                self._update_ema(steps)
+                self.ema_steps += 1
+                self._update_ema(self.ema_steps)
                 seen += b
                 batches += 1
                 sums["loss_d"] += loss_d.item()
@@ -308,22 +310,25 @@ class ConditionalGAN(Generator):
         self.fitted = True
 
     def training_state(self) -> dict[str, np.ndarray]:
-        """Everything federated averaging exchanges: generator and discriminator weights.
-
-        The generator EMA is local to a round; the exchanged generator is the raw one.
-        """
+        """Everything federated averaging exchanges: the generator, its moving average (what
+        is sampled from: under DP the raw generator carries the discriminator's noise, the
+        average smooths it out) and the discriminator."""
         out = {f"generator.{k}": v for k, v in self.generator.state_dict().items()}
+        out.update({f"generator_ema.{k}": v for k, v in self.generator_ema.state_dict().items()})
         out.update({f"discriminator.{k}": v for k, v in self.discriminator.state_dict().items()})
-        return exchangeable(out)
+        state = exchangeable(out)
+        state["ema_steps"] = np.array([self.ema_steps], dtype=np.float64)
+        return state
 
     def load_training_state(self, state: dict[str, np.ndarray]) -> None:
         expected = set(self.training_state())
         if set(state) != expected:
             missing, extra = sorted(expected - set(state))[:3], sorted(set(state) - expected)[:3]
             raise ValueError(f"weights do not fit this GAN (missing {missing}, unexpected {extra})")
-        for prefix, net in (("generator.", self.generator), ("discriminator.", self.discriminator)):
+        for prefix, net in (("generator.", self.generator), ("generator_ema.", self.generator_ema),
+                            ("discriminator.", self.discriminator)):
             load_exchangeable(net, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-        self.generator_ema.load_state_dict(self.generator.state_dict())
+        self.ema_steps = int(round(float(np.asarray(state["ema_steps"]).ravel()[0])))
         self.fitted = True
 
     @classmethod
