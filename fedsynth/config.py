@@ -85,6 +85,26 @@ class ClientDPSection(_Section):
     max_epsilon: float | None = Field(None, gt=0, description="Stop before a round would exceed this.")
 
 
+class SecureAggregationSection(_Section):
+    """SecAgg+ (Bell et al. 2020, Flower's ``SecAggPlusWorkflow`` and ``secaggplus_mod``):
+    each site masks its update so that the server learns only the sites' average, never
+    one site's weights. Updates are sent as differences from the global weights, clipped
+    to ``clipping_range`` and quantized to ``quantization_range`` levels; each site counts
+    once in the average."""
+
+    num_shares: int | float = Field(
+        1.0, gt=0, description="Shares each site's secret is split into: an int > 2, or a fraction of the sites."
+    )
+    reconstruction_threshold: int | float = Field(
+        0.67, gt=0, description="Shares needed to unmask a site that dropped out: an int, or a fraction of num_shares."
+    )
+    clipping_range: float = Field(
+        8.0, gt=0, description="Bound on every value of an update (difference from the global weights); a site "
+        "whose update exceeds it refuses the round rather than send a clipped one.",
+    )
+    quantization_range: int = Field(2**22, gt=1, description="Levels each value is quantized to.")
+
+
 class FederationSection(_Section):
     num_sites: int = Field(3, ge=1, le=64, description="Simulated sites the source is split into.")
     partition: Literal["iid", "dirichlet"] = Field(
@@ -95,9 +115,16 @@ class FederationSection(_Section):
     rounds: int = Field(5, ge=1, description="Rounds of federated averaging (modes federated, fedavg-classifier).")
     local_epochs: int = Field(2, ge=1, description="Epochs each site trains per round.")
     client_dp: ClientDPSection | None = Field(None, description="Client-level DP on the averaged update.")
-    secure_aggregation: bool = Field(
-        False, description="SecAgg+ (Flower's legacy path only in flwr 1.41; not available with the Message API)."
+    secure_aggregation: SecureAggregationSection | None = Field(
+        None, description="SecAgg+ on the federated modes: the server sees only the sites' average update "
+        "(true for the defaults).",
     )
+
+    @field_validator("secure_aggregation", mode="before")
+    @classmethod
+    def _secure_aggregation_flag(cls, v: Any) -> Any:
+        # `secure_aggregation: true` means SecAgg+ with its defaults; false means off
+        return {} if v is True else None if v is False else v
     site_keys: dict[str, str] = Field(
         default_factory=dict, description="Server's registry: site name -> Ed25519 public key file. Empty in "
         "a simulation: each simulated site gets a key pair in sites.state_dir.",
@@ -343,12 +370,16 @@ class RunConfig(_Section):
             raise ValueError("alignment.enabled: post-hoc alignment applies to run.mode=substitution")
         if self.sites.generators and self.run.mode == "federated":
             raise ValueError("sites.generators: federated averaging needs one generator architecture at every site")
-        if self.federation.secure_aggregation:
-            raise ValueError(
-                "federation.secure_aggregation: Flower 1.41 offers SecAgg+ only on its legacy API "
-                "(LegacyContext/DefaultWorkflow), which fedsynth's Message-API apps do not use; "
-                "use federation.client_dp for protection of the aggregate"
-            )
+        if self.federation.secure_aggregation is not None:
+            if self.run.mode not in ("federated", "fedavg-classifier"):
+                raise ValueError("federation.secure_aggregation: masks model updates, so it applies to the federated "
+                                 "and fedavg-classifier modes (a synthetic release is public by design)")
+            if self.federation.client_dp is not None:
+                raise ValueError("federation.secure_aggregation with federation.client_dp: the server-side DP "
+                                 "wrapper clips each site's update, which secure aggregation hides from it")
+            if self.federation.num_sites < 3:
+                raise ValueError("federation.secure_aggregation needs at least 3 sites (with 2, each learns "
+                                 "the other's update from the average)")
         if self.federation.client_dp is not None and self.run.mode not in ("federated", "fedavg-classifier"):
             raise ValueError("federation.client_dp applies to the federated and fedavg-classifier modes only")
         if self.federation.min_sites > self.federation.num_sites:

@@ -242,6 +242,86 @@ def decode_update(content: RecordDict) -> ModelUpdate:
     )
 
 
+# ---- secure aggregation ------------------------------------------------------------------
+# Flower's SecAgg+ (``SecAggPlusWorkflow`` / ``secaggplus_mod``) runs on its legacy records:
+# the round travels as FitIns (weights as an ordered list, the request in its config) and
+# the update as FitRes. Arrays are masked: they travel as differences from the global
+# weights and the server only ever sees their average. 0-d arrays are counters (an
+# EMA's step count), not learned from pixels: they travel in the clear, in the metrics.
+
+
+def masked_keys(weights: dict[str, np.ndarray]) -> list[str]:
+    return [k for k in weights if np.ndim(weights[k]) > 0]
+
+
+def encode_secure_round(req: RoundRequest) -> Any:
+    from flwr.common import FitIns, ndarrays_to_parameters
+
+    keys = list(req.weights)
+    config = dict(round_config(req))
+    config["keys"] = json.dumps(keys)
+    return FitIns(ndarrays_to_parameters([np.asarray(req.weights[k], order="C") for k in keys]), config)
+
+
+def is_secure_round(content: RecordDict) -> bool:
+    return "fitins.config" in content.config_records
+
+
+def decode_secure_round(content: RecordDict) -> RoundRequest:
+    from flwr.common import parameters_to_ndarrays
+    from flwr.compat.common.recorddict_compat import recorddict_to_fitins
+
+    ins = recorddict_to_fitins(content, keep_input=True)
+    rec = ins.config
+    keys = json.loads(str(rec["keys"]))
+    arrays = parameters_to_ndarrays(ins.parameters)
+    if len(keys) != len(arrays):
+        raise ValueError(f"secure round: {len(arrays)} arrays for {len(keys)} names")
+    return RoundRequest(
+        run_id=str(rec["run_id"]),
+        config=RunConfig.from_json(str(rec["config"])),
+        round=int(rec["round"]),
+        stage=str(rec["stage"]),
+        weights=dict(zip(keys, arrays)),
+        run_dir=str(rec["run_dir"]),
+    )
+
+
+def encode_secure_update(upd: ModelUpdate, start: dict[str, np.ndarray], clipping_range: float) -> RecordDict:
+    """The FitRes that ``secaggplus_mod`` masks: each site counts once (num_examples=1)."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+    from flwr.compat.common.recorddict_compat import fitres_to_recorddict
+
+    deltas = []
+    for k in masked_keys(start):
+        d = upd.weights[k].astype(np.float64) - start[k].astype(np.float64)
+        worst = float(np.abs(d).max()) if d.size else 0.0
+        if not np.isfinite(worst) or worst > clipping_range:
+            raise ValueError(
+                f"the update of {k} changes a value by {worst:.3g}, beyond "
+                f"federation.secure_aggregation.clipping_range={clipping_range:g}; sending it would clip it "
+                "silently (raise the range, or lower the learning rate or local epochs)"
+            )
+        deltas.append(d.astype(np.float32))
+    counters = {k: float(upd.weights[k]) for k in start if np.ndim(start[k]) == 0}
+    res = FitRes(
+        Status(Code.OK, "ok"),
+        ndarrays_to_parameters(deltas),
+        num_examples=1,
+        metrics={"site": upd.site, "n_examples": int(upd.n_examples), "meta": json.dumps(upd.meta),
+                 "counters": json.dumps(counters)},
+    )
+    return fitres_to_recorddict(res, keep_input=True)
+
+
+def decode_secure_update(fitres: Any) -> ModelUpdate:
+    """A site's clear part of a secure update (its arrays are only in the average)."""
+    m = fitres.metrics
+    counters = json.loads(str(m["counters"]))
+    return ModelUpdate(site=str(m["site"]), weights={k: np.asarray(v) for k, v in counters.items()},
+                       n_examples=int(m["n_examples"]), meta=json.loads(str(m["meta"])))
+
+
 def content_bytes(content: RecordDict) -> int:
     """Bytes a message's content carries (arrays plus serialised values)."""
     total = 0

@@ -227,11 +227,3 @@ def test_client_level_dp_is_accounted_by_flowers_accountant(tiny_config):
     _, m = _serve(cfg)
     eps = [r["client_dp"]["epsilon"] for r in m["rounds"]]
     assert 0 < eps[0] < eps[1], "client-level epsilon grows with every aggregated round"
-
-
-def test_secure_aggregation_is_refused_clearly():
-    from fedsynth.config import load_config
-    from fedsynth.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="SecAgg"):
-        load_config(overrides=["federation.secure_aggregation=true"])

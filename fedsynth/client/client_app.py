@@ -32,11 +32,14 @@ from fedsynth.protocol import (
     SITE_ERROR,
     decode_evaluate_request,
     decode_round_request,
+    decode_secure_round,
     decode_train_request,
     encode_eval_result,
     encode_release,
+    encode_secure_update,
     encode_update,
     is_round_request,
+    is_secure_round,
 )
 
 log = logging.getLogger("fedsynth.client")
@@ -97,12 +100,49 @@ def _error_reply(msg: Message, context: Context, err: BaseException) -> Message:
     return Message(Error(code=SITE_ERROR, reason=reason), reply_to=msg)
 
 
+class _Refused(Exception):
+    pass
+
+
+def secure_aggregation_mod(msg: Message, context: Context, call_next) -> Message:
+    """Flower's ``secaggplus_mod`` on the messages of a secure round (they carry its
+    configs); every other message passes straight through. When the site itself refuses
+    the round, its explained error goes back as it is instead of the mod's own failure."""
+    from flwr.client.mod import secaggplus_mod
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    if RECORD_KEY_CONFIGS not in msg.content.config_records:
+        return call_next(msg, context)
+    refusal: list[Message] = []
+
+    def site_or_refusal(m: Message, c: Context) -> Message:
+        reply = call_next(m, c)
+        if reply.has_error():
+            refusal.append(reply)
+            raise _Refused(reply.error.reason)
+        return reply
+
+    try:
+        return secaggplus_mod(msg, context, site_or_refusal)
+    except _Refused:
+        return Message(refusal[0].error, reply_to=msg)
+
+
 app = ClientApp()
 
 
-@app.train()
+@app.train(mods=[secure_aggregation_mod])
 def train(msg: Message, context: Context) -> Message:
     try:
+        if is_secure_round(msg.content):  # a round under SecAgg+: the mod masks what this returns
+            rreq = decode_secure_round(msg.content)
+            _prepare_worker(rreq.config, context)
+            site = site_for(context, rreq.config, rreq.run_dir)
+            sa = rreq.config.federation.secure_aggregation
+            if sa is None:
+                raise ValueError("a secure round arrived but the run config has no federation.secure_aggregation")
+            update = site.train_round(rreq)
+            return Message(encode_secure_update(update, rreq.weights, sa.clipping_range), reply_to=msg)
         if is_round_request(msg.content):  # a round of federated averaging (Flower's FedAvg message)
             rreq = decode_round_request(msg.content)
             _prepare_worker(rreq.config, context)

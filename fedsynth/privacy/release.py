@@ -59,7 +59,7 @@ def check_signed_release(
 
 def check_signed(
     site: str,
-    digest: str,
+    digest: str | None,
     count: tuple[str, int],
     ledger: Any,
     public_key: Ed25519PublicKey | None,
@@ -69,7 +69,8 @@ def check_signed(
 ) -> str | None:
     """Why a signed release (images, or a model update) must be rejected, or None.
 
-    ``digest`` is the SHA-256 of what arrived; ``count`` names the signed size field and
+    ``digest`` is the SHA-256 of what arrived, or None when the checker cannot see the
+    content (an update under secure aggregation: only the average is visible); ``count`` names the signed size field and
     the size that arrived; ``run_id`` and ``round_no``, when given, must be the ones signed
     (an old release replayed into a new run is refused)."""
     if public_key is None:
@@ -88,7 +89,7 @@ def check_signed(
         return f"signed for run {last.get('run_id')!r}, not this run ({run_id!r}): a replayed release"
     if round_no is not None and last.get("round") != round_no:
         return f"signed for round {last.get('round')}, not round {round_no}"
-    if last.get("content_hash") != digest:
+    if digest is not None and last.get("content_hash") != digest:
         return "content does not match its signed hash (tampered in transit or by the sender)"
     field, n = count
     if int(last.get(field, -1)) != n:

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
@@ -66,7 +67,9 @@ class InProcessGrid(Grid):
     def _deliver(self, message: Message) -> Message:
         context = self.contexts[message.metadata.dst_node_id]
         try:
-            return self.client_app(message, context)
+            # through Flower's wire format, as a SuperNode receives it: the node gets its own
+            # copy (a sender that reuses one record for several messages shares nothing)
+            return self.client_app(message_from_proto(message_to_proto(message)), context)
         except Exception as err:  # as a SuperNode would: the error travels back as a reply
             reason = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
             return Message(Error(code=UNCAUGHT, reason=reason), reply_to=message)

@@ -167,6 +167,19 @@ def check_update(upd: ModelUpdate, reference: dict[str, np.ndarray], config: Run
                         key, required, run_id, round_no)
 
 
+def check_secure_contribution(upd: ModelUpdate, config: RunConfig, registry: dict[str, Path],
+                               run_id: str | None = None, round_no: int | None = None) -> str | None:
+    """Why a contribution to a secure round is unacceptable, or None: everything
+    :func:`check_update` checks except the arrays, which only exist in the average."""
+    if upd.n_examples <= 0:
+        return f"num-examples must be positive, got {upd.n_examples}"
+    key_path = registry.get(upd.site)
+    key = load_public_key(key_path) if key_path is not None else None
+    required = config.privacy.epsilon if config.privacy is not None else None
+    return check_signed(upd.site, None, ("n_examples", upd.n_examples), upd.meta.get("ledger"), key, required,
+                        run_id, round_no)
+
+
 def run_rounds(
     config: RunConfig,
     grid: Grid,
@@ -215,6 +228,14 @@ def run_rounds(
             state.history.append({"round": round_no, "skipped": "client-level DP cohort broken by a dropped site"})
             break
         request = RoundRequest(run_dir.run_id, config, round_no, stage, {}, str(run_dir.path))
+        if fed.secure_aggregation is not None:
+            entry, new_weights = _secure_step(config, active, run_dir, registry, state, fail,
+                                              RoundRequest(run_dir.run_id, config, round_no, stage, weights,
+                                                           str(run_dir.path)))
+            weights = new_weights if new_weights is not None else weights
+            entry["seconds"] = time.perf_counter() - started
+            _finish_round(entry, round_no, weights, state, checkpoints, fed.rounds, on_round)
+            continue
         messages = list(strategy.configure_train(round_no, arrays_record(weights), round_config(request), active))
         sent_to = {m.metadata.dst_node_id for m in messages}
         replies = list(grid.send_and_receive(messages, timeout=fed.site_timeout_s))
@@ -269,12 +290,58 @@ def run_rounds(
             spent = strategy.accountant.get_privacy_spent()
             entry["client_dp"] = {"epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.num_releases}
             state.accountant = strategy.accountant.state_dict()
-        state.history.append(entry)
-        state.completed = round_no
-        checkpoints.save(round_no, weights, state)
-        log.info("round %d/%d done with %s (%.1f s)", round_no, fed.rounds, ", ".join(entry["sites"]),
-                 entry["seconds"])
-        if on_round is not None:
-            on_round(round_no, state)
+        _finish_round(entry, round_no, weights, state, checkpoints, fed.rounds, on_round)
     return weights, state
+
+
+def _finish_round(entry: dict[str, Any], round_no: int, weights: dict[str, np.ndarray], state: RoundsState,
+                  checkpoints: Checkpoints, rounds: int, on_round: Callable[[int, RoundsState], None] | None) -> None:
+    state.history.append(entry)
+    state.completed = round_no
+    checkpoints.save(round_no, weights, state)
+    log.info("round %d/%d done with %s (%.1f s)%s", round_no, rounds, ", ".join(entry["sites"]) or "no site",
+             entry["seconds"], f"; skipped: {entry['skipped']}" if "skipped" in entry else "")
+    if on_round is not None:
+        on_round(round_no, state)
+
+
+def _secure_step(config: RunConfig, active: Grid, run_dir: RunDir, registry: dict[str, Path], state: RoundsState,
+                 fail: Callable[[str, str, int | None, int], None],
+                 request: RoundRequest) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
+    """One round under SecAgg+: the history entry and the new weights (None: keep the old ones)."""
+    from fedsynth.server.secure_aggregation import secure_round
+
+    round_no = request.round
+    outcome = secure_round(config, active, request, state.names)
+    for node, site, reason in outcome.failures:
+        fail(site, reason, node, round_no)
+    rejected = []
+    for node, upd in outcome.contributions.items():
+        state.names[str(node)] = upd.site
+        state.bytes_sent[upd.site] = state.bytes_sent.get(upd.site, 0) + outcome.bytes_sent.get(node, 0)
+        if isinstance(upd.meta.get("ledger"), list) and upd.meta["ledger"]:
+            keep_ledger(upd.site, upd.meta["ledger"], run_dir, registry)
+        problem = upd.site in state.excluded_sites and "the site was dropped earlier" or \
+            check_secure_contribution(upd, config, registry, run_dir.run_id, round_no)
+        if problem:
+            rejected.append(upd.site)
+            fail(upd.site, f"update rejected: {problem}", node, round_no)
+            continue
+        private, privacy = signed_privacy(upd.meta["ledger"])
+        state.sites[upd.site] = {**{k: v for k, v in upd.meta.items() if k not in ("ledger", "privacy", "private")},
+                                 "private": private, "privacy": privacy}
+    entry: dict[str, Any] = {"round": round_no, "secure_aggregation": "SecAgg+",
+                             "sites": sorted(u.site for u in outcome.contributions.values())}
+    if not outcome.contributions and outcome.problem:
+        raise FederationError(f"round {round_no}: no usable update under secure aggregation: {outcome.problem}. " +
+                              "; ".join(f"{site}: {reason}" for _, site, reason in outcome.failures))
+    if rejected:
+        # one site's share cannot be taken out of a masked sum: the whole average goes
+        entry["skipped"] = (f"the secure average includes a rejected update ({', '.join(rejected)}); "
+                            "discarded, the global weights stay as they were")
+        return entry, None
+    if outcome.weights is None:
+        entry["skipped"] = outcome.problem or "no average"
+        return entry, None
+    return entry, outcome.weights
 
