@@ -12,7 +12,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.serde import message_to_proto
 
 from fedsynth.client import client_app as real_app
-from fedsynth.config import ClientDPSection, load_config
+from fedsynth.config import load_config
 from fedsynth.errors import ConfigError
 from fedsynth.privacy.keys import load_public_key
 from fedsynth.privacy.ledger import verify_ledger
