@@ -16,6 +16,7 @@ import argparse
 import json
 import time
 import traceback
+from pathlib import Path
 
 from benchmarks.common import KERMANY_64, RESULTS, ROOT, record_start, require, write_result
 from fedsynth.config import load_config
@@ -85,11 +86,18 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--name", default="generators_cpu")
     ap.add_argument("--only", default="")
+    ap.add_argument("--gan-from", default="", help="take the GAN rows (no DP, eps10) from this privacy benchmark "
+                    "JSON: benchmarks.privacy runs the GAN with the same settings, so they need not run twice")
     args = ap.parse_args()
     record_start()
     data = require(KERMANY_64)
     out_path = RESULTS / f"{args.name}.json"
     rows = [r for r in (json.loads(out_path.read_text())["rows"] if out_path.is_file() else []) if "error" not in r]
+    if args.gan_from:
+        src = json.loads(Path(args.gan_from).read_text())
+        rows = [r for r in rows if r["family"] != "gan"] + [
+            {**r, "source": f"{Path(args.gan_from).name} (commit {src['git_commit'][:7]})"}
+            for r in src["rows"] if r["privacy"] in PRIVACY and "error" not in r]
     done = {(r["family"], r["privacy"]) for r in rows}
     for privacy, dp_over in PRIVACY.items():
         for family, settings in GENERATORS.items():
@@ -107,6 +115,9 @@ def main() -> None:
                 rows.append({"family": family, "privacy": privacy, "error": f"{type(err).__name__}: {err}"})
             print(markdown(rows[-1:]))
             write_result(args.name, {"data": data.name, "rows": rows, "table": markdown(rows)})
+    order = [(f, p) for p in PRIVACY for f in GENERATORS]
+    rows.sort(key=lambda r: order.index((r["family"], r["privacy"])) if (r["family"], r["privacy"]) in order else 99)
+    write_result(args.name, {"data": data.name, "rows": rows, "table": markdown(rows)})
     print(markdown(rows))
 
 
