@@ -3,9 +3,9 @@
 On the same 3 simulated Kermany sites (IID, and label-skewed with Dirichlet alpha 0.5),
 with and without DP (epsilon 10 per site), each mode runs through Flower's simulation
 engine and its classifier is tested on the official test split (624 images, the union
-of the sites' test splits): substitution, federated (FedAvg over GAN weights),
-fedavg-classifier (classic FL on real images) and centralized-real (pooled real images,
-the upper bound; no DP variant).
+of the sites' test splits): substitution, federated (FedAvg over GAN weights; also with
+every round under SecAgg+, for its cost), fedavg-classifier (classic FL on real images)
+and centralized-real (pooled real images, the upper bound; no DP variant).
 
     .venv/bin/python -m benchmarks.compare_modes [--quick] [--only substitution,federated]
 
@@ -24,7 +24,9 @@ from benchmarks.common import KERMANY_64, RESULTS, ROOT, record_start, require, 
 from fedsynth.config import load_config
 from fedsynth.server.simulation import simulate
 
-MODES = ("substitution", "federated", "fedavg-classifier", "centralized-real")
+MODES = ("substitution", "federated", "federated+secagg", "fedavg-classifier", "centralized-real")
+# a "+secagg" mode is the base mode with every round under SecAgg+ (its cost in bytes and time)
+SECURE = "+secagg"
 PARTITIONS = {"iid": ["federation.partition=iid"],
               "dirichlet-0.5": ["federation.partition=dirichlet", "federation.dirichlet_alpha=0.5"]}
 PRIVACY = {"none": [], "eps10": ["privacy.epsilon=10"]}
@@ -32,6 +34,8 @@ PRIVACY = {"none": [], "eps10": ["privacy.epsilon=10"]}
 
 def settings(mode: str, quick: bool) -> list[str]:
     """Equal effort per mode: the federated modes spread the same epochs over rounds."""
+    if mode.endswith(SECURE):
+        return [*settings(mode.removesuffix(SECURE), quick), "federation.secure_aggregation=true"]
     epochs = 4 if quick else 20
     rounds = 2 if quick else 4
     common = ["classifier.epochs=" + ("3" if quick else "12"), "evaluation.bootstrap=" + ("100" if quick else "1000")]
@@ -105,7 +109,8 @@ def main() -> None:
             for mode in modes:
                 if (mode == "centralized-real" and privacy != "none") or (mode, partition, privacy) in key:
                     continue
-                over = [f"data.source={data}", f"run.mode={mode}", f"run.name=cmp-{mode}-{partition}-{privacy}",
+                over = [f"data.source={data}", f"run.mode={mode.removesuffix(SECURE)}",
+                        f"run.name=cmp-{mode.replace('+', '-')}-{partition}-{privacy}",
                         *p_over, *dp_over, *settings(mode, args.quick)]
                 cfg = load_config(args.config, over)
                 t0 = time.perf_counter()
