@@ -177,3 +177,12 @@ def test_a_contribution_failing_its_checks_voids_the_rounds_average(tiny_config)
     assert m["rounds"][1]["sites"] == ["site-0", "site-2"] and "skipped" not in m["rounds"][1]
     assert m["sites"]["site-1"]["status"] != "ok"
     assert "ledger does not verify" in json.dumps(m["failures"])
+
+
+def test_fedavg_classifier_rounds_run_under_secure_aggregation_too(tiny_config):
+    cfg = _secure(tiny_config, rounds=1)
+    cfg = cfg.model_validate({**cfg.model_dump(), "run": {**cfg.run.model_dump(), "mode": "fedavg-classifier"}})
+    _, m = _serve(cfg)
+    assert m["mode"] == "fedavg-classifier"
+    assert [(r["secure_aggregation"], r["sites"]) for r in m["rounds"]] == [("SecAgg+", ["site-0", "site-1", "site-2"])]
+    assert m["pooled"]["auroc"] is not None
