@@ -447,6 +447,10 @@ def section_config(data: RunData) -> str:
     if mode in ("federated", "fedavg-classifier"):
         rows.append(["Federated averaging", f"{fed.get('rounds')} rounds of {fed.get('local_epochs')} local "
                                             "epoch(s)"])
+        sa = fed.get("secure_aggregation")
+        rows.append(["Secure aggregation", "none: the server sees each site's update" if not sa else
+                     f"SecAgg+ (the server sees only the average; updates clipped to +/-{sa.get('clipping_range')}, "
+                     f"{sa.get('quantization_range')} quantization levels)"])
         cdp = fed.get("client_dp")
         rows.append(["Client-level DP", "none" if not cdp else
                      f"noise multiplier {cdp.get('noise_multiplier')}, clipping norm {cdp.get('clipping_norm')} "
@@ -892,7 +896,9 @@ def section_rounds(data: RunData) -> str:
     failures = [f for f in data.metrics.get("failures") or [] if str(f.get("stage", "")).startswith("round")]
     out = ["<section id='rounds'><h2>Federated rounds</h2>",
            explain("Each round the server sent the current model to the sites, each trained it on its own images "
-                   "and sent back its update; the server averaged the updates (FedAvg).")]
+                   "and sent back its update; the server averaged the updates (FedAvg)"
+                   + (", under secure aggregation: it only ever saw their average." if any(
+                       r.get("secure_aggregation") for r in rounds or []) else "."))]
     if data.metrics.get("resumed_from"):
         out.append(f"<p class='note'>This run was resumed after round {esc(data.metrics['resumed_from'])}.</p>")
     out.append(table(["round", "sites taking part", "time", "note", "client-level epsilon"], rows) if rows
