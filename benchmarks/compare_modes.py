@@ -92,6 +92,7 @@ def main() -> None:
     ap.add_argument("--partitions", default=",".join(PARTITIONS), help="comma-separated partitions")
     ap.add_argument("--privacy", default=",".join(PRIVACY), help="comma-separated privacy levels")
     ap.add_argument("--name", default="compare_modes")
+    ap.add_argument("--set", action="append", default=[], help="config override for every run")
     args = ap.parse_args()
     record_start()
     data = require(KERMANY_64)
@@ -111,7 +112,7 @@ def main() -> None:
                     continue
                 over = [f"data.source={data}", f"run.mode={mode.removesuffix(SECURE)}",
                         f"run.name=cmp-{mode.replace('+', '-')}-{partition}-{privacy}",
-                        *p_over, *dp_over, *settings(mode, args.quick)]
+                        *p_over, *dp_over, *settings(mode, args.quick), *args.set]
                 cfg = load_config(args.config, over)
                 t0 = time.perf_counter()
                 try:

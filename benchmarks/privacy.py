@@ -113,6 +113,7 @@ def main() -> None:
     ap.add_argument("--config", default=str(ROOT / "configs" / "kermany-cpu.yaml"))
     ap.add_argument("--only", default="", help="comma-separated levels: none,eps10,eps3,eps1")
     ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--set", action="append", default=[], help="config override for every run")
     ap.add_argument("--name", default="privacy_cpu")
     args = ap.parse_args()
     record_start()
@@ -135,7 +136,7 @@ def main() -> None:
     for level, eps in LEVELS.items():
         if level in done or (args.only and level not in args.only.split(",")):
             continue
-        over = [f"data.source={data}", f"run.name=privacy-{level}", *GENERATORS["gan"]["none"]]
+        over = [f"data.source={data}", f"run.name=privacy-{level}", *GENERATORS["gan"]["none"], *args.set]
         if eps is not None:
             over.append(f"privacy.epsilon={eps}")
         cfg = load_config(args.config, over)
