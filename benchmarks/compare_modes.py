@@ -117,7 +117,8 @@ def main() -> None:
                 t0 = time.perf_counter()
                 try:
                     _, metrics = simulate(cfg)
-                    rows.append(row_of(mode, partition, privacy, metrics, time.perf_counter() - t0))
+                    rows.append({**row_of(mode, partition, privacy, metrics, time.perf_counter() - t0),
+                                 "overrides": args.set})
                 except Exception as err:  # keep the sweep going; the table says what failed
                     traceback.print_exc()
                     rows.append({"mode": mode, "partition": partition, "privacy": privacy,

@@ -109,7 +109,7 @@ def main() -> None:
             t0 = time.perf_counter()
             try:
                 _, m = simulate(cfg)
-                rows.append(row_of(family, privacy, m, time.perf_counter() - t0))
+                rows.append({**row_of(family, privacy, m, time.perf_counter() - t0), "overrides": args.set})
             except Exception as err:  # keep going; the table says what failed
                 traceback.print_exc()
                 rows.append({"family": family, "privacy": privacy, "error": f"{type(err).__name__}: {err}"})
