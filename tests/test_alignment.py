@@ -75,3 +75,46 @@ def test_the_private_histogram_is_ledgered_and_budgeted(tiny_config, tmp_path):
 def test_alignment_is_for_substitution_runs():
     with pytest.raises(ConfigError, match="alignment"):
         load_config(overrides=["alignment.enabled=true", "run.mode=federated"])
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_the_sites_evaluate_what_the_classifier_trained_on(tiny_config, aligned):
+    """Fidelity and the augmentation baseline at the sites use the pooled images the
+    classifier saw: after alignment, the aligned ones, not the raw releases."""
+    from flwr.clientapp import ClientApp
+
+    from fedsynth.client import client_app as real_app
+    from fedsynth.protocol import decode_evaluate_request
+    from fedsynth.server.inprocess import InProcessGrid
+    from fedsynth.server.orchestrator import load_releases
+    from fedsynth.server.rundir import RunDir
+    from fedsynth.server.server_app import serve
+
+    cfg = tiny_config
+    cfg.alignment.enabled = aligned
+    seen = []
+    app = ClientApp()
+
+    @app.train()
+    def train(msg, ctx):
+        return real_app.train(msg, ctx)
+
+    @app.evaluate()
+    def evaluate(msg, ctx):
+        seen.append(decode_evaluate_request(msg.content).synthetic_images)
+        return real_app.evaluate(msg, ctx)
+
+    run_dir = RunDir.create(cfg)
+    grid = InProcessGrid(app, cfg.federation.num_sites)
+    try:
+        m = serve(grid, cfg, run_dir)
+    finally:
+        grid.close()
+    assert (m.get("alignment") or {}).get("applied", False) is aligned
+    released = {img.tobytes() for images, _ in load_releases(run_dir.path).values() for img in images}
+    sample = seen[0]
+    as_released = np.mean([img.tobytes() in released for img in sample])
+    if aligned:
+        assert as_released < 0.5, "the sites got the raw releases, not what the classifier trained on"
+    else:
+        assert as_released == 1.0

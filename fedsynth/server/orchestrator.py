@@ -30,7 +30,7 @@ from fedsynth.classifier.metrics import BinaryMetrics, pooled_metrics, uniform_e
 from fedsynth.classifier.train import Classifier, train_classifier
 from fedsynth.client.site import Site
 from fedsynth.config import RunConfig
-from fedsynth.data.dataset import CLASS_NAMES, from_uint8
+from fedsynth.data.dataset import CLASS_NAMES, from_uint8, to_uint8
 from fedsynth.errors import FederationError
 from fedsynth.evaluation.alignment import match_histograms, reference_cdf
 from fedsynth.evaluation.grids import image_grid
@@ -243,12 +243,18 @@ def run_substitution(
         contributions.append(Contribution(r.site, "release", {**info, "n_released": len(r.labels)}, private,
                                           privacy, bool(r.meta.get("phantom"))))
     extra: dict[str, Any] = {}
+    synthetic = {r.site: (r.images, r.labels) for r in accepted}
     if config.alignment.enabled:
         images, extra["alignment"] = _align(images, accepted, config)
+        if extra["alignment"].get("applied"):
+            # the sites judge what the classifier trained on: the aligned images, per origin
+            ends = np.cumsum([len(r.labels) for r in accepted])
+            synthetic = {r.site: (to_uint8(part), r.labels)
+                         for r, part in zip(accepted, np.split(images, ends[:-1]))}
     clf = train_on_pool(config, images, labels, "synthetic", phantom, [r.site for r in accepted], run_dir,
                         timings, progress)
     return evaluate_and_report(config, transport, run_dir, clf, contributions, failures, timings, t0, extra,
-                               synthetic={r.site: (r.images, r.labels) for r in accepted})
+                               synthetic=synthetic)
 
 
 def _align(images: np.ndarray, releases: list[Release], config: RunConfig) -> tuple[np.ndarray, dict]:
@@ -425,8 +431,10 @@ RELEASES_DIR = "releases"
 
 
 def save_release(run_dir: RunDir, name: str, images_u8: np.ndarray, labels: np.ndarray, phantom: bool) -> Path:
-    """Keep what the classifier was trained on: releases/<name>.npz (uint8 images, labels).
-    Synthetic images only; real images never reach the server."""
+    """Keep what the sites released: releases/<name>.npz (uint8 images, labels), the
+    content their signatures cover (with alignment on, the classifier trained on these
+    after the intensity mapping recorded in metrics.json). Synthetic images only; real
+    images never reach the server."""
     out = run_dir.path / RELEASES_DIR
     out.mkdir(exist_ok=True)
     path = out / f"{name}.npz"
