@@ -288,6 +288,10 @@ class AlignmentSection(_Section):
     """Post-hoc domain alignment: match synthetic intensities to the sites' real ones."""
 
     enabled: bool = Field(False, description="Sites release an intensity histogram; the server matches to it.")
+    by_class: bool = Field(
+        True, description="One histogram per class, each class matched to its own reference (the pooled "
+        "synthetic images are class-balanced, the sites' real ones are not); false: one for all images.",
+    )
     bins: int = Field(64, ge=8, le=1024)
     epsilon: float = Field(
         0.5, gt=0, description="Under DP: the histogram's own epsilon (Gaussian mechanism), on top of training."

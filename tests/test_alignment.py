@@ -7,7 +7,13 @@ from fedsynth.client.site import Site
 from fedsynth.client.site_data import simulated_site_state, simulated_sites
 from fedsynth.config import PrivacySection, load_config
 from fedsynth.errors import ConfigError
-from fedsynth.evaluation.alignment import intensity_histogram, match_histograms, reference_cdf
+from fedsynth.evaluation.alignment import (
+    class_intensity_histograms,
+    intensity_histogram,
+    match_by_class,
+    match_histograms,
+    reference_cdf,
+)
 from fedsynth.privacy.accounting import epsilon
 from fedsynth.privacy.dp import BudgetExceeded, plan_training, statistic_mechanism
 
@@ -31,6 +37,32 @@ def test_matching_moves_intensities_onto_the_reference():
     # monotone: pixel order is kept, only the values move
     flat_s, flat_a = synthetic.ravel(), aligned.ravel()
     assert (np.diff(flat_a[np.argsort(flat_s, kind="stable")]) >= 0).all()
+
+
+def test_class_histograms_keep_sensitivity_one():
+    rng = np.random.default_rng(2)
+    imgs, labels = rng.random((30, 8, 8)), rng.integers(0, 2, 30)
+    h = class_intensity_histograms(imgs, labels, 16)
+    assert h.shape == (2, 16) and h.sum(axis=1) == pytest.approx([(labels == 0).sum(), (labels == 1).sum()])
+    for c in (0, 1):  # one more image, of either class, moves the whole (2, bins) array by at most 1
+        more = class_intensity_histograms(np.concatenate([imgs, rng.random((1, 8, 8))]), np.append(labels, c), 16)
+        assert np.linalg.norm(more - h) <= 1.0 + 1e-9
+
+
+def test_each_class_is_matched_to_its_own_reference():
+    """A class-balanced synthetic pool matched to class-imbalanced real data: one pooled
+    reference drags both classes to the majority's intensities; per class, each keeps its own."""
+    rng = np.random.default_rng(3)
+    real = np.concatenate([np.clip(rng.normal(0.3, 0.05, (10, 16, 16)), 0, 1),    # class 0: dark, rare
+                           np.clip(rng.normal(0.7, 0.05, (90, 16, 16)), 0, 1)])   # class 1: bright, common
+    real_labels = np.array([0] * 10 + [1] * 90)
+    synthetic = rng.random((40, 16, 16)).astype(np.float32)
+    labels = np.array([0, 1] * 20)
+    per_class = class_intensity_histograms(real, real_labels, 64)
+    aligned = match_by_class(synthetic, labels, {c: reference_cdf([per_class[c]]) for c in (0, 1)})
+    assert abs(aligned[labels == 0].mean() - 0.3) < 0.02 and abs(aligned[labels == 1].mean() - 0.7) < 0.02
+    pooled = match_histograms(synthetic, reference_cdf([intensity_histogram(real, 64)]))
+    assert pooled[labels == 0].mean() > 0.5, "the pooled reference gives the rare class the common one's look"
 
 
 def test_noisy_histograms_with_negative_counts_still_give_a_cdf():
@@ -67,8 +99,11 @@ def test_the_private_histogram_is_ledgered_and_budgeted(tiny_config, tmp_path):
     assert types == ["dp-training", "dp-statistic", "release"]
     stat_entry = rel.meta["ledger"][1]
     assert stat_entry["epsilon"] == pytest.approx(epsilon([stat], 1e-3)) and stat_entry["epsilon"] <= 1.0 + 1e-9
-    exact = intensity_histogram(data.train.images, cfg.alignment.bins)
-    assert not np.allclose(rel.meta["intensity_histogram"], exact), "the released histogram is noised"
+    exact = class_intensity_histograms(data.train.images, data.train.labels, cfg.alignment.bins)
+    released = np.asarray(rel.meta["intensity_histogram"])
+    assert released.shape == exact.shape == (2, cfg.alignment.bins)
+    assert not np.allclose(released, exact), "the released histogram is noised"
+    assert np.abs(released - exact).max() < 20 * stat.noise_multiplier, "noise of the accounted scale"
     assert rel.meta["ledger"][-1]["spent"]["epsilon"] == pytest.approx(both, rel=1e-6)
 
 
@@ -77,8 +112,8 @@ def test_alignment_is_for_substitution_runs():
         load_config(overrides=["alignment.enabled=true", "run.mode=federated"])
 
 
-@pytest.mark.parametrize("aligned", [True, False])
-def test_the_sites_evaluate_what_the_classifier_trained_on(tiny_config, aligned):
+@pytest.mark.parametrize("aligned,by_class", [(True, True), (True, False), (False, True)])
+def test_the_sites_evaluate_what_the_classifier_trained_on(tiny_config, aligned, by_class):
     """Fidelity and the augmentation baseline at the sites use the pooled images the
     classifier saw: after alignment, the aligned ones, not the raw releases."""
     from flwr.clientapp import ClientApp
@@ -92,6 +127,7 @@ def test_the_sites_evaluate_what_the_classifier_trained_on(tiny_config, aligned)
 
     cfg = tiny_config
     cfg.alignment.enabled = aligned
+    cfg.alignment.by_class = by_class
     seen = []
     app = ClientApp()
 
@@ -111,6 +147,8 @@ def test_the_sites_evaluate_what_the_classifier_trained_on(tiny_config, aligned)
     finally:
         grid.close()
     assert (m.get("alignment") or {}).get("applied", False) is aligned
+    if aligned:
+        assert m["alignment"]["by_class"] is by_class
     released = {img.tobytes() for images, _ in load_releases(run_dir.path).values() for img in images}
     sample = seen[0]
     as_released = np.mean([img.tobytes() in released for img in sample])

@@ -32,7 +32,7 @@ from fedsynth.config import RunConfig, SitePolicy
 from fedsynth.data.dataset import CLASS_NAMES, from_uint8, to_uint8
 from fedsynth.data.partition import SiteSplit
 from fedsynth.errors import DataError, FedsynthError, public_reason
-from fedsynth.evaluation.alignment import add_gaussian_noise, intensity_histogram
+from fedsynth.evaluation.alignment import add_gaussian_noise, class_intensity_histograms, intensity_histogram
 from fedsynth.evaluation.grids import image_grid
 from fedsynth.evaluation.site_evaluation import site_extras
 from fedsynth.generators import build_generator
@@ -239,9 +239,13 @@ class Site:
         return plan
 
     def _intensity_histogram(self, config: RunConfig, run_id: str, fingerprint: str, plan: DPPlan | None,
-                             statistic: Mechanism | None, seed: int) -> list[float]:
-        """The site's intensity histogram for alignment; Gaussian noise and a ledger entry under DP."""
-        hist = intensity_histogram(self.data.train.images, config.alignment.bins)
+                             statistic: Mechanism | None, seed: int) -> list:
+        """The site's intensity histogram for alignment (one per class with ``by_class``):
+        Gaussian noise and a ledger entry under DP. Either way one image moves one unit of
+        mass, so the sensitivity is 1."""
+        train = self.data.train
+        hist = (class_intensity_histograms(train.images, train.labels, config.alignment.bins)
+                if config.alignment.by_class else intensity_histogram(train.images, config.alignment.bins))
         if statistic is None:
             return hist.tolist()
         noisy = add_gaussian_noise(hist, statistic.noise_multiplier)  # OS entropy, never the run seed
@@ -254,7 +258,8 @@ class Site:
                           **statistic.to_dict(), "delta": delta, "accountant": config.privacy.accountant,
                           "max_grad_norm": None, "secure_rng": False, "noise_source": "os-entropy"},
             "epsilon": epsilon([statistic], delta, config.privacy.accountant),
-            "details": {"statistic": "intensity histogram", "bins": config.alignment.bins},
+            "details": {"statistic": "intensity histogram" + (" per class" if config.alignment.by_class else ""),
+                        "bins": config.alignment.bins},
         }, self.state.signing_key())
         return noisy.tolist()
 

@@ -24,6 +24,17 @@ def intensity_histogram(images: np.ndarray, bins: int) -> np.ndarray:
     return per_image.sum(axis=0)
 
 
+def class_intensity_histograms(images: np.ndarray, labels: np.ndarray, bins: int, num_classes: int = 2) -> np.ndarray:
+    """(num_classes, bins): :func:`intensity_histogram` of each class's images. One image
+    adds a unit-mass row to one class only, so the L2 sensitivity stays 1."""
+    labels = np.asarray(labels)
+    out = np.zeros((num_classes, bins), dtype=np.float64)
+    for c in range(num_classes):
+        if (labels == c).any():
+            out[c] = intensity_histogram(images[labels == c], bins)
+    return out
+
+
 def add_gaussian_noise(hist: np.ndarray, noise_multiplier: float) -> np.ndarray:
     """The Gaussian mechanism on a sensitivity-1 sum: N(0, noise_multiplier^2) per bin,
     drawn from OS entropy (a seed the server could know would let it subtract the noise)."""
@@ -54,3 +65,15 @@ def match_histograms(images: np.ndarray, cdf: np.ndarray) -> np.ndarray:
     keep = np.concatenate([[True], np.diff(xp) > 0])  # flat stretches (empty bins) carry no mass
     mapped = np.interp(ranks, xp[keep], fp[keep])
     return mapped.reshape(np.shape(images)).astype(np.float32)
+
+
+def match_by_class(images: np.ndarray, labels: np.ndarray, cdfs: dict[int, np.ndarray]) -> np.ndarray:
+    """:func:`match_histograms` class by class: each class's images onto its own reference
+    (a class without one keeps its intensities)."""
+    out = np.asarray(images, dtype=np.float32).copy()
+    labels = np.asarray(labels)
+    for c, cdf in cdfs.items():
+        sel = labels == c
+        if sel.any():
+            out[sel] = match_histograms(out[sel], cdf)
+    return out

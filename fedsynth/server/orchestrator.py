@@ -32,7 +32,7 @@ from fedsynth.client.site import Site
 from fedsynth.config import RunConfig
 from fedsynth.data.dataset import CLASS_NAMES, from_uint8, to_uint8
 from fedsynth.errors import FederationError
-from fedsynth.evaluation.alignment import match_histograms, reference_cdf
+from fedsynth.evaluation.alignment import match_by_class, match_histograms, reference_cdf
 from fedsynth.evaluation.grids import image_grid
 from fedsynth.evaluation.report import write_report
 from fedsynth.generators.base import ProgressFn
@@ -245,7 +245,7 @@ def run_substitution(
     extra: dict[str, Any] = {}
     synthetic = {r.site: (r.images, r.labels) for r in accepted}
     if config.alignment.enabled:
-        images, extra["alignment"] = _align(images, accepted, config)
+        images, extra["alignment"] = _align(images, labels, accepted, config)
         if extra["alignment"].get("applied"):
             # the sites judge what the classifier trained on: the aligned images, per origin
             ends = np.cumsum([len(r.labels) for r in accepted])
@@ -257,21 +257,36 @@ def run_substitution(
                                synthetic=synthetic)
 
 
-def _align(images: np.ndarray, releases: list[Release], config: RunConfig) -> tuple[np.ndarray, dict]:
-    """Match the pooled synthetic intensities to the sites' pooled real histogram."""
+def _align(images: np.ndarray, labels: np.ndarray, releases: list[Release],
+           config: RunConfig) -> tuple[np.ndarray, dict]:
+    """Match the pooled synthetic intensities to the sites' pooled real histograms (class by
+    class with ``alignment.by_class``)."""
+    al = config.alignment
+    shape = (2, al.bins) if al.by_class else (al.bins,)
     hists = {r.site: np.asarray(r.meta["intensity_histogram"], dtype=np.float64) for r in releases
              if r.meta.get("intensity_histogram") is not None}
-    bad = [s for s, h in hists.items() if h.shape != (config.alignment.bins,) or not np.isfinite(h).all()]
+    bad = [s for s, h in hists.items() if h.shape != shape or not np.isfinite(h).all()]
     for site in bad:
-        log.warning("alignment: %s's histogram is malformed; not used", site)
+        log.warning("alignment: %s's histogram is malformed (expected shape %s); not used", site, shape)
         hists.pop(site)
     if not hists:
         return images, {"applied": False, "reason": "no site released a usable intensity histogram"}
-    aligned = match_histograms(images, reference_cdf(list(hists.values())))
-    return aligned, {"applied": True, "bins": config.alignment.bins, "sites": sorted(hists),
-                     "private": config.privacy is not None,
-                     "epsilon_per_site": config.alignment.epsilon if config.privacy is not None else None,
-                     "mean_intensity_before": float(images.mean()), "mean_intensity_after": float(aligned.mean())}
+    info: dict[str, Any] = {"applied": True, "bins": al.bins, "by_class": al.by_class, "sites": sorted(hists),
+                            "epsilon_per_site": al.epsilon if config.privacy is not None else None}
+    if al.by_class:
+        cdfs, skipped = {}, []
+        for c in (0, 1):
+            try:
+                cdfs[c] = reference_cdf([h[c] for h in hists.values()])
+            except ValueError:  # no site had images of this class: leave it as generated
+                skipped.append(CLASS_NAMES[c])
+        aligned = match_by_class(images, labels, cdfs)
+        if skipped:
+            info["classes_not_aligned"] = skipped
+    else:
+        aligned = match_histograms(images, reference_cdf(list(hists.values())))
+    info.update(mean_intensity_before=float(images.mean()), mean_intensity_after=float(aligned.mean()))
+    return aligned, info
 
 
 def train_on_pool(
