@@ -74,3 +74,10 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     print(json.dumps({k: v for k, v in doc.items() if k != "config"}, indent=2)[:4000])
     print(f"wrote {path}")
     return path
+
+
+def with_ci(value: float | None, ci: list | tuple | None) -> str:
+    """A table cell: ``0.913 [0.890, 0.933]``, the bare value without a CI, ``n/a`` without a value."""
+    if value is None:
+        return "n/a"
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and ci[0] is not None else f"{value:.3f}"

@@ -20,7 +20,7 @@ import json
 import time
 import traceback
 
-from benchmarks.common import KERMANY_64, RESULTS, ROOT, record_start, require, write_result
+from benchmarks.common import KERMANY_64, RESULTS, ROOT, record_start, require, with_ci, write_result
 from fedsynth.config import load_config
 from fedsynth.server.simulation import simulate
 
@@ -67,9 +67,6 @@ def row_of(mode: str, partition: str, privacy: str, metrics: dict, wall: float) 
 
 
 def markdown(rows: list[dict]) -> str:
-    def ci(v, c):
-        return "n/a" if v is None else f"{v:.3f} [{c[0]:.3f}, {c[1]:.3f}]" if c and c[0] is not None else f"{v:.3f}"
-
     out = ["| mode | sites | DP | AUROC [95% CI] | AUPR [95% CI] | MB sent per site | wall time |",
            "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -78,8 +75,8 @@ def markdown(rows: list[dict]) -> str:
             continue
         dp = "none" if r["privacy"] == "none" else f"eps {r['epsilon_per_site_max']:.2f}" \
             if r["epsilon_per_site_max"] else r["privacy"]
-        out.append(f"| {r['mode']} | {r['partition']} | {dp} | {ci(r['auroc'], r['auroc_ci'])} | "
-                   f"{ci(r['aupr'], r['aupr_ci'])} | {r['bytes_sent_per_site_mean'] / 1e6:.2f} | "
+        out.append(f"| {r['mode']} | {r['partition']} | {dp} | {with_ci(r['auroc'], r['auroc_ci'])} | "
+                   f"{with_ci(r['aupr'], r['aupr_ci'])} | {r['bytes_sent_per_site_mean'] / 1e6:.2f} | "
                    f"{r['wall_s'] / 60:.1f} min |")
     return "\n".join(out)
 

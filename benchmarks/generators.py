@@ -18,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks.common import KERMANY_64, RESULTS, ROOT, record_start, require, write_result
+from benchmarks.common import KERMANY_64, RESULTS, ROOT, record_start, require, with_ci, write_result
 from fedsynth.config import load_config
 from fedsynth.server.simulation import simulate
 
@@ -58,9 +58,6 @@ def row_of(family: str, privacy: str, m: dict, wall: float) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    def ci(v, c):
-        return "n/a" if v is None else f"{v:.3f} [{c[0]:.3f}, {c[1]:.3f}]" if c and c[0] is not None else f"{v:.3f}"
-
     def f(v, d=3):
         return "n/a" if v is None else f"{v:.{d}f}"
 
@@ -73,10 +70,11 @@ def markdown(rows: list[dict]) -> str:
         dp = "none" if r["privacy"] == "none" else f"eps {r['epsilon_max']:.2f}" if r["epsilon_max"] else "?"
         tr = [x for x in r["train_images_per_s"] if x]
         sa = [x for x in r["sample_images_per_s"] if x]
-        out.append(f"| {r['family']} | {dp} | {ci(r['auroc'], r['auroc_ci'])} | {ci(r['aupr'], r['aupr_ci'])} | "
+        auroc, aupr = with_ci(r["auroc"], r["auroc_ci"]), with_ci(r["aupr"], r["aupr_ci"])
+        out.append(f"| {r['family']} | {dp} | {auroc} | {aupr} | "
                    f"{f(r['frechet_distance'], 1)} | {f(r['precision'])} | {f(r['recall'])} | {f(r['coverage'])} | "
                    f"{sum(tr) / len(tr):.0f} | {sum(sa) / len(sa):.0f} | {r['wall_s'] / 60:.1f} min |"
-                   if tr and sa else f"| {r['family']} | {dp} | {ci(r['auroc'], r['auroc_ci'])} | | | | | | | | |")
+                   if tr and sa else f"| {r['family']} | {dp} | {auroc} | | | | | | | | |")
     return "\n".join(out)
 
 

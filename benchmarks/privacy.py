@@ -23,7 +23,7 @@ import statistics
 import time
 import traceback
 
-from benchmarks.common import KERMANY_64, RESULTS, ROOT, record_start, require, write_result
+from benchmarks.common import KERMANY_64, RESULTS, ROOT, record_start, require, with_ci, write_result
 from benchmarks.generators import GENERATORS
 from benchmarks.generators import row_of as generator_row
 from fedsynth.config import load_config
@@ -94,9 +94,6 @@ def step_timing(config_path: str, data, repeats: int = 8, n_images: int = 640) -
 
 
 def markdown(rows: list[dict], timing: dict | None) -> str:
-    def ci(v, c):
-        return "n/a" if v is None else f"{v:.3f} [{c[0]:.3f}, {c[1]:.3f}]" if c and c[0] is not None else f"{v:.3f}"
-
     out = ["| epsilon per site (delta) | AUROC [95% CI] | AUPR [95% CI] | membership-inference AUC (max over sites) "
            "| gate drops | wall time |", "|---|---|---|---|---|---|"]
     for r in rows:
@@ -108,7 +105,7 @@ def markdown(rows: list[dict], timing: dict | None) -> str:
         delta = next((s["delta"] for s in sites if s["delta"] is not None), None)
         label = "∞ (no DP)" if not eps else f"{max(eps):.2f} ({delta:.0e})"
         mia = r["membership_auc_max"]
-        out.append(f"| {label} | {ci(r['auroc'], r['auroc_ci'])} | {ci(r['aupr'], r['aupr_ci'])} | "
+        out.append(f"| {label} | {with_ci(r['auroc'], r['auroc_ci'])} | {with_ci(r['aupr'], r['aupr_ci'])} | "
                    f"{'n/a' if mia is None else f'{mia:.3f}'} | {sum(s['gate_dropped'] or 0 for s in sites)} | "
                    f"{r['wall_s'] / 60:.1f} min |")
     if timing:
