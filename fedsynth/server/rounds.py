@@ -158,25 +158,20 @@ def check_update(upd: ModelUpdate, reference: dict[str, np.ndarray], config: Run
             return f"array {k} has shape {arr.shape}, expected {ref.shape}"
         if not np.isfinite(arr.astype(np.float64, copy=False)).all():
             return f"array {k} has non-finite values"
+    return check_signed_update(upd, arrays_hash(upd.weights), config, registry, run_id, round_no)
+
+
+def check_signed_update(upd: ModelUpdate, digest: str | None, config: RunConfig, registry: dict[str, Path],
+                        run_id: str | None = None, round_no: int | None = None) -> str | None:
+    """Why an update's signed ledger is unacceptable, or None. ``digest``: the hash of the
+    arrays that arrived, or None under secure aggregation, where they exist only in the
+    average (everything else is checked the same way)."""
     if upd.n_examples <= 0:
         return f"num-examples must be positive, got {upd.n_examples}"
     key_path = registry.get(upd.site)
     key = load_public_key(key_path) if key_path is not None else None
     required = config.privacy.epsilon if config.privacy is not None else None
-    return check_signed(upd.site, arrays_hash(upd.weights), ("n_examples", upd.n_examples), upd.meta.get("ledger"),
-                        key, required, run_id, round_no)
-
-
-def check_secure_contribution(upd: ModelUpdate, config: RunConfig, registry: dict[str, Path],
-                               run_id: str | None = None, round_no: int | None = None) -> str | None:
-    """Why a contribution to a secure round is unacceptable, or None: everything
-    :func:`check_update` checks except the arrays, which only exist in the average."""
-    if upd.n_examples <= 0:
-        return f"num-examples must be positive, got {upd.n_examples}"
-    key_path = registry.get(upd.site)
-    key = load_public_key(key_path) if key_path is not None else None
-    required = config.privacy.epsilon if config.privacy is not None else None
-    return check_signed(upd.site, None, ("n_examples", upd.n_examples), upd.meta.get("ledger"), key, required,
+    return check_signed(upd.site, digest, ("n_examples", upd.n_examples), upd.meta.get("ledger"), key, required,
                         run_id, round_no)
 
 
@@ -227,11 +222,9 @@ def run_rounds(
                         n_active, strategy.num_sampled_clients)
             state.history.append({"round": round_no, "skipped": "client-level DP cohort broken by a dropped site"})
             break
-        request = RoundRequest(run_dir.run_id, config, round_no, stage, {}, str(run_dir.path))
+        request = RoundRequest(run_dir.run_id, config, round_no, stage, weights, str(run_dir.path))
         if fed.secure_aggregation is not None:
-            entry, new_weights = _secure_step(config, active, run_dir, registry, state, fail,
-                                              RoundRequest(run_dir.run_id, config, round_no, stage, weights,
-                                                           str(run_dir.path)))
+            entry, new_weights = _secure_step(config, active, run_dir, registry, state, fail, request)
             weights = new_weights if new_weights is not None else weights
             entry["seconds"] = time.perf_counter() - started
             _finish_round(entry, round_no, weights, state, checkpoints, fed.rounds, on_round)
@@ -321,8 +314,10 @@ def _secure_step(config: RunConfig, active: Grid, run_dir: RunDir, registry: dic
         state.bytes_sent[upd.site] = state.bytes_sent.get(upd.site, 0) + outcome.bytes_sent.get(node, 0)
         if isinstance(upd.meta.get("ledger"), list) and upd.meta["ledger"]:
             keep_ledger(upd.site, upd.meta["ledger"], run_dir, registry)
-        problem = upd.site in state.excluded_sites and "the site was dropped earlier" or \
-            check_secure_contribution(upd, config, registry, run_dir.run_id, round_no)
+        if upd.site in state.excluded_sites:
+            problem = "the site was dropped earlier"
+        else:
+            problem = check_signed_update(upd, None, config, registry, run_dir.run_id, round_no)
         if problem:
             rejected.append(upd.site)
             fail(upd.site, f"update rejected: {problem}", node, round_no)

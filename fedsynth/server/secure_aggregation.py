@@ -17,11 +17,18 @@ non-finite or misshapen average is discarded.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.common import FitIns, parameters_to_ndarrays
+from flwr.compat.common.recorddict_compat import parameters_to_arrayrecord
+from flwr.server.client_manager import SimpleClientManager
+from flwr.server.compat.grid_client_proxy import GridClientProxy
+from flwr.server.compat.legacy_context import LegacyContext
+from flwr.server.strategy import Strategy
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
 
 from fedsynth.config import RunConfig
@@ -34,6 +41,7 @@ from fedsynth.protocol import (
     error_origin,
     masked_keys,
 )
+from fedsynth.server.rounds import ActiveGrid
 
 log = logging.getLogger("fedsynth.server")
 
@@ -47,19 +55,16 @@ class SecureRoundOutcome:
     problem: str | None = None  # why there is no average, when there is none
 
 
-class _RecordingGrid(Grid):
+class _RecordingGrid(ActiveGrid):
     """The round's view of the Grid: remembers each node's error replies and bytes sent."""
 
     def __init__(self, grid: Grid):
-        self._grid = grid
+        super().__init__(grid, excluded=set())
         self.errors: dict[int, Message] = {}
         self.bytes_sent: dict[int, int] = {}
 
-    def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
-
     def send_and_receive(self, messages, *, timeout=None):
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        replies = list(super().send_and_receive(messages, timeout=timeout))
         for r in replies:
             node = r.metadata.src_node_id
             if r.has_error():
@@ -68,70 +73,42 @@ class _RecordingGrid(Grid):
                 self.bytes_sent[node] = self.bytes_sent.get(node, 0) + content_bytes(r.content)
         return replies
 
-    def set_run(self, run):  # pragma: no cover - delegation
-        return self._grid.set_run(run)
 
-    @property
-    def run(self):  # pragma: no cover - delegation
-        return self._grid.run
-
-    def create_message(self, *args, **kwargs):  # pragma: no cover - delegation
-        return self._grid.create_message(*args, **kwargs)
-
-    def push_messages(self, messages):  # pragma: no cover - delegation
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids):  # pragma: no cover - delegation
-        return self._grid.pull_messages(message_ids)
-
-
-def _collecting_strategy(fitins):
+class _Collect(Strategy):
     """The legacy strategy the workflow drives: it hands every site the round's
     instructions and keeps what comes back (the unmasked average, each site's metrics)."""
-    from flwr.server.strategy import Strategy
 
-    class Collect(Strategy):
-        def __init__(self):
-            self.results: list = []
-            self.failures: list = []
+    def __init__(self, fitins: FitIns):
+        self.fitins = fitins
+        self.results: list = []
 
-        def initialize_parameters(self, client_manager):
-            return None
+    def initialize_parameters(self, client_manager):
+        return None
 
-        def configure_fit(self, server_round, parameters, client_manager):
-            return [(proxy, fitins) for proxy in client_manager.all().values()]
+    def configure_fit(self, server_round, parameters, client_manager):
+        return [(proxy, self.fitins) for proxy in client_manager.all().values()]
 
-        def aggregate_fit(self, server_round, results, failures):
-            self.results, self.failures = list(results), list(failures)
-            return (results[0][1].parameters if results else None), {}
+    def aggregate_fit(self, server_round, results, failures):
+        self.results = list(results)  # failures: recorded by _RecordingGrid, with the sites' reasons
+        return (results[0][1].parameters if results else None), {}
 
-        def configure_evaluate(self, server_round, parameters, client_manager):
-            return []
+    def configure_evaluate(self, server_round, parameters, client_manager):
+        return []
 
-        def aggregate_evaluate(self, server_round, results, failures):
-            return None, {}
+    def aggregate_evaluate(self, server_round, results, failures):
+        return None, {}
 
-        def evaluate(self, server_round, parameters):
-            return None
-
-    return Collect()
+    def evaluate(self, server_round, parameters):
+        return None
 
 
 def secure_round(config: RunConfig, grid: Grid, request: RoundRequest, names: dict[str, str]) -> SecureRoundOutcome:
     """Run SecAgg+ for one round from ``request.weights``; ``names`` maps node ids to site names."""
-    from flwr.common import parameters_to_ndarrays
-    from flwr.compat.common.recorddict_compat import parameters_to_arrayrecord
-    from flwr.server.client_manager import SimpleClientManager
-    from flwr.server.compat.grid_client_proxy import GridClientProxy
-    from flwr.server.compat.legacy_context import LegacyContext
-    from flwr.server.workflow import SecAggPlusWorkflow
-    from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
-
     sa = config.federation.secure_aggregation
     assert sa is not None
     weights = request.weights
     fitins = encode_secure_round(request)
-    strategy = _collecting_strategy(fitins)
+    strategy = _Collect(fitins)
     recording = _RecordingGrid(grid)
     nodes = list(grid.get_node_ids())
     clients = SimpleClientManager()
