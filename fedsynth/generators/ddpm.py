@@ -186,16 +186,17 @@ class DiffusionGenerator(Generator):
         net = self._sampling_net()
         gen = torch.Generator().manual_seed(self.seed + 7 if seed is None else seed)
         self.sampler.set_timesteps(cfg.sampling_steps)
+        batch = cfg.sample_batch_size or (256 if self.device.type == "cuda" else 32)
         out = np.empty((len(y_all), self.resolution, self.resolution), dtype=np.float32)
-        for start in range(0, len(y_all), cfg.sample_batch_size):
-            y = torch.from_numpy(y_all[start : start + cfg.sample_batch_size]).to(self.device)
+        for start in range(0, len(y_all), batch):
+            y = torch.from_numpy(y_all[start : start + batch]).to(self.device)
             b = len(y)
             x = torch.randn((b, 1, self.resolution, self.resolution), generator=gen).to(self.device)
             y_both = torch.cat([y, torch.full_like(y, NULL_CLASS)])
             for t in self.sampler.timesteps:
                 tt = torch.full((2 * b,), int(t), device=self.device)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._fast):
-                    eps = net(torch.cat([x, x]), tt, y_both).float()
+                    eps = net(torch.cat([x, x]).contiguous(memory_format=torch.channels_last), tt, y_both).float()
                 cond, uncond = eps[:b], eps[b:]
                 guided = uncond + cfg.guidance_scale * (cond - uncond)
                 x = self.sampler.step(guided, t, x).prev_sample
@@ -203,16 +204,17 @@ class DiffusionGenerator(Generator):
         return out
 
     def _sampling_net(self) -> nn.Module:
-        net = self.denoiser
-        if self.ema_state is not None:
-            import copy
+        """A copy with the EMA weights, channels-last: on a CPU too, where it measured 1.4x
+        faster for inference at 32 px (it did not help training there, so training keeps NCHW)."""
+        import copy
 
-            net = copy.deepcopy(self.denoiser)
+        net = copy.deepcopy(self.denoiser)
+        if self.ema_state is not None:
             params = dict(net.named_parameters())
             with torch.no_grad():
                 for name, value in self.ema_state.items():
                     params[name].copy_(value)
-        return net.eval()
+        return net.to(memory_format=torch.channels_last).eval()
 
     # ---- persistence ----------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
