@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -44,6 +45,38 @@ class FitReport:
         out = asdict(self)
         out["images_per_second"] = self.images_per_second
         return out
+
+
+StepFn = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
+"""One optimisation step on a batch (images, labels); returns that step's metrics."""
+
+
+def run_epochs(family: str, epochs: int, loader: DataLoader, step: StepFn, progress: ProgressFn | None,
+               private: bool) -> FitReport:
+    """The bookkeeping every family's training loop shares: epochs over the loader, per-epoch
+    mean metrics, progress callbacks, throughput. An empty Poisson batch is skipped without
+    DP but stepped under DP (``private``), where the noise-only step is part of the mechanism
+    the accountant counted. The caller adds the DP result to the report."""
+    start = time.perf_counter()
+    steps = seen = 0
+    history: list[dict[str, float]] = []
+    for epoch in range(epochs):
+        sums: dict[str, float] = {}
+        batches = 0
+        for xb, yb in loader:
+            if xb.shape[0] == 0 and not private:
+                continue
+            for name, value in step(xb, yb).items():
+                sums[name] = sums.get(name, 0.0) + value
+            steps += 1
+            seen += xb.shape[0]
+            batches += 1
+        row = {name: total / max(batches, 1) for name, total in sums.items()}
+        row["epoch"] = epoch + 1
+        history.append(row)
+        if progress is not None:
+            progress(epoch + 1, epochs, row)
+    return FitReport(family, epochs, steps, time.perf_counter() - start, seen, history)
 
 
 def resolve_device(device: str) -> torch.device:

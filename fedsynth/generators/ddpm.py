@@ -18,7 +18,6 @@ per sample; Opacus computes them with its hooks mode.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -35,6 +34,7 @@ from fedsynth.generators.base import (
     check_sample_request,
     exchangeable,
     load_exchangeable,
+    run_epochs,
     seeded,
 )
 from fedsynth.privacy.dp import DPPlan, PrivateTraining
@@ -129,40 +129,29 @@ class DiffusionGenerator(Generator):
         ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=0.75)
         k = cfg.augmentation_multiplicity if privacy is not None else 1
         gen = torch.Generator().manual_seed(self.seed + 4)
-        start = time.perf_counter()
-        steps = seen = 0
-        history: list[dict[str, float]] = []
-        for epoch in range(cfg.epochs):
-            total, batches = 0.0, 0
-            for xb, yb in loader:
-                b = xb.shape[0]
-                if b == 0 and privacy is None:
-                    continue
-                # bf16 autocast on a GPU (not under DP: Opacus's per-sample hooks want full precision)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._fast and privacy is None):
-                    loss = self._loss(step_model, xb.to(self.device), yb.to(self.device), k, gen)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if k > 1 and b > 0:
-                    _average_replicas(model, b, k)
-                opt.step()
-                ema.step(model.parameters())
-                steps += 1
-                seen += b
-                batches += 1
-                total += loss.item()
-            row = {"epoch": epoch + 1, "loss": total / max(batches, 1)}
-            history.append(row)
-            if progress is not None:
-                progress(epoch + 1, cfg.epochs, row)
+
+        def step(xb: torch.Tensor, yb: torch.Tensor) -> dict[str, float]:
+            b = xb.shape[0]
+            # bf16 autocast on a GPU (not under DP: Opacus's per-sample hooks want full precision)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._fast and privacy is None):
+                loss = self._loss(step_model, xb.to(self.device), yb.to(self.device), k, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if k > 1 and b > 0:
+                _average_replicas(model, b, k)
+            opt.step()
+            ema.step(model.parameters())
+            return {"loss": loss.item()}
+
+        report = run_epochs(self.family, cfg.epochs, loader, step, progress, private=privacy is not None)
         if dp is not None:
             step_model.remove_hooks()
+            report.privacy = dp.result()
         # keep the EMA weights for sampling; the raw weights stay for federated averaging
         self.ema_state = {n: p.detach().clone() for n, p in zip(
             [n for n, _ in model.named_parameters()], ema.shadow_params)}
         self.fitted = True
-        return FitReport(self.family, cfg.epochs, steps, time.perf_counter() - start, seen, history,
-                         dp.result() if dp is not None else None)
+        return report
 
     def _loss(self, model: nn.Module, x0: torch.Tensor, y: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
         """Mean noise-prediction error; with ``k`` > 1 each example appears k times in a row."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from typing import Any
 
 import numpy as np
@@ -35,6 +34,7 @@ from fedsynth.generators.base import (
     check_sample_request,
     exchangeable,
     load_exchangeable,
+    run_epochs,
     seeded,
 )
 from fedsynth.privacy.dp import DPPlan, PrivateTraining
@@ -200,76 +200,54 @@ class ConditionalGAN(Generator):
             d_step, opt_d, loader = dp.wrap(d, opt_d, loader)
         g.train()
         d.train()
-        start = time.perf_counter()
-        steps = seen = 0
-        history: list[dict[str, float]] = []
-        for epoch in range(cfg.epochs):
-            sums = {"loss_d": 0.0, "loss_g": 0.0, "d_real": 0.0, "d_fake": 0.0}
-            batches = 0
-            for xb, yb in loader:
-                b = xb.shape[0]
-                if privacy is None and b == 0:
-                    continue
-                xb, yb = xb.to(self.device), yb.to(self.device)
-                if privacy is not None:
-                    # a fixed number of fakes with random labels: nothing about the fake rows
-                    # may depend on which real images the Poisson sample drew
-                    n_fake = privacy.expected_batch_size
-                    y_fake = torch.randint(0, 2, (n_fake,), device=self.device)
-                else:
-                    n_fake, y_fake = b, yb
-                # discriminator: real and fake rows in one forward pass
-                with torch.no_grad():
-                    fake = g(torch.randn(n_fake, cfg.latent_dim, device=self.device), y_fake)
-                both = torch.cat([xb.to(fake.dtype), fake])
-                if cfg.diff_augment:
-                    both = diff_augment(both)
-                logits = d_step(both, torch.cat([yb, y_fake]))
-                loss_d = _d_loss(logits, b, cfg.loss)
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                opt_d.step()
-                # generator: through the frozen discriminator, per-sample hooks off
-                if dp is not None:
-                    d_step.disable_hooks()
-                d.requires_grad_(False)
-                yg = y_fake[torch.randperm(n_fake, device=self.device)]
-                fake_g = g(torch.randn(n_fake, cfg.latent_dim, device=self.device), yg)
-                logits_g = d(diff_augment(fake_g) if cfg.diff_augment else fake_g, yg)
-                loss_g = _g_loss(logits_g, cfg.loss)
-                opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
-                opt_g.step()
-                d.requires_grad_(True)
-                if dp is not None:
-                    d_step.enable_hooks()
-                steps += 1
-                self.ema_steps += 1
-                self._update_ema(self.ema_steps)
-                seen += b
-                batches += 1
-                sums["loss_d"] += loss_d.item()
-                sums["loss_g"] += loss_g.item()
-                if b:
-                    sums["d_real"] += torch.sigmoid(logits[:b]).mean().item()
-                sums["d_fake"] += torch.sigmoid(logits[b:]).mean().item()
-            row = {k: v / max(batches, 1) for k, v in sums.items()}
-            row["epoch"] = epoch + 1
-            history.append(row)
-            if progress is not None:
-                progress(epoch + 1, cfg.epochs, row)
+
+        def step(xb: torch.Tensor, yb: torch.Tensor) -> dict[str, float]:
+            b = xb.shape[0]
+            xb, yb = xb.to(self.device), yb.to(self.device)
+            if privacy is not None:
+                # a fixed number of fakes with random labels: nothing about the fake rows
+                # may depend on which real images the Poisson sample drew
+                n_fake = privacy.expected_batch_size
+                y_fake = torch.randint(0, 2, (n_fake,), device=self.device)
+            else:
+                n_fake, y_fake = b, yb
+            # discriminator: real and fake rows in one forward pass
+            with torch.no_grad():
+                fake = g(torch.randn(n_fake, cfg.latent_dim, device=self.device), y_fake)
+            both = torch.cat([xb.to(fake.dtype), fake])
+            if cfg.diff_augment:
+                both = diff_augment(both)
+            logits = d_step(both, torch.cat([yb, y_fake]))
+            loss_d = _d_loss(logits, b, cfg.loss)
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            # generator: through the frozen discriminator, per-sample hooks off
+            if dp is not None:
+                d_step.disable_hooks()
+            d.requires_grad_(False)
+            yg = y_fake[torch.randperm(n_fake, device=self.device)]
+            fake_g = g(torch.randn(n_fake, cfg.latent_dim, device=self.device), yg)
+            logits_g = d(diff_augment(fake_g) if cfg.diff_augment else fake_g, yg)
+            loss_g = _g_loss(logits_g, cfg.loss)
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            d.requires_grad_(True)
+            if dp is not None:
+                d_step.enable_hooks()
+            self.ema_steps += 1
+            self._update_ema(self.ema_steps)
+            return {"loss_d": loss_d.item(), "loss_g": loss_g.item(),
+                    "d_real": torch.sigmoid(logits[:b]).mean().item() if b else 0.0,
+                    "d_fake": torch.sigmoid(logits[b:]).mean().item()}
+
+        report = run_epochs(self.family, cfg.epochs, loader, step, progress, private=privacy is not None)
         if dp is not None:
             d_step.remove_hooks()
+            report.privacy = dp.result()
         self.fitted = True
-        return FitReport(
-            family=self.family,
-            epochs=cfg.epochs,
-            steps=steps,
-            seconds=time.perf_counter() - start,
-            images_seen=seen,
-            history=history,
-            privacy=dp.result() if dp is not None else None,
-        )
+        return report
 
     @torch.no_grad()
     def _update_ema(self, step: int) -> None:

@@ -15,7 +15,6 @@ the LoRA parameters train, so only they are wrapped by Opacus.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from fedsynth.generators.base import (
     Generator,
     ProgressFn,
     check_sample_request,
+    run_epochs,
     seeded,
 )
 from fedsynth.privacy.dp import DPPlan, PrivateTraining
@@ -136,37 +136,31 @@ class StableDiffusionLoRA(Generator):
                 dp = PrivateTraining(privacy)
                 step_model, opt, loader = dp.wrap(denoiser, opt, loader)
             gen = torch.Generator().manual_seed(self.seed + 4)
+
+            def step(xb: torch.Tensor, yb: torch.Tensor) -> dict[str, float]:
+                b = xb.shape[0]
+                latents = self._latents(xb.to(self.device))
+                noise = torch.randn(latents.shape, generator=gen).to(self.device)
+                t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), generator=gen)
+                t = t.to(self.device)
+                drop = torch.rand(b, generator=gen).to(self.device) < PROMPT_DROPOUT
+                cond = text[torch.where(drop, torch.full_like(yb, 2).to(self.device), yb.to(self.device))]
+                noisy = self.noise_scheduler.add_noise(latents, noise, t)
+                per_row = F.mse_loss(step_model(noisy, t, cond), noise, reduction="none").flatten(1).mean(1)
+                loss = per_row.sum() / max(b, 1)  # = mean; an empty Poisson batch still takes its noise step
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                return {"loss": loss.item()}
+
             self.unet.train()
-            start, steps, seen, history = time.perf_counter(), 0, 0, []
-            for epoch in range(cfg.epochs):
-                total, batches = 0.0, 0
-                for xb, yb in loader:
-                    b = xb.shape[0]
-                    if b == 0 and privacy is None:
-                        continue
-                    latents = self._latents(xb.to(self.device))
-                    noise = torch.randn(latents.shape, generator=gen).to(self.device)
-                    t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), generator=gen)
-                    t = t.to(self.device)
-                    drop = torch.rand(b, generator=gen).to(self.device) < PROMPT_DROPOUT
-                    cond = text[torch.where(drop, torch.full_like(yb, 2).to(self.device), yb.to(self.device))]
-                    noisy = self.noise_scheduler.add_noise(latents, noise, t)
-                    per_row = F.mse_loss(step_model(noisy, t, cond), noise, reduction="none").flatten(1).mean(1)
-                    loss = per_row.sum() / max(b, 1)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    steps, seen, batches, total = steps + 1, seen + b, batches + 1, total + loss.item()
-                row = {"epoch": epoch + 1, "loss": total / max(batches, 1)}
-                history.append(row)
-                if progress is not None:
-                    progress(epoch + 1, cfg.epochs, row)
+            report = run_epochs(self.family, cfg.epochs, loader, step, progress, private=privacy is not None)
             if dp is not None:
                 step_model.remove_hooks()
+                report.privacy = dp.result()
         self.unet.eval()
         self.fitted = True
-        return FitReport(self.family, cfg.epochs, steps, time.perf_counter() - start, seen, history,
-                         dp.result() if dp is not None else None)
+        return report
 
     # ---- sampling --------------------------------------------------------------------------
     @torch.inference_mode()
