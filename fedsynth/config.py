@@ -173,7 +173,7 @@ class DDPMSection(_Section):
     batch_size: int = Field(64, ge=2)
     sample_batch_size: int | None = Field(
         None, ge=1, description="Images per sampling batch. None: 256 on a GPU, 32 on a CPU, where bigger batches "
-        "fall out of cache (measured at 32 px: 512-row forwards ran at half the per-image speed of 64-row ones).")
+        "run slower per image (benchmarks/ddpm_sampling.py).")
     lr: float = Field(2e-4, gt=0)
     ema_decay: float = Field(0.999, ge=0, lt=1)
     augmentation_multiplicity: int = Field(

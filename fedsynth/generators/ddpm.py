@@ -193,8 +193,8 @@ class DiffusionGenerator(Generator):
         return out
 
     def _sampling_net(self) -> nn.Module:
-        """A copy with the EMA weights, channels-last: on a CPU too, where it measured 1.4x
-        faster for inference at 32 px (it did not help training there, so training keeps NCHW)."""
+        """A copy with the EMA weights, channels-last: on a CPU too, where inference at 32 px
+        is faster that way (benchmarks/ddpm_sampling.py); training keeps NCHW, where it was not."""
         import copy
 
         net = copy.deepcopy(self.denoiser)
