@@ -43,7 +43,7 @@ from fedsynth.evaluation.alignment import (
     reference_cdf,
 )
 from fedsynth.evaluation.fidelity import CXREncoder, fidelity
-from fedsynth.server.orchestrator import load_releases
+from fedsynth.rundir import load_releases
 
 
 def wasserstein_1(a: np.ndarray, b: np.ndarray, n: int = 2001) -> float:

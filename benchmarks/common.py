@@ -60,7 +60,7 @@ def record_start() -> None:
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:
-    from fedsynth.server.rundir import write_json
+    from fedsynth.rundir import write_json
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     doc = {

@@ -22,7 +22,8 @@ import traceback
 
 from benchmarks.common import KERMANY_64, RESULTS, ROOT, record_start, require, with_ci, write_result
 from fedsynth.config import load_config
-from fedsynth.server.simulation import simulate
+from fedsynth.metrics_schema import RunMetrics
+from fedsynth.simulation import simulate
 
 MODES = ("substitution", "federated", "federated+secagg", "fedavg-classifier", "centralized-real")
 # a "+secagg" mode is the base mode with every round under SecAgg+ (its cost in bytes and time)
@@ -47,13 +48,11 @@ def settings(mode: str, quick: bool) -> list[str]:
     return common + [f"generator.epochs={epochs}"]
 
 
-def row_of(mode: str, partition: str, privacy: str, metrics: dict, wall: float) -> dict:
-    pooled = metrics.get("pooled") or {}
-    sites = metrics.get("sites", {})
-    sent = [s.get("bytes_sent", 0) for s in sites.values() if s.get("bytes_sent")]
+def row_of(mode: str, partition: str, privacy: str, metrics: RunMetrics, wall: float) -> dict:
+    pooled = metrics.pooled.model_dump() if metrics.pooled else {}
+    sent = [s.bytes_sent for s in metrics.sites.values() if s.bytes_sent]
     # what each site spent in this run, composed over all its DP entries (every round, in the federated modes)
-    eps = [p.get("spent_epsilon") if p.get("epsilon") is not None else None
-           for p in (metrics.get("privacy") or {}).get("sites", {}).values()]
+    eps = [p.spent_epsilon if p.epsilon is not None else None for p in metrics.privacy.sites.values()]
     return {
         "mode": mode, "partition": partition, "privacy": privacy,
         "auroc": pooled.get("auroc"), "auroc_ci": pooled.get("auroc_ci"),
@@ -61,8 +60,8 @@ def row_of(mode: str, partition: str, privacy: str, metrics: dict, wall: float) 
         "n_test": pooled.get("n"),
         "bytes_sent_per_site_mean": sum(sent) / len(sent) if sent else 0,
         "epsilon_per_site_max": max([e for e in eps if e is not None], default=None),
-        "failed_sites": sorted(k for k, v in sites.items() if v.get("status") != "ok"),
-        "wall_s": wall, "run_id": metrics.get("run_id"),
+        "failed_sites": metrics.failed_sites(),
+        "wall_s": wall, "run_id": metrics.run_id,
     }
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from benchmarks.common import KERMANY_64, RESULTS, ROOT, record_start, require, with_ci, write_result
 from fedsynth.config import load_config
-from fedsynth.server.simulation import simulate
+from fedsynth.metrics_schema import RunMetrics
+from fedsynth.simulation import simulate
 
 PRIVACY = {"none": [], "eps10": ["privacy.epsilon=10"]}
 # Per family and privacy level: what a 2-core CPU can train in tens of minutes per run.
@@ -36,11 +37,11 @@ GENERATORS = {
 }
 
 
-def row_of(family: str, privacy: str, m: dict, wall: float) -> dict:
-    pooled = m.get("pooled") or {}
-    fid = (m.get("fidelity") or {}).get("pooled") or {}
-    gens = [s["release"]["generator"] for s in m["sites"].values() if "release" in s]
-    eps = [p.get("epsilon") for p in (m.get("privacy") or {}).get("sites", {}).values()]
+def row_of(family: str, privacy: str, m: RunMetrics, wall: float) -> dict:
+    pooled = m.pooled.model_dump() if m.pooled else {}
+    fid = m.fidelity.pooled.model_dump() if m.fidelity.pooled else {}
+    gens = [s.release["generator"] for s in m.sites.values() if s.release]
+    eps = [p.epsilon for p in m.privacy.sites.values()]
     return {
         "family": family, "privacy": privacy,
         "auroc": pooled.get("auroc"), "auroc_ci": pooled.get("auroc_ci"),
@@ -52,8 +53,8 @@ def row_of(family: str, privacy: str, m: dict, wall: float) -> dict:
         "train_images_per_s": [g.get("images_per_second") for g in gens],
         "sample_images_per_s": [g.get("sampling_images_per_second") for g in gens],
         "generator_seconds": [g.get("seconds") for g in gens],
-        "failed_sites": sorted(k for k, v in m["sites"].items() if v.get("status") != "ok"),
-        "wall_s": wall, "run_id": m.get("run_id"),
+        "failed_sites": m.failed_sites(),
+        "wall_s": wall, "run_id": m.run_id,
     }
 
 

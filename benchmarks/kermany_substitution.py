@@ -25,8 +25,8 @@ from fedsynth.classifier.train import Classifier, train_classifier
 from fedsynth.client.site_data import simulated_sites
 from fedsynth.config import load_config
 from fedsynth.data.dataset import concat
-from fedsynth.server.rundir import CLASSIFIER_FILE
-from fedsynth.server.simulation import simulate
+from fedsynth.rundir import CLASSIFIER_FILE
+from fedsynth.simulation import simulate
 
 
 def main() -> None:
@@ -42,7 +42,8 @@ def main() -> None:
     ev = cfg.evaluation
 
     t0 = time.perf_counter()
-    run_dir, metrics = simulate(cfg)
+    run_dir, result = simulate(cfg)
+    metrics = result.model_dump(mode="json")  # the document as written to metrics.json
     wall_synthetic = time.perf_counter() - t0
 
     # exact metrics on the official test split, from the same classifier (a check on the

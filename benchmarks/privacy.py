@@ -27,30 +27,25 @@ from benchmarks.common import KERMANY_64, RESULTS, ROOT, record_start, require, 
 from benchmarks.generators import GENERATORS
 from benchmarks.generators import row_of as generator_row
 from fedsynth.config import load_config
-from fedsynth.server.simulation import simulate
+from fedsynth.metrics_schema import RunMetrics
+from fedsynth.simulation import simulate
 
 LEVELS = {"none": None, "eps10": 10.0, "eps3": 3.0, "eps1": 1.0}
 
 
-def row_of(level: str, metrics: dict, wall: float) -> dict:
+def row_of(level: str, metrics: RunMetrics, wall: float) -> dict:
     row = generator_row("gan", "none" if LEVELS[level] is None else "eps10", metrics, wall)
     row["privacy"] = level
-    sites = (metrics.get("privacy") or {}).get("sites", {})
+    sites = metrics.privacy.sites
     row["per_site"] = {
-        name: {"epsilon": p.get("epsilon"), "delta": p.get("delta"), "membership_auc": p.get("membership_auc"),
-               "gate_dropped": (p.get("gate") or {}).get("dropped")}
+        name: {"epsilon": p.epsilon, "delta": p.delta, "membership_auc": p.membership_auc,
+               "gate_dropped": (p.gate or {}).get("dropped")}
         for name, p in sites.items()
     }
-    if not sites:  # no DP: the audit still ran, its figures are in each site's release
-        row["per_site"] = {
-            name: {"epsilon": None, "delta": None, "membership_auc": s["release"].get("membership_auc"),
-                   "gate_dropped": (s["release"].get("gate") or {}).get("dropped")}
-            for name, s in metrics["sites"].items() if "release" in s
-        }
     mias = [s["membership_auc"] for s in row["per_site"].values() if s["membership_auc"] is not None]
     row["membership_auc_max"] = max(mias, default=None)
-    mechanisms = [((s.get("release") or {}).get("generator", {}).get("privacy") or {}).get("mechanism", {})
-                  for s in metrics["sites"].values()]
+    mechanisms = [((s.release or {}).get("generator", {}).get("privacy") or {}).get("mechanism", {})
+                  for s in metrics.sites.values()]
     row["noise_multiplier"] = [mech.get("noise_multiplier") for mech in mechanisms]
     return row
 

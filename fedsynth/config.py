@@ -207,6 +207,15 @@ class SDLoRASection(_Section):
     sample_batch_size: int = Field(16, ge=1)
 
 
+GENERATOR_SECTIONS: tuple[type[_Section], ...] = (GANSection, DDPMSection, SDLoRASection)
+"""One config section per generator family; each names its family in its ``family`` literal,
+the one place a family's name is written (the generator classes read it from here)."""
+
+
+def family_name(section: type[_Section]) -> str:
+    return section.model_fields["family"].default
+
+
 def _family(value: Any) -> str:
     """The generator family of a config section; a section without one is a GAN (the default)."""
     if isinstance(value, dict):
@@ -215,11 +224,7 @@ def _family(value: Any) -> str:
 
 
 GeneratorConfig = Annotated[
-    Union[
-        Annotated[GANSection, Tag("gan")],
-        Annotated[DDPMSection, Tag("ddpm")],
-        Annotated[SDLoRASection, Tag("sd-lora")],
-    ],
+    Union[tuple(Annotated[s, Tag(family_name(s))] for s in GENERATOR_SECTIONS)],  # type: ignore[valid-type]
     Discriminator(_family),
 ]
 
@@ -421,7 +426,7 @@ class RunConfig(_Section):
 
 def _format_errors(err: ValidationError, origin: str) -> str:
     lines = [f"invalid run config ({origin}):"]
-    tags = {"gan", "ddpm", "sd-lora"}
+    tags = {family_name(s) for s in GENERATOR_SECTIONS}
     for e in err.errors():
         loc = list(e["loc"])
         # a tagged union adds the tag to the location (generator.gan.epochs): users wrote generator.epochs

@@ -1,21 +1,32 @@
 """Progress display for long work: rich progress bars on a terminal, log lines elsewhere.
 
-Library code takes an optional ``ProgressFn`` (epoch, total, metrics) callback; the CLI
-passes one made by :func:`epoch_bar`, tests pass nothing.
+Library code takes an optional :data:`ProgressFn` (epoch, total, metrics) callback; the
+server takes a :data:`ProgressFactory` that opens one per long step. The CLI passes
+:func:`epoch_bar`; tests pass nothing (:func:`no_progress`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedsynth.generators.base import ProgressFn
+ProgressFn = Callable[[int, int, dict[str, float]], None]
+"""Called after each epoch with (epoch, total_epochs, metrics)."""
+
+ProgressFactory = Callable[[str, int], AbstractContextManager[ProgressFn | None]]
+"""Opens a progress display for (description, total epochs); yields a ProgressFn or None."""
 
 console = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def no_progress(description: str, total: int) -> Iterator[None]:
+    yield None
 
 
 @contextlib.contextmanager

@@ -31,7 +31,6 @@ CLASSIFIER_ROUND = "classifier-round"
 class TrainRequest:
     run_id: str
     config: RunConfig
-    run_dir: str = ""  # simulation only: where sites write their local outputs
 
 
 @dataclass
@@ -43,7 +42,6 @@ class RoundRequest:
     round: int
     stage: str  # GENERATOR_ROUND or CLASSIFIER_ROUND
     weights: dict[str, np.ndarray]
-    run_dir: str = ""
 
 
 @dataclass
@@ -68,7 +66,6 @@ class EvaluateRequest:
     config: RunConfig
     classifier_header: dict[str, Any]
     classifier_state: dict[str, torch.Tensor]
-    run_dir: str = ""
     # a sample of the pooled synthetic images (uint8), for fidelity and utility at the site
     synthetic_images: np.ndarray | None = None
     synthetic_labels: np.ndarray | None = None
@@ -96,13 +93,13 @@ def _config_record(**values: Any) -> ConfigRecord:
 
 
 def encode_train_request(req: TrainRequest) -> RecordDict:
-    return RecordDict({"request": _config_record(run_id=req.run_id, config=req.config.to_json(), run_dir=req.run_dir)})
+    return RecordDict({"request": _config_record(run_id=req.run_id, config=req.config.to_json())})
 
 
 def decode_train_request(content: RecordDict) -> TrainRequest:
     rec = content.config_records["request"]
     return TrainRequest(
-        run_id=str(rec["run_id"]), config=RunConfig.from_json(str(rec["config"])), run_dir=str(rec["run_dir"])
+        run_id=str(rec["run_id"]), config=RunConfig.from_json(str(rec["config"]))
     )
 
 
@@ -134,7 +131,6 @@ def encode_evaluate_request(req: EvaluateRequest) -> RecordDict:
             run_id=req.run_id,
             config=req.config.to_json(),
             classifier=json.dumps(req.classifier_header),
-            run_dir=req.run_dir,
             origin_names=json.dumps(req.origin_names),
         ),
     }
@@ -155,7 +151,6 @@ def decode_evaluate_request(content: RecordDict) -> EvaluateRequest:
         config=RunConfig.from_json(str(rec["config"])),
         classifier_header=json.loads(str(rec["classifier"])),
         classifier_state=content.array_records["classifier"].to_torch_state_dict(),
-        run_dir=str(rec["run_dir"]),
         synthetic_images=synthetic["images"].numpy() if synthetic is not None else None,
         synthetic_labels=synthetic["labels"].numpy() if synthetic is not None else None,
         synthetic_origin=synthetic["origin"].numpy() if synthetic is not None else None,
@@ -202,8 +197,7 @@ def arrays_dict(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 def round_config(req: RoundRequest) -> ConfigRecord:
-    return _config_record(run_id=req.run_id, config=req.config.to_json(), round=req.round, stage=req.stage,
-                          run_dir=req.run_dir)
+    return _config_record(run_id=req.run_id, config=req.config.to_json(), round=req.round, stage=req.stage)
 
 
 def decode_round_request(content: RecordDict) -> RoundRequest:
@@ -214,7 +208,6 @@ def decode_round_request(content: RecordDict) -> RoundRequest:
         round=int(rec["round"]),
         stage=str(rec["stage"]),
         weights=arrays_dict(content.array_records["arrays"]),
-        run_dir=str(rec["run_dir"]),
     )
 
 
@@ -283,7 +276,6 @@ def decode_secure_round(content: RecordDict) -> RoundRequest:
         round=int(rec["round"]),
         stage=str(rec["stage"]),
         weights=dict(zip(keys, arrays)),
-        run_dir=str(rec["run_dir"]),
     )
 
 

@@ -120,10 +120,9 @@ def test_the_sites_evaluate_what_the_classifier_trained_on(tiny_config, aligned,
 
     from fedsynth.client import client_app as real_app
     from fedsynth.protocol import decode_evaluate_request
-    from fedsynth.server.inprocess import InProcessGrid
-    from fedsynth.server.orchestrator import load_releases
-    from fedsynth.server.rundir import RunDir
-    from fedsynth.server.server_app import serve
+    from fedsynth.rundir import RunDir, load_releases
+    from fedsynth.simulation.engine import serve_simulation
+    from fedsynth.simulation.inprocess import InProcessGrid
 
     cfg = tiny_config
     cfg.alignment.enabled = aligned
@@ -143,7 +142,7 @@ def test_the_sites_evaluate_what_the_classifier_trained_on(tiny_config, aligned,
     run_dir = RunDir.create(cfg)
     grid = InProcessGrid(app, cfg.federation.num_sites)
     try:
-        m = serve(grid, cfg, run_dir)
+        m = serve_simulation(grid, cfg, run_dir).model_dump(mode="json")
     finally:
         grid.close()
     assert (m.get("alignment") or {}).get("applied", False) is aligned

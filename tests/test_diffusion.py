@@ -143,7 +143,7 @@ def test_sd_lora_with_dp_on_the_adapters(tiny_sd):
 
 
 def test_sites_choose_their_generator_family_and_the_federation_runs_unchanged(tiny_config, tiny_sd):
-    from fedsynth.server.simulation import simulate
+    from fedsynth.simulation import simulate
 
     cfg = tiny_config
     cfg.sites.budget = cfg.sites.budget.model_copy(update={"delta": 1e-3})
@@ -153,6 +153,7 @@ def test_sites_choose_their_generator_family_and_the_federation_runs_unchanged(t
         "site-2": SDLoRASection(checkpoint=str(tiny_sd), epochs=1, batch_size=8, sampling_steps=2, rank=2),
     }
     _, m = simulate(cfg, engine="inprocess")
+    m = m.model_dump(mode="json")
     families = {k: v["release"]["generator"]["family"] for k, v in m["sites"].items()}
     assert families == {"site-0": "gan", "site-1": "ddpm", "site-2": "sd-lora"}
     assert m["private"] is True and all(v["status"] == "ok" for v in m["sites"].values())

@@ -23,9 +23,9 @@ from fedsynth.protocol import (
     encode_release,
     is_round_request,
 )
-from fedsynth.server.inprocess import InProcessGrid
-from fedsynth.server.rundir import RunDir
-from fedsynth.server.server_app import serve
+from fedsynth.rundir import RunDir
+from fedsynth.simulation.engine import serve_simulation
+from fedsynth.simulation.inprocess import InProcessGrid
 
 
 def _federated(cfg, rounds=2):
@@ -39,7 +39,7 @@ def _serve(cfg, app=None, workers=1, run_dir=None, on_round=None):
     run_dir = run_dir or RunDir.create(cfg)
     grid = InProcessGrid(app or real_app.app, cfg.federation.num_sites, workers=workers)
     try:
-        return run_dir, serve(grid, cfg, run_dir, on_round=on_round)
+        return run_dir, serve_simulation(grid, cfg, run_dir, on_round=on_round).model_dump(mode="json")
     finally:
         grid.close()
 

@@ -7,7 +7,7 @@ import pytest
 from flwr.app import Error, Message, MessageType, RecordDict
 
 from fedsynth.client.site import Site
-from fedsynth.client.site_data import simulated_site_state, simulated_sites, simulation_registry
+from fedsynth.client.site_data import simulated_site_state, simulated_sites
 from fedsynth.errors import FederationError
 from fedsynth.protocol import (
     Release,
@@ -19,19 +19,24 @@ from fedsynth.protocol import (
     encode_release,
     encode_train_request,
 )
-from fedsynth.server.orchestrator import LocalTransport, check_release, run_substitution
-from fedsynth.server.rundir import RunDir
-from fedsynth.server.server_app import GridTransport
+from fedsynth.rundir import RunDir
+from fedsynth.server.checks import check_release
+from fedsynth.server.record import RunRecord
+from fedsynth.server.substitution import run_substitution
+from fedsynth.server.transport import GridTransport
+from fedsynth.simulation.local import LocalTransport
+from fedsynth.simulation.registry import simulation_registry
 
 
 def _sites(cfg, run_dir):
-    simulation_registry(cfg, run_dir.path)  # every simulated site gets its key pair
-    return [Site(s, simulated_site_state(cfg, run_dir.path, s.name), run_dir.site_dir(s.name), device="cpu")
+    simulation_registry(cfg, run_dir.sites_dir)  # every simulated site gets its key pair
+    return [Site(s, simulated_site_state(cfg, run_dir.sites_dir, s.name), run_dir.site_dir(s.name), device="cpu")
             for s in simulated_sites(cfg)]
 
 
 def _run(cfg, sites, run_dir):
-    return run_substitution(cfg, LocalTransport(sites), run_dir, simulation_registry(cfg, run_dir.path))
+    return run_substitution(cfg, LocalTransport(sites), run_dir,
+                            simulation_registry(cfg, run_dir.sites_dir)).model_dump(mode="json")
 
 
 class BrokenSite(Site):
@@ -99,7 +104,7 @@ def test_protocol_roundtrip(tiny_config):
     from fedsynth.classifier.metrics import ScoreHistogram
     from fedsynth.protocol import EvalResult
 
-    req = TrainRequest("run-1", tiny_config, "/tmp/x")
+    req = TrainRequest("run-1", tiny_config)
     back = decode_train_request(encode_train_request(req))
     assert back.config == tiny_config and back.run_id == "run-1"
     rel = Release("site-0", np.arange(2 * 16 * 16, dtype=np.uint8).reshape(2, 16, 16), np.array([0, 1], np.uint8),
@@ -142,7 +147,9 @@ def test_grid_transport_reports_errors_and_silence(tiny_config, flower_identity)
     rel = encode_release(Release("site-a", np.zeros((2, 16, 16), np.uint8), np.array([0, 1], np.uint8)))
     grid = FakeGrid(rel)
     transport = GridTransport(grid, expected_sites=3, timeout_s=5, connect_timeout_s=0)
-    ok, failed = transport.release(TrainRequest("r", tiny_config))
+    record = RunRecord()
+    ok = transport.release(TrainRequest("r", tiny_config), record)
+    failed = record.failures
     assert [r.site for r in ok] == ["site-a"]
     assert {m.metadata.message_type for m in grid.sent} == {MessageType.TRAIN}
     by_site = {f.site: f.reason for f in failed}

@@ -81,12 +81,11 @@ def nearest_distance(arrays: list[np.ndarray], real: np.ndarray) -> float:
 def recorded(tiny_config, flower_identity, tmp_path):
     """Run every site's ClientApp on real Flower messages; keep what each sends back."""
     cfg = tiny_config
-    run_dir = str(tmp_path / "run")
     sites = simulated_sites(cfg)
     sent: dict[str, list[RecordDict]] = {}
     releases = []
     for pid, site in enumerate(sites):
-        msg = Message(encode_train_request(TrainRequest("run", cfg, run_dir)), 100 + pid, MessageType.TRAIN)
+        msg = Message(encode_train_request(TrainRequest("run", cfg)), 100 + pid, MessageType.TRAIN)
         reply = client_app(msg, _context(pid, len(sites)))
         assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
         sent.setdefault(site.name, []).append(reply.content)
@@ -98,7 +97,7 @@ def recorded(tiny_config, flower_identity, tmp_path):
     labels = np.concatenate([r.labels for r in releases]).astype(np.int64)
     clf = train_classifier(imgs, labels, cfg.classifier, arch="small-cnn", resolution=16, seed=0, device="cpu")
     for pid, site in enumerate(sites):
-        req = EvaluateRequest("run", cfg, clf.header(), clf.state_dict(), run_dir)
+        req = EvaluateRequest("run", cfg, clf.header(), clf.state_dict())
         msg = Message(encode_evaluate_request(req), 100 + pid, MessageType.EVALUATE)
         reply = client_app(msg, _context(pid, len(sites)))
         assert not reply.has_error(), reply.error.reason if reply.has_error() else ""

@@ -6,15 +6,18 @@ import numpy as np
 import pytest
 
 from fedsynth.client.site import Site
-from fedsynth.client.site_data import simulated_site_state, simulated_sites, simulation_registry
+from fedsynth.client.site_data import simulated_site_state, simulated_sites
 from fedsynth.config import PrivacySection
 from fedsynth.privacy.accounting import Mechanism, epsilon
 from fedsynth.privacy.keys import generate_keypair, load_private_key, sign
 from fedsynth.privacy.ledger import Ledger, entry_hash
 from fedsynth.privacy.release import content_hash
 from fedsynth.protocol import Release
-from fedsynth.server.orchestrator import LocalTransport, run_substitution, verify_release
-from fedsynth.server.rundir import RunDir
+from fedsynth.rundir import RunDir
+from fedsynth.server.checks import verify_release
+from fedsynth.server.substitution import run_substitution
+from fedsynth.simulation.local import LocalTransport
+from fedsynth.simulation.registry import simulation_registry
 
 
 @pytest.fixture
@@ -103,22 +106,22 @@ def test_over_budget_and_over_requested_epsilon_are_rejected(tiny_config, tmp_pa
 class TamperingTransport(LocalTransport):
     """Changes site-1's images in transit."""
 
-    def release(self, request):
-        ok, failed = super().release(request)
+    def release(self, request, record):
+        ok = super().release(request, record)
         for rel in ok:
             if rel.site == "site-1":
                 rel.images = rel.images.copy()
                 rel.images[:, 0, 0] = 255 - rel.images[:, 0, 0]
-        return ok, failed
+        return ok
 
 
 def test_the_run_goes_on_without_a_rejected_release(tiny_config):
     cfg = tiny_config
     run_dir = RunDir.create(cfg)
-    registry = simulation_registry(cfg, run_dir.path)
-    sites = [Site(s, simulated_site_state(cfg, run_dir.path, s.name), None, device="cpu")
+    registry = simulation_registry(cfg, run_dir.sites_dir)
+    sites = [Site(s, simulated_site_state(cfg, run_dir.sites_dir, s.name), None, device="cpu")
              for s in simulated_sites(cfg)]
-    metrics = run_substitution(cfg, TamperingTransport(sites), run_dir, registry)
+    metrics = run_substitution(cfg, TamperingTransport(sites), run_dir, registry).model_dump(mode="json")
     assert metrics["sites"]["site-1"]["status"] == "failed"
     assert "signed hash" in metrics["sites"]["site-1"]["failures"][0]["reason"]
     assert metrics["sites"]["site-0"]["status"] == "ok" and metrics["pooled"] is not None
@@ -131,10 +134,10 @@ def test_a_budget_refusal_reaches_the_server_as_a_site_failure(tiny_config):
     cfg.sites.budgets = {"site-2": cfg.sites.budget.model_copy(update={"epsilon": 3.0})}
     cfg.gate.membership_audit = False
     run_dir = RunDir.create(cfg)
-    registry = simulation_registry(cfg, run_dir.path)
-    sites = [Site(s, simulated_site_state(cfg, run_dir.path, s.name), None, device="cpu")
+    registry = simulation_registry(cfg, run_dir.sites_dir)
+    sites = [Site(s, simulated_site_state(cfg, run_dir.sites_dir, s.name), None, device="cpu")
              for s in simulated_sites(cfg)]
-    metrics = run_substitution(cfg, LocalTransport(sites), run_dir, registry)
+    metrics = run_substitution(cfg, LocalTransport(sites), run_dir, registry).model_dump(mode="json")
     assert metrics["sites"]["site-2"]["status"] == "failed"
     assert "BudgetExceeded" in metrics["sites"]["site-2"]["failures"][0]["reason"]
     assert metrics["private"] is True and not any("NOT PRIVATE" in w for w in metrics["warnings"])
@@ -150,7 +153,7 @@ def test_a_release_replayed_into_another_run_is_refused(released):
 def test_a_malformed_evaluation_is_rejected_not_pooled(tiny_config):
     from fedsynth.classifier.metrics import ScoreHistogram
     from fedsynth.protocol import EvalResult
-    from fedsynth.server.orchestrator import check_eval_result
+    from fedsynth.server.checks import check_eval_result
 
     good = EvalResult("s", {"n": 3, "tp": 1, "fp": 0, "tn": 2, "fn": 0},
                       ScoreHistogram(np.array([1, 0, 0]), np.array([0, 2, 0])))

@@ -26,7 +26,7 @@ from fedsynth.cli import app
 from fedsynth.config import load_config
 from fedsynth.evaluation import curves
 from fedsynth.evaluation.report import REPORT_FILE, ReportError, write_report
-from fedsynth.server.simulation import simulate
+from fedsynth.simulation import simulate
 from tests.conftest import tiny_overrides
 
 BINS = 2000
@@ -151,7 +151,7 @@ def _images(page: str) -> list[bytes]:
 
 
 def test_every_run_writes_its_report(runs):
-    """evaluate_and_report calls write_report after metrics.json (fedsynth/server/orchestrator.py)."""
+    """evaluate_and_report calls write_report after metrics.json (fedsynth/server/results.py)."""
     assert runs["dp_had_report"] and runs["fed_had_report"]
 
 

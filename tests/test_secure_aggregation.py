@@ -17,10 +17,10 @@ from fedsynth.errors import ConfigError
 from fedsynth.privacy.keys import load_public_key
 from fedsynth.privacy.ledger import verify_ledger
 from fedsynth.protocol import ModelUpdate, RoundRequest, decode_secure_round, encode_secure_update
-from fedsynth.server.inprocess import InProcessGrid
-from fedsynth.server.rundir import RunDir
+from fedsynth.rundir import RunDir
 from fedsynth.server.secure_aggregation import secure_round
-from fedsynth.server.server_app import serve
+from fedsynth.simulation.engine import serve_simulation
+from fedsynth.simulation.inprocess import InProcessGrid
 
 
 def test_config_switches_it_on_and_refuses_what_cannot_work():
@@ -82,7 +82,7 @@ def _round(tmp_path, app, sites=3):
                                  f"federation.num_sites={sites}", f"run.output_dir={tmp_path}"])
     grid = WatchedGrid(app, sites)
     try:
-        req = RoundRequest("run-1", cfg, 1, "generator-round", dict(GLOBAL), "")
+        req = RoundRequest("run-1", cfg, 1, "generator-round", dict(GLOBAL))
         return grid, secure_round(cfg, grid, req, {})
     finally:
         grid.close()
@@ -132,7 +132,7 @@ def _serve(cfg, app=None):
     run_dir = RunDir.create(cfg)
     grid = InProcessGrid(app or real_app.app, cfg.federation.num_sites)
     try:
-        return run_dir, serve(grid, cfg, run_dir)
+        return run_dir, serve_simulation(grid, cfg, run_dir).model_dump(mode="json")
     finally:
         grid.close()
 

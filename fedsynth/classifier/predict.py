@@ -9,7 +9,7 @@ from pathlib import Path
 from fedsynth.classifier.train import Classifier
 from fedsynth.data.ingest import IngestReport, load_source
 from fedsynth.errors import DataError
-from fedsynth.server.rundir import CLASSIFIER_FILE
+from fedsynth.rundir import CLASSIFIER_FILE
 
 COLUMNS = ("index", "source", "probability", "prediction", "status")
 

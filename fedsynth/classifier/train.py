@@ -22,7 +22,9 @@ from fedsynth import __version__
 from fedsynth.classifier.metrics import adaptive_edges, auroc, choose_threshold, uniform_edges
 from fedsynth.classifier.models import build_classifier
 from fedsynth.config import ClassifierSection
-from fedsynth.generators.base import ProgressFn, check_training_data, resolve_device, seeded
+from fedsynth.data.dataset import check_training_data
+from fedsynth.progress import ProgressFn
+from fedsynth.torch_utils import resolve_device, seeded
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

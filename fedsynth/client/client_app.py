@@ -41,12 +41,17 @@ from fedsynth.protocol import (
     is_round_request,
     is_secure_round,
 )
+from fedsynth.rundir import SITES_DIR
 
 log = logging.getLogger("fedsynth.client")
 
 
 
-def site_for(context: Context, config: RunConfig, run_dir: str) -> Site:
+def site_for(context: Context, config: RunConfig, run_id: str, sites_root: Path | None = None) -> Site:
+    """The site this node is. ``sites_root``: where simulated sites keep their folders (the
+    run directory's ``sites/``), given by the simulation that built this app; without it, a
+    simulated node uses ``<run.output_dir>/<run_id>/sites`` (Flower's own launcher makes
+    ``run.output_dir`` absolute before anything travels)."""
     node = context.node_config
     if "site-config" in node:
         data, state, site = deployed_site(node, config)
@@ -59,11 +64,11 @@ def site_for(context: Context, config: RunConfig, run_dir: str) -> Site:
                 f"{config.federation.num_sites}; start it with as many SuperNodes as sites"
             )
         data = simulated_site(config, int(node["partition-id"]))
-        state = simulated_site_state(config, run_dir, data.name)
+        root = sites_root if sites_root is not None else Path(config.run.output_dir) / run_id / SITES_DIR
+        state = simulated_site_state(config, root, data.name)
         state.ensure_keys()
-        out = Path(run_dir) / "sites" / data.name if run_dir else None
         # a simulation plays every role: its sites' policy comes with the run config
-        return Site(data, state, out, device=config.run.device, policy=config.sites.policy)
+        return Site(data, state, root / data.name, device=config.run.device, policy=config.sites.policy)
     raise RuntimeError("node config has neither 'site-config' (deployment) nor 'partition-id' (simulation)")
 
 
@@ -128,16 +133,13 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next) -> Message
         return Message(refusal[0].error, reply_to=msg)
 
 
-app = ClientApp()
-
-
-@app.train(mods=[secure_aggregation_mod])
-def train(msg: Message, context: Context) -> Message:
+def train(msg: Message, context: Context, sites_root: Path | None = None) -> Message:
+    """A train message: a release (substitution), a FedAvg round, or a round under SecAgg+."""
     try:
         if is_secure_round(msg.content):  # a round under SecAgg+: the mod masks what this returns
             rreq = decode_secure_round(msg.content)
             _prepare_worker(rreq.config, context)
-            site = site_for(context, rreq.config, rreq.run_dir)
+            site = site_for(context, rreq.config, rreq.run_id, sites_root)
             sa = rreq.config.federation.secure_aggregation
             if sa is None:
                 raise ValueError("a secure round arrived but the run config has no federation.secure_aggregation")
@@ -146,25 +148,43 @@ def train(msg: Message, context: Context) -> Message:
         if is_round_request(msg.content):  # a round of federated averaging (Flower's FedAvg message)
             rreq = decode_round_request(msg.content)
             _prepare_worker(rreq.config, context)
-            site = site_for(context, rreq.config, rreq.run_dir)
+            site = site_for(context, rreq.config, rreq.run_id, sites_root)
             return Message(encode_update(site.train_round(rreq)), reply_to=msg)
         req = decode_train_request(msg.content)
         _prepare_worker(req.config, context)
-        site = site_for(context, req.config, req.run_dir)
+        site = site_for(context, req.config, req.run_id, sites_root)
         release = site.release(req.config, req.run_id)
         return Message(encode_release(release), reply_to=msg)
     except Exception as err:  # reported to the server, which drops this site
         return _error_reply(msg, context, err)
 
 
-@app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
+def evaluate(msg: Message, context: Context, sites_root: Path | None = None) -> Message:
+    """An evaluate message: score the server's classifier on this site's real test split."""
     try:
         req = decode_evaluate_request(msg.content)
         _prepare_worker(req.config, context)
-        site = site_for(context, req.config, req.run_dir)
+        site = site_for(context, req.config, req.run_id, sites_root)
         clf = Classifier.from_state(req.classifier_header, req.classifier_state, device=req.config.run.device)
         result = site.evaluate(clf, req.config, req)
         return Message(encode_eval_result(result), reply_to=msg)
     except Exception as err:
         return _error_reply(msg, context, err)
+
+
+def make_client_app(sites_root: Path | None = None) -> ClientApp:
+    """The ClientApp; ``sites_root`` as for :func:`site_for` (a simulation passes its run's)."""
+    client = ClientApp()
+
+    @client.train(mods=[secure_aggregation_mod])
+    def _train(msg: Message, context: Context) -> Message:
+        return train(msg, context, sites_root)
+
+    @client.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        return evaluate(msg, context, sites_root)
+
+    return client
+
+
+app = make_client_app()  # what Flower's launcher and a deployed SuperNode load (pyproject.toml)

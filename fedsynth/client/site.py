@@ -36,7 +36,6 @@ from fedsynth.evaluation.alignment import add_gaussian_noise, class_intensity_hi
 from fedsynth.evaluation.grids import image_grid
 from fedsynth.evaluation.site_evaluation import site_extras
 from fedsynth.generators import build_generator
-from fedsynth.generators.base import exchangeable, load_exchangeable
 from fedsynth.privacy.accounting import Mechanism, default_delta, epsilon
 from fedsynth.privacy.dp import BudgetCheck, DPPlan, check_budget, plan_training, statistic_mechanism
 from fedsynth.privacy.gate import membership_auc, release_gate
@@ -52,6 +51,7 @@ from fedsynth.protocol import (
     Release,
     RoundRequest,
 )
+from fedsynth.torch_utils import exchangeable, load_exchangeable
 
 log = logging.getLogger("fedsynth.site")
 

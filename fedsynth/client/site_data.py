@@ -16,7 +16,7 @@ from pathlib import Path
 from fedsynth.config import DataSection, FederationSection, RunConfig
 from fedsynth.data.dataset import ImageSet
 from fedsynth.data.ingest import load_source
-from fedsynth.data.partition import SiteSplit, partition, site_name
+from fedsynth.data.partition import SiteSplit, partition
 from fedsynth.data.phantom import make_phantoms
 from fedsynth.privacy.dp import Budget
 from fedsynth.privacy.state import SiteState
@@ -66,23 +66,15 @@ def simulated_site(config: RunConfig, partition_id: int) -> SiteSplit:
     return sites[partition_id]
 
 
-def simulated_site_state(config: RunConfig, run_dir: str | Path, name: str) -> SiteState:
-    """A simulated site's keys, ledger and budget (``sites.state_dir`` or inside the run)."""
+def simulated_site_state(config: RunConfig, sites_root: str | Path | None, name: str) -> SiteState:
+    """A simulated site's keys, ledger and budget: in ``sites.state_dir/<name>`` when the
+    config names one (several runs then share budgets), else in ``sites_root/<name>`` (the
+    run directory's ``sites/`` folder)."""
     if config.sites.state_dir:
         root = Path(config.sites.state_dir)
-    elif run_dir:
-        root = Path(run_dir) / "sites"
+    elif sites_root:
+        root = Path(sites_root)
     else:
-        raise ValueError("a simulated site needs a run directory or sites.state_dir for its keys and ledger")
+        raise ValueError("a simulated site needs its run's sites/ folder or sites.state_dir for its keys and ledger")
     b = config.sites.budget_for(name)
     return SiteState(name, root / name, Budget(b.epsilon, b.delta))
-
-
-def simulation_registry(config: RunConfig, run_dir: str | Path) -> dict[str, Path]:
-    """Give every simulated site a key pair (as each hospital would) and return the
-    public keys the server registers, by site name."""
-    out = {}
-    for i in range(config.federation.num_sites):
-        state = simulated_site_state(config, run_dir, site_name(i))
-        out[state.name] = state.ensure_keys()
-    return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -132,3 +133,23 @@ def save_npz(ds: ImageSet, path: str) -> None:
         arrays["split"] = ds.split.astype(str)
     arrays["phantom"] = np.array(ds.phantom)
     np.savez_compressed(path, **arrays)
+
+
+def check_training_data(images: Any, labels: Any, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate (images, labels) handed to a trainer (a generator or the classifier) at the door:
+    float images (N, S, S) in [0, 1], labels 0/1, at least two rows. Returns float32 and int64 copies."""
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    if images.ndim != 3 or images.shape[1:] != (resolution, resolution):
+        raise ValueError(f"images must have shape (N, {resolution}, {resolution}); got {images.shape}")
+    if not np.issubdtype(images.dtype, np.floating):
+        raise ValueError(f"images must be floats in [0, 1]; got dtype {images.dtype}")
+    if images.size and (not np.isfinite(images).all() or images.min() < 0 or images.max() > 1):
+        raise ValueError("images must be finite and lie in [0, 1]")
+    if labels.shape != (images.shape[0],):
+        raise ValueError(f"labels must have shape ({images.shape[0]},); got {labels.shape}")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("labels must be 0 (normal) or 1 (pneumonia)")
+    if images.shape[0] < 2:
+        raise ValueError(f"need at least 2 training images; got {images.shape[0]}")
+    return images.astype(np.float32), labels.astype(np.int64)

@@ -7,15 +7,13 @@ numbers (for CSV) and :func:`display_rows` formats them (for the terminal and Ma
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from fedsynth.errors import FedsynthError
-from fedsynth.evaluation.report import as_number, dig, fmt_bytes, fmt_seconds
-from fedsynth.server.rundir import CONFIG_FILE, METRICS_FILE
+from fedsynth.evaluation.report.format import as_number, dig, fmt_bytes, fmt_seconds
+from fedsynth.metrics_schema import Figures, RunMetrics
+from fedsynth.rundir import RunDir, RunDirError
 
 
 class CompareError(FedsynthError):
@@ -50,50 +48,43 @@ CSV_FIELDS = ["run_id", "mode", "partition", "sites_ok", "sites_total", "dp_epsi
 
 
 
-def _ci(d: Any, key: str) -> tuple[float | None, float | None, float | None]:
-    ci = dig(d, f"{key}_ci") or [None, None]
-    ci = list(ci) + [None, None] if isinstance(ci, (list, tuple)) else [None, None]
-    return as_number(dig(d, key)), as_number(ci[0]), as_number(ci[1])
+def _ci(figures: Figures | None, key: str) -> tuple[float | None, float | None, float | None]:
+    if figures is None:
+        return None, None, None
+    lo, hi = getattr(figures, f"{key}_ci")
+    return as_number(getattr(figures, key)), as_number(lo), as_number(hi)
 
 
-def load(run_dir: str | Path) -> tuple[dict, dict]:
-    path = Path(run_dir)
-    metrics_path = path / METRICS_FILE
-    if not metrics_path.is_file():
-        what = "an unfinished run" if (path / CONFIG_FILE).is_file() else "not a fedsynth run directory"
-        raise CompareError(f"{path} is {what} (no {METRICS_FILE})")
+def load(run_dir: str | Path) -> tuple[RunMetrics, dict]:
     try:
-        metrics = json.loads(metrics_path.read_text())
-    except (OSError, ValueError) as err:
-        raise CompareError(f"{metrics_path} cannot be read: {err}") from None
-    if not isinstance(metrics, dict):
-        raise CompareError(f"{metrics_path} is not a fedsynth metrics document")
+        run = RunDir.open_finished(run_dir)
+        metrics = run.read_metrics()
+    except RunDirError as err:
+        raise CompareError(str(err)) from None
     try:
-        config = yaml.safe_load((path / CONFIG_FILE).read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        config = run.read_config()
+    except RunDirError:
         config = {}
-    return metrics, config if isinstance(config, dict) else {}
+    return metrics, config
 
 
-def _flags(metrics: dict) -> list[str]:
+def _flags(metrics: RunMetrics) -> list[str]:
     flags = []
-    if dig(metrics, "data", "phantom"):
+    if metrics.data.phantom:
         flags.append("PHANTOM")
-    if metrics.get("mode") == "centralized-real":
+    if metrics.mode == "centralized-real":
         flags.append("CENTRALIZED")
-    elif not metrics.get("private"):
+    elif not metrics.private:
         flags.append("NOT-PRIVATE")
-    if any(s.get("status") != "ok" for s in (metrics.get("sites") or {}).values()):
+    if metrics.failed_sites():
         flags.append("DROPPED")
     return flags
 
 
-def _generators(metrics: dict, config: dict) -> list[str]:
-    mode = metrics.get("mode")
-    if mode in ("fedavg-classifier", "centralized-real"):
+def _generators(metrics: RunMetrics, config: dict) -> list[str]:
+    if metrics.mode in ("fedavg-classifier", "centralized-real"):
         return []
-    fams = {dig(s, "release", "generator", "family") for s in (metrics.get("sites") or {}).values()}
-    fams.discard(None)
+    fams = metrics.generator_families()
     if not fams:
         fams = {dig(config, "generator", "family")} | {
             g.get("family") for g in (dig(config, "sites", "generators") or {}).values() if isinstance(g, dict)}
@@ -104,39 +95,36 @@ def _generators(metrics: dict, config: dict) -> list[str]:
 def summarize(run_dir: str | Path) -> dict[str, Any]:
     """The key figures of one finished run, as raw values."""
     metrics, config = load(run_dir)
-    sites = metrics.get("sites") or {}
     fed = config.get("federation") or {}
     partition = fed.get("partition")
     if partition == "dirichlet":
         partition = f"dirichlet α={fed.get('dirichlet_alpha')}"
-    requested = dig(metrics, "privacy", "requested") or config.get("privacy") or {}
-    spent = [as_number(p.get("spent_epsilon")) for p in (dig(metrics, "privacy", "sites") or {}).values()
-             if isinstance(p, dict)]
-    spent = [s for s in spent if s is not None]
-    auroc, aupr, trtr = _ci(metrics.get("pooled"), "auroc"), _ci(metrics.get("pooled"), "aupr"), _ci(
-        dig(metrics, "utility", "trtr", "pooled"), "auroc")
-    fid = dig(metrics, "fidelity", "pooled") or {}
-    sent = [as_number(s.get("bytes_sent")) for s in sites.values()]
-    sent = [b for b in sent if b is not None]
+    requested = metrics.privacy.requested or config.get("privacy") or {}
+    spent = metrics.spent_epsilons()
+    trtr = metrics.utility.trtr
+    auroc, aupr = _ci(metrics.pooled, "auroc"), _ci(metrics.pooled, "aupr")
+    trtr_auroc = _ci(trtr.pooled if trtr else None, "auroc")
+    fid = metrics.fidelity.pooled
+    sent = [s.bytes_sent for s in metrics.sites.values() if s.bytes_sent is not None]
     return {
-        "run_id": metrics.get("run_id") or Path(run_dir).name,
-        "mode": metrics.get("mode") or dig(config, "run", "mode"),
+        "run_id": metrics.run_id or Path(run_dir).name,
+        "mode": metrics.mode or dig(config, "run", "mode"),
         "partition": partition,
-        "sites_ok": sum(1 for s in sites.values() if s.get("status") == "ok"),
-        "sites_total": len(sites),
+        "sites_ok": len(metrics.ok_sites()),
+        "sites_total": len(metrics.sites),
         "dp_epsilon": as_number(requested.get("epsilon")) if requested else None,
         "dp_delta": as_number(requested.get("delta")) if requested else None,
-        "max_spent_epsilon": max(spent) if spent and metrics.get("private") else None,
+        "max_spent_epsilon": max(spent) if spent and metrics.private else None,
         "generators": "+".join(_generators(metrics, config)),
         "auroc": auroc[0], "auroc_lo": auroc[1], "auroc_hi": auroc[2],
         "aupr": aupr[0], "aupr_lo": aupr[1], "aupr_hi": aupr[2],
-        "trtr_auroc": trtr[0], "trtr_auroc_lo": trtr[1], "trtr_auroc_hi": trtr[2],
-        "frechet_distance": as_number(fid.get("frechet_distance")),
-        "fidelity_precision": as_number(fid.get("precision")),
-        "fidelity_recall": as_number(fid.get("recall")),
-        "fidelity_encoder": fid.get("encoder"),
+        "trtr_auroc": trtr_auroc[0], "trtr_auroc_lo": trtr_auroc[1], "trtr_auroc_hi": trtr_auroc[2],
+        "frechet_distance": as_number(fid.frechet_distance) if fid else None,
+        "fidelity_precision": as_number(fid.precision) if fid else None,
+        "fidelity_recall": as_number(fid.recall) if fid else None,
+        "fidelity_encoder": fid.encoder if fid else None,
         "bytes_per_site": sum(sent) / len(sent) if sent else None,
-        "wall_s": as_number(dig(metrics, "timings", "total_s")),
+        "wall_s": as_number(metrics.timings.total_s),
         "flags": " ".join(_flags(metrics)),
         "path": str(Path(run_dir).resolve()),
     }

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from scipy import linalg
 
-from fedsynth.generators.base import resolve_device
+from fedsynth.torch_utils import resolve_device
 
 KNN = 5
 

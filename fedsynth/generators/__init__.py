@@ -1,4 +1,9 @@
-"""Image generators behind one interface: ``fit``, ``sample``, ``save``/``load``."""
+"""Image generators behind one interface: ``fit``, ``sample``, ``save``/``load``.
+
+Each family is one module whose class names its config section (``config_class``); the
+class registers itself in :data:`FAMILIES` when the module is imported below, so a new
+family is one new module and one import here.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fedsynth.generators.base import FitReport, Generator
+from fedsynth.generators.base import FAMILIES, FitReport, Generator, NotFittedError
 from fedsynth.generators.ddpm import DiffusionGenerator
 from fedsynth.generators.gan import ConditionalGAN
 from fedsynth.generators.sd_lora import StableDiffusionLoRA
-
-FAMILIES: dict[str, type[Generator]] = {
-    "gan": ConditionalGAN,
-    "ddpm": DiffusionGenerator,
-    "sd-lora": StableDiffusionLoRA,
-}
 
 
 def build_generator(config: Any, resolution: int, seed: int = 0, device: str = "auto") -> Generator:
@@ -48,6 +47,7 @@ __all__ = [
     "DiffusionGenerator",
     "FitReport",
     "Generator",
+    "NotFittedError",
     "StableDiffusionLoRA",
     "build_generator",
     "load_generator",

@@ -10,21 +10,33 @@ Inputs are validated at the door with messages that name the argument.
 
 from __future__ import annotations
 
-import contextlib
+import inspect
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 from torch.utils.data import DataLoader, TensorDataset
 
-ProgressFn = Callable[[int, int, dict[str, float]], None]
-"""Called after each epoch with (epoch, total_epochs, metrics)."""
+from fedsynth.data.dataset import check_training_data
+from fedsynth.progress import ProgressFn
+from fedsynth.torch_utils import resolve_device
+
+if TYPE_CHECKING:
+    from fedsynth.privacy.dp import DPPlan
+
+FAMILIES: dict[str, type[Generator]] = {}
+"""Every generator family by name, filled as each family's class is defined (the registry)."""
+
+
+class NotFittedError(RuntimeError):
+    """``sample`` or ``save`` on a generator that was neither fitted nor loaded."""
 
 
 @dataclass
@@ -79,61 +91,6 @@ def run_epochs(family: str, epochs: int, loader: DataLoader, step: StepFn, progr
     return FitReport(family, epochs, steps, time.perf_counter() - start, seen, history)
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was requested but no CUDA device is available")
-    return torch.device(device)
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run a block with torch's RNGs seeded, restoring the caller's RNG state afterwards."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-def exchangeable(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """A state dict as federated averaging exchanges it: numpy copies, without BatchNorm's
-    step counters (integers that mean nothing averaged)."""
-    return {k: v.detach().cpu().numpy().copy() for k, v in state.items() if not k.endswith("num_batches_tracked")}
-
-
-def load_exchangeable(module: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
-    """Load averaged weights into ``module`` (each cast to the module's own dtype and shape)."""
-    own = module.state_dict()
-    expected = {k for k in own if not k.endswith("num_batches_tracked")}
-    if set(weights) != expected:
-        missing, extra = sorted(expected - set(weights))[:3], sorted(set(weights) - expected)[:3]
-        raise ValueError(f"weights do not fit the model (missing {missing}, unexpected {extra})")
-    state = {k: torch.as_tensor(np.asarray(v)).reshape(own[k].shape).to(own[k].dtype) for k, v in weights.items()}
-    for k in state:
-        if k.endswith("running_var"):  # averaged or DP-noised variances must stay variances
-            state[k] = state[k].clamp_min(1e-5)
-    module.load_state_dict(state, strict=False)
-
-
-def check_training_data(images: Any, labels: Any, resolution: int) -> tuple[np.ndarray, np.ndarray]:
-    images = np.asarray(images)
-    labels = np.asarray(labels)
-    if images.ndim != 3 or images.shape[1:] != (resolution, resolution):
-        raise ValueError(f"images must have shape (N, {resolution}, {resolution}); got {images.shape}")
-    if not np.issubdtype(images.dtype, np.floating):
-        raise ValueError(f"images must be floats in [0, 1]; got dtype {images.dtype}")
-    if images.size and (not np.isfinite(images).all() or images.min() < 0 or images.max() > 1):
-        raise ValueError("images must be finite and lie in [0, 1]")
-    if labels.shape != (images.shape[0],):
-        raise ValueError(f"labels must have shape ({images.shape[0]},); got {labels.shape}")
-    if not np.isin(labels, (0, 1)).all():
-        raise ValueError("labels must be 0 (normal) or 1 (pneumonia)")
-    if images.shape[0] < 2:
-        raise ValueError(f"need at least 2 training images; got {images.shape[0]}")
-    return images.astype(np.float32), labels.astype(np.int64)
-
-
 def check_sample_request(n: Any, labels: Any) -> np.ndarray:
     if not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n must be a non-negative integer; got {n!r}")
@@ -146,9 +103,24 @@ def check_sample_request(n: Any, labels: Any) -> np.ndarray:
 
 
 class Generator(ABC):
-    """A class-conditional image generator for one-channel square images."""
+    """A class-conditional image generator for one-channel square images.
 
-    family: str = ""
+    A family subclasses this with ``config_class`` set to its config section (whose
+    ``family`` literal names it): the class registers itself in :data:`FAMILIES`, and
+    saving and rebuilding its config is done here, once, for every family."""
+
+    config_class: ClassVar[type[BaseModel]]
+    family: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        section = cls.__dict__.get("config_class")
+        if section is None or inspect.isabstract(cls):
+            return
+        cls.family = section.model_fields["family"].default
+        if cls.family in FAMILIES and FAMILIES[cls.family] is not cls:
+            raise TypeError(f"generator family {cls.family!r} is registered twice")
+        FAMILIES[cls.family] = cls
 
     def __init__(self, resolution: int, seed: int = 0, device: str = "auto") -> None:
         self.resolution = int(resolution)
@@ -161,16 +133,24 @@ class Generator(ABC):
         self,
         images: np.ndarray,
         labels: np.ndarray,
-        privacy: Any = None,
+        privacy: DPPlan | None = None,
         progress: ProgressFn | None = None,
-    ) -> FitReport: ...
+    ) -> FitReport:
+        """Train on (images, labels); with a DP plan, every module that sees real images trains with DP-SGD."""
 
     @abstractmethod
     def sample(self, n: int, labels: int | np.ndarray, seed: int | None = None) -> np.ndarray: ...
 
-    @abstractmethod
     def config_dict(self) -> dict[str, Any]:
         """Everything needed to rebuild the model before loading weights."""
+        return {"family": self.family, "config": self.config.model_dump(mode="json"), "seed": self.seed}
+
+    @classmethod
+    def from_config_dict(cls, config: dict[str, Any], resolution: int, device: str = "auto") -> Generator:
+        # files written before the registry keyed the section by the family's name
+        section = config.get("config") or config.get(cls.family) or config[cls.family.replace("-", "_")]
+        return cls(cls.config_class.model_validate(section), resolution=resolution, seed=int(config.get("seed", 0)),
+                   device=device)
 
     @abstractmethod
     def sampling_state(self) -> dict[str, torch.Tensor]:
@@ -209,7 +189,8 @@ class Generator(ABC):
 
     def _require_fitted(self) -> None:
         if not self.fitted:
-            raise RuntimeError(f"this {self.family} generator is not fitted; call fit() or load() first")
+            raise NotFittedError(f"this {self.family} generator is not fitted yet: call fit() first, or "
+                                 "load_generator() on a saved one")
 
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file

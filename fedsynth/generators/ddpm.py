@@ -18,8 +18,6 @@ per sample; Opacus computes them with its hooks mode.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 import torch.nn as nn
@@ -30,14 +28,12 @@ from fedsynth.config import DDPMSection
 from fedsynth.generators.base import (
     FitReport,
     Generator,
-    ProgressFn,
     check_sample_request,
-    exchangeable,
-    load_exchangeable,
     run_epochs,
-    seeded,
 )
 from fedsynth.privacy.dp import DPPlan, PrivateTraining
+from fedsynth.progress import ProgressFn
+from fedsynth.torch_utils import exchangeable, load_exchangeable, seeded
 
 NULL_CLASS = 2  # the "no label" class used for classifier-free guidance
 
@@ -80,7 +76,7 @@ class Denoiser(nn.Module):
 
 
 class DiffusionGenerator(Generator):
-    family = "ddpm"
+    config_class = DDPMSection
 
     def __init__(self, config: DDPMSection | None = None, resolution: int = 32, seed: int = 0, device: str = "auto"):
         from diffusers import DDIMScheduler, DDPMScheduler
@@ -206,9 +202,6 @@ class DiffusionGenerator(Generator):
         return net.to(memory_format=torch.channels_last).eval()
 
     # ---- persistence ----------------------------------------------------------------------
-    def config_dict(self) -> dict[str, Any]:
-        return {"ddpm": self.config.model_dump(), "seed": self.seed}
-
     def sampling_state(self) -> dict[str, torch.Tensor]:
         return dict(self._sampling_net().state_dict())
 
@@ -225,10 +218,6 @@ class DiffusionGenerator(Generator):
         self.ema_state = None
         self.fitted = True
 
-    @classmethod
-    def from_config_dict(cls, config: dict[str, Any], resolution: int, device: str = "auto") -> DiffusionGenerator:
-        return cls(DDPMSection(**config["ddpm"]), resolution=resolution, seed=int(config.get("seed", 0)),
-                   device=device)
 
 
 def _average_replicas(model: nn.Module, b: int, k: int) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
 
 import numpy as np
 import torch
@@ -30,14 +29,12 @@ from fedsynth.config import GANSection
 from fedsynth.generators.base import (
     FitReport,
     Generator,
-    ProgressFn,
     check_sample_request,
-    exchangeable,
-    load_exchangeable,
     run_epochs,
-    seeded,
 )
 from fedsynth.privacy.dp import DPPlan, PrivateTraining
+from fedsynth.progress import ProgressFn
+from fedsynth.torch_utils import exchangeable, load_exchangeable, seeded
 
 
 def _levels(resolution: int) -> int:
@@ -157,7 +154,7 @@ def _g_loss(logits: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 class ConditionalGAN(Generator):
-    family = "gan"
+    config_class = GANSection
 
     def __init__(self, config: GANSection | None = None, resolution: int = 32, seed: int = 0, device: str = "auto"):
         super().__init__(resolution, seed, device)
@@ -275,9 +272,6 @@ class ConditionalGAN(Generator):
         return out
 
     # ---- persistence -----------------------------------------------------------------------
-    def config_dict(self) -> dict[str, Any]:
-        return {"gan": self.config.model_dump(), "seed": self.seed}
-
     def sampling_state(self) -> dict[str, torch.Tensor]:
         net = self.generator_ema if self.config.ema_decay > 0 else self.generator
         return dict(net.state_dict())
@@ -309,6 +303,3 @@ class ConditionalGAN(Generator):
         self.ema_steps = int(round(float(np.asarray(state["ema_steps"]).ravel()[0])))
         self.fitted = True
 
-    @classmethod
-    def from_config_dict(cls, config: dict[str, Any], resolution: int, device: str = "auto") -> ConditionalGAN:
-        return cls(GANSection(**config["gan"]), resolution=resolution, seed=int(config.get("seed", 0)), device=device)

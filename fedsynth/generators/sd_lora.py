@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -28,12 +27,12 @@ from fedsynth.errors import ConfigError
 from fedsynth.generators.base import (
     FitReport,
     Generator,
-    ProgressFn,
     check_sample_request,
     run_epochs,
-    seeded,
 )
 from fedsynth.privacy.dp import DPPlan, PrivateTraining
+from fedsynth.progress import ProgressFn
+from fedsynth.torch_utils import seeded
 
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 PROMPT_DROPOUT = 0.1
@@ -66,7 +65,7 @@ class _Denoiser(nn.Module):
 
 
 class StableDiffusionLoRA(Generator):
-    family = "sd-lora"
+    config_class = SDLoRASection
 
     def __init__(self, config: SDLoRASection, resolution: int = 64, seed: int = 0, device: str = "auto"):
         super().__init__(resolution, seed, device)
@@ -191,9 +190,6 @@ class StableDiffusionLoRA(Generator):
         return out
 
     # ---- persistence: the adapters only; the checkpoint stays where the site keeps it ----------
-    def config_dict(self) -> dict[str, Any]:
-        return {"sd_lora": self.config.model_dump(), "seed": self.seed}
-
     def sampling_state(self) -> dict[str, torch.Tensor]:
         from peft import get_peft_model_state_dict
 
@@ -211,7 +207,3 @@ class StableDiffusionLoRA(Generator):
     def load_training_state(self, state: dict[str, np.ndarray]) -> None:
         self.load_sampling_state({k: torch.as_tensor(v) for k, v in state.items()})
 
-    @classmethod
-    def from_config_dict(cls, config: dict[str, Any], resolution: int, device: str = "auto") -> StableDiffusionLoRA:
-        return cls(SDLoRASection(**config["sd_lora"]), resolution=resolution, seed=int(config.get("seed", 0)),
-                   device=device)

@@ -18,6 +18,7 @@ from fedsynth.privacy.ledger import (
     DP_TRAINING,
     RELEASE,
     TRAINING,
+    EntryCheck,
     Verification,
     read_ledger,
     verify_ledger,
@@ -40,23 +41,77 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+@dataclass
+class LedgerStatus:
+    """One ledger as the officer's tools and the run report see it, checked once here."""
+
+    site: str
+    ledger: Path
+    public_key: Path | None
+    verified: bool | None  # None: could not be checked (no public key)
+    n_entries: int = 0
+    problems: list[str] = field(default_factory=list)
+    spent_epsilon: float | None = None  # at the last release: recomputed by the accountant (reported, unverified)
+    budget: dict | None = None  # the last release's budget statement
+    non_private_trainings: int = 0
+    n_train: int | None = None  # training images, from the last training entry of ``run_id``
+    note: str = ""
+    entries: list[dict] = field(default_factory=list)
+    checks: dict[int, EntryCheck] = field(default_factory=dict)  # entry index -> its check
+
+
+def check_ledger(ledger_path: Path, public_key_path: Path | None, run_id: str | None = None,
+                 site: str | None = None) -> LedgerStatus:
+    """Read and verify a ledger (chain, hashes, signatures, every epsilon recomputed from its
+    mechanism); a damaged file is a finding in ``problems``, never an exception."""
+    status = LedgerStatus(site or ledger_path.stem, ledger_path, public_key_path, None)
+    try:
+        entries = read_ledger(ledger_path).entries
+        status.entries, status.n_entries = entries, len(entries)
+        if entries and site is None:
+            status.site = str(entries[0].get("site", ledger_path.stem))
+        status.non_private_trainings = sum(e.get("type") == TRAINING for e in entries)
+        ours = [e for e in entries if e.get("type") in (TRAINING, DP_TRAINING) and e.get("run_id") == run_id]
+        if ours:
+            n_train = (ours[-1].get("details") or {}).get("n_train")
+            status.n_train = n_train if isinstance(n_train, int) else None
+        releases = [e for e in entries if e.get("type") == RELEASE]
+        if releases:
+            status.budget = releases[-1].get("budget")
+        if public_key_path is None:
+            status.note = "no public key: the ledger cannot be verified"
+            spent = (releases[-1].get("spent") or {}).get("epsilon") if releases else None
+            status.spent_epsilon = float(spent) if isinstance(spent, (int, float)) else None
+            return status
+        result: Verification = verify_ledger(ledger_path, load_public_key(public_key_path))
+        status.verified = result.ok
+        status.problems = result.failures()
+        status.checks = {c.index: c for c in result.checks}
+        if releases:
+            last = releases[-1].get("index")
+            status.spent_epsilon = next((c.recomputed_epsilon for c in result.checks if c.index == last), None)
+    except Exception as err:  # noqa: BLE001 - a damaged file is a finding, not a crash
+        status.verified = False if public_key_path is not None else None
+        status.problems.append(f"could not be checked: {type(err).__name__}: {err}")
+    return status
+
+
 def site_sections(ledger_path: Path, public_key_path: Path) -> list[Section]:
-    verification: Verification = verify_ledger(ledger_path, load_public_key(public_key_path))
-    entries = read_ledger(ledger_path).entries
-    site = entries[0].get("site", ledger_path.stem) if entries else ledger_path.stem
-    status = "VERIFIED" if verification.ok else "FAILED VERIFICATION"
+    st = check_ledger(ledger_path, public_key_path)
+    entries, site = st.entries, st.site
+    status = "VERIFIED" if st.verified else "FAILED VERIFICATION"
     head = Section(f"Site {site}: ledger {status}")
     head.paragraphs.append(
         f"Ledger `{ledger_path}`, public key `{public_key_path}`: {len(entries)} entries; chain, hashes and "
         "signatures checked, and every epsilon recomputed from its mechanism by the accountant."
     )
-    for problem in verification.failures():
+    for problem in st.problems:
         head.paragraphs.append(f"PROBLEM: {problem}")
     releases = [e for e in entries if e.get("type") == RELEASE]
     if releases:
         last = releases[-1]
         budget, spent = last.get("budget") or {}, last.get("spent") or {}
-        recomputed = next((c.recomputed_epsilon for c in verification.checks if c.index == last.get("index")), None)
+        recomputed = st.spent_epsilon
         if budget:
             left = float(budget["epsilon"]) - float(recomputed if recomputed is not None else spent.get("epsilon", 0))
             head.paragraphs.append(
@@ -80,7 +135,7 @@ def site_sections(ledger_path: Path, public_key_path: Path) -> list[Section]:
         headers=["#", "time", "run", "DP", "epsilon (stored / recomputed)", "delta", "noise", "sample rate",
                  "steps", "clip", "accountant", "secure RNG", "data fingerprint"],
     )
-    checks = {c.index: c for c in verification.checks}
+    checks = st.checks
     for e in entries:
         if e.get("type") not in (DP_TRAINING, TRAINING, DP_STATISTIC):
             continue

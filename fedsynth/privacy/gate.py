@@ -26,8 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 import torch.nn as nn
-
-from fedsynth.classifier.metrics import auroc
+from sklearn.metrics import roc_auc_score
 
 ENCODER_NAME = "random-conv-features (seed 0, untrained)"
 
@@ -189,4 +188,4 @@ def membership_auc(members: np.ndarray, non_members: np.ndarray, released: np.nd
     rel = pixels(released)
     scores = -np.concatenate([nearest_distances(pixels(m), rel), nearest_distances(pixels(nm), rel)])
     labels = np.concatenate([np.ones(len(m)), np.zeros(len(nm))])
-    return auroc(labels, scores)
+    return float(roc_auc_score(labels, scores))

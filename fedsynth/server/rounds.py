@@ -2,18 +2,19 @@
 
 Each round, :class:`flwr.serverapp.strategy.FedAvg` (wrapped in Flower's
 ``DifferentialPrivacyServerSideFixedClipping`` with its RDP accountant when
-``federation.client_dp`` is set) configures the round for the sites still taking part;
-fedsynth sends the messages, checks every reply (error, silence past the timeout,
-malformed arrays, NaN, a ledger or signature that does not verify) before the strategy
-sees it, and drops a failing site from later rounds with its reason. A site whose budget
-would be exceeded refuses the round itself and so stops taking part. After every round
-the global weights and the loop's state are checkpointed in the run directory; a
-restarted server resumes after the last completed round.
+``federation.client_dp`` is set) configures the round for the sites still taking part.
+fedsynth's checks sit in front of it as one more wrapper, :class:`CheckedStrategy` (the
+pattern of Flower's own DP wrappers): every reply (error, silence past the timeout,
+malformed arrays, NaN, a ledger or signature that does not verify) is checked before the
+strategy sees it, and a failing site is dropped from later rounds with its reason. A
+site whose budget would be exceeded refuses the round itself and so stops taking part.
+Under SecAgg+ the same acceptance (:class:`UpdateIntake`) judges each site's clear part.
+After every round the global weights and the loop's state are checkpointed in the run
+directory; a restarted server resumes after the last completed round.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -22,14 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg, Strategy
 
 from fedsynth.config import RunConfig
 from fedsynth.errors import FederationError
-from fedsynth.privacy.keys import load_public_key
-from fedsynth.privacy.release import arrays_hash, check_signed, signed_privacy
+from fedsynth.privacy.release import signed_privacy
 from fedsynth.protocol import (
     ModelUpdate,
     RoundRequest,
@@ -40,43 +40,13 @@ from fedsynth.protocol import (
     error_origin,
     round_config,
 )
-from fedsynth.server.orchestrator import SiteFailure, keep_ledger
-from fedsynth.server.rundir import RunDir, write_json
+from fedsynth.rundir import RunDir
+from fedsynth.server.checks import check_signed_update, check_update, file_ledger
+from fedsynth.server.grid_views import ActiveGrid
+from fedsynth.server.record import SiteFailure
+from fedsynth.server.secure_aggregation import secure_round
 
 log = logging.getLogger("fedsynth.server")
-
-CHECKPOINT_DIR = "checkpoints"
-STATE_FILE = "state.json"
-
-
-class ActiveGrid(Grid):
-    """A view of a Grid without the nodes that dropped out (strategies sample from it)."""
-
-    def __init__(self, grid: Grid, excluded: set[int]):
-        self._grid = grid
-        self._excluded = excluded
-
-    def get_node_ids(self) -> Iterable[int]:
-        return [n for n in self._grid.get_node_ids() if n not in self._excluded]
-
-    def set_run(self, run):  # pragma: no cover - delegation
-        return self._grid.set_run(run)
-
-    @property
-    def run(self):  # pragma: no cover - delegation
-        return self._grid.run
-
-    def create_message(self, *args, **kwargs):  # pragma: no cover - delegation
-        return self._grid.create_message(*args, **kwargs)
-
-    def push_messages(self, messages):  # pragma: no cover - delegation
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids):  # pragma: no cover - delegation
-        return self._grid.pull_messages(message_ids)
-
-    def send_and_receive(self, messages, *, timeout=None):  # pragma: no cover - delegation
-        return self._grid.send_and_receive(messages, timeout=timeout)
 
 
 @dataclass
@@ -95,31 +65,118 @@ class RoundsState:
     accountant: dict | None = None
     resumed_from: int | None = None
 
+    def fail(self, site: str, reason: str, node: int | None, round_no: int) -> None:
+        """Drop ``site`` (and its node) from later rounds, with the reason."""
+        log.warning("round %d: %s dropped: %s", round_no, site, reason)
+        self.failures.append(asdict(SiteFailure(site, f"round {round_no}", reason)))
+        if node is not None:
+            self.excluded[str(node)] = site
+        if not site.startswith("node-") and site not in self.excluded_sites:
+            self.excluded_sites.append(site)
 
-class Checkpoints:
-    def __init__(self, run_dir: RunDir):
-        self.dir = run_dir.path / CHECKPOINT_DIR
-
-    def save(self, round_no: int, weights: dict[str, np.ndarray], state: RoundsState) -> None:
-        from safetensors.numpy import save_file
-
-        self.dir.mkdir(exist_ok=True)
-        save_file({k: np.ascontiguousarray(v) for k, v in weights.items()},
-                  str(self.dir / f"round-{round_no:03d}.safetensors"))
-        write_json(self.dir / STATE_FILE, asdict(state))  # last: the state names a complete checkpoint
-
-    def load(self) -> tuple[RoundsState, dict[str, np.ndarray]] | None:
-        from safetensors.numpy import load_file
-
-        path = self.dir / STATE_FILE
-        if not path.is_file():
-            return None
-        state = RoundsState(**json.loads(path.read_text()))
-        weights = load_file(str(self.dir / f"round-{state.completed:03d}.safetensors"))
-        return state, weights
+    def excluded_nodes(self) -> set[int]:
+        return {int(n) for n in self.excluded}
 
 
-def build_strategy(config: RunConfig, n_sites: int):
+class UpdateIntake:
+    """Accepting one site's update, the same way in plain and secure rounds: learn its node's
+    name, count its bytes, check its signed ledger (and, when the arrays are visible, their
+    shapes, values and signed hash), file its ledger, record its privacy figures."""
+
+    def __init__(self, config: RunConfig, run_dir: RunDir, registry: dict[str, Path], state: RoundsState):
+        self.config, self.run_dir, self.registry, self.state = config, run_dir, registry, state
+
+    def dropped_earlier(self, node: int, site: str, round_no: int) -> bool:
+        """A site dropped before a restart, now under a new node id: its update is not used."""
+        if site not in self.state.excluded_sites:
+            return False
+        self.state.excluded[str(node)] = site
+        log.warning("round %d: %s was dropped earlier; its update is not used", round_no, site)
+        return True
+
+    def accept(self, node: int, upd: ModelUpdate, round_no: int, n_bytes: int,
+               reference: dict[str, np.ndarray] | None) -> str | None:
+        """Why the update cannot be used (the site is dropped with that reason), or None.
+        ``reference``: the global weights the update must match, or None under secure
+        aggregation, where the arrays exist only in the average."""
+        state = self.state
+        state.bytes_sent[upd.site] = state.bytes_sent.get(upd.site, 0) + n_bytes
+        file_ledger(self.run_dir, upd.site, upd.meta.get("ledger"), self.registry)
+        if reference is not None:
+            problem = check_update(upd, reference, self.config, self.registry, self.run_dir.run_id, round_no)
+        else:
+            problem = check_signed_update(upd, None, self.config, self.registry, self.run_dir.run_id, round_no)
+        if problem:
+            state.fail(upd.site, f"update rejected: {problem}", node, round_no)
+            return problem
+        private, privacy = signed_privacy(upd.meta["ledger"])  # from the verified ledger
+        state.sites[upd.site] = {**{k: v for k, v in upd.meta.items() if k not in ("ledger", "privacy", "private")},
+                                 "private": private, "privacy": privacy}
+        return None
+
+
+class CheckedStrategy(Strategy):
+    """Flower's strategy with fedsynth's reply checks in front of it.
+
+    ``configure_train`` is the wrapped strategy's; ``aggregate_train`` decodes and checks
+    every reply through the :class:`UpdateIntake` and hands only the accepted ones on, so
+    neither FedAvg nor Flower's DP wrapper ever sees a malformed or unsigned update."""
+
+    def __init__(self, strategy: Strategy, intake: UpdateIntake):
+        self.strategy = strategy
+        self.intake = intake
+        self.reference: dict[str, np.ndarray] = {}
+        self.accepted_sites: list[str] = []
+
+    @property
+    def accountant(self):  # client-level DP: Flower's wrapper keeps the accountant
+        return getattr(self.strategy, "accountant", None)
+
+    @property
+    def num_sampled_clients(self) -> int | None:
+        return getattr(self.strategy, "num_sampled_clients", None)
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self.reference = arrays_dict(arrays)
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        state = self.intake.state
+        valid, self.accepted_sites = [], []
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            name = state.names.get(str(node), f"node-{node}")
+            if reply.has_error():
+                state.fail(*error_origin(reply, name), node, server_round)
+                continue
+            try:
+                upd = decode_update(reply.content)
+            except Exception as err:  # malformed: never averaged
+                state.fail(name, f"malformed reply: {type(err).__name__}: {err}", node, server_round)
+                continue
+            state.names[str(node)] = upd.site
+            if self.intake.dropped_earlier(node, upd.site, server_round):
+                continue
+            if self.intake.accept(node, upd, server_round, content_bytes(reply.content), self.reference) is None:
+                valid.append(reply)
+                self.accepted_sites.append(upd.site)
+        if not valid:
+            return None, None
+        return self.strategy.aggregate_train(server_round, valid)
+
+    def configure_evaluate(self, server_round, arrays, config, grid):  # evaluation is fedsynth's own
+        return []
+
+    def aggregate_evaluate(self, server_round, replies):
+        return None
+
+
+def build_strategy(config: RunConfig, n_sites: int) -> Strategy:
     cdp = config.federation.client_dp
     strategy = FedAvg(
         fraction_train=1.0,
@@ -147,34 +204,6 @@ def build_strategy(config: RunConfig, n_sites: int):
     )
 
 
-def check_update(upd: ModelUpdate, reference: dict[str, np.ndarray], config: RunConfig,
-                 registry: dict[str, Path], run_id: str | None = None, round_no: int | None = None) -> str | None:
-    """Why an update cannot be averaged, or None."""
-    if set(upd.weights) != set(reference):
-        return "the update's arrays do not match the global model's"
-    for k, ref in reference.items():
-        arr = upd.weights[k]
-        if arr.size != ref.size or (arr.ndim and ref.ndim and arr.shape != ref.shape):
-            return f"array {k} has shape {arr.shape}, expected {ref.shape}"
-        if not np.isfinite(arr.astype(np.float64, copy=False)).all():
-            return f"array {k} has non-finite values"
-    return check_signed_update(upd, arrays_hash(upd.weights), config, registry, run_id, round_no)
-
-
-def check_signed_update(upd: ModelUpdate, digest: str | None, config: RunConfig, registry: dict[str, Path],
-                        run_id: str | None = None, round_no: int | None = None) -> str | None:
-    """Why an update's signed ledger is unacceptable, or None. ``digest``: the hash of the
-    arrays that arrived, or None under secure aggregation, where they exist only in the
-    average (everything else is checked the same way)."""
-    if upd.n_examples <= 0:
-        return f"num-examples must be positive, got {upd.n_examples}"
-    key_path = registry.get(upd.site)
-    key = load_public_key(key_path) if key_path is not None else None
-    required = config.privacy.epsilon if config.privacy is not None else None
-    return check_signed(upd.site, digest, ("n_examples", upd.n_examples), upd.meta.get("ledger"), key, required,
-                        run_id, round_no)
-
-
 def run_rounds(
     config: RunConfig,
     grid: Grid,
@@ -186,31 +215,22 @@ def run_rounds(
 ) -> tuple[dict[str, np.ndarray], RoundsState]:
     """FedAvg rounds from ``initial`` (or the last checkpoint); returns the final weights."""
     fed = config.federation
-    checkpoints = Checkpoints(run_dir)
-    loaded = checkpoints.load()
-    strategy = build_strategy(config, fed.num_sites)
+    loaded = run_dir.load_checkpoint()
     if loaded is not None:
-        state, weights = loaded
+        saved, weights = loaded
+        state = RoundsState(**saved)
         state.resumed_from = state.completed
-        if state.accountant is not None and hasattr(strategy, "accountant"):
-            strategy.accountant.load_state_dict(state.accountant)
-        log.info("resuming after round %d from %s", state.completed, checkpoints.dir)
+        log.info("resuming after round %d from %s", state.completed, run_dir.checkpoint_dir)
     else:
         state, weights = RoundsState(), dict(initial)
-    excluded = {int(n) for n in state.excluded}
-
-    def fail(site: str, reason: str, node: int | None, round_no: int) -> None:
-        log.warning("round %d: %s dropped: %s", round_no, site, reason)
-        state.failures.append(asdict(SiteFailure(site, f"round {round_no}", reason)))
-        if node is not None:
-            excluded.add(node)
-            state.excluded[str(node)] = site
-        if not site.startswith("node-") and site not in state.excluded_sites:
-            state.excluded_sites.append(site)
+    intake = UpdateIntake(config, run_dir, registry, state)
+    strategy = CheckedStrategy(build_strategy(config, fed.num_sites), intake)
+    if loaded is not None and state.accountant is not None and strategy.accountant is not None:
+        strategy.accountant.load_state_dict(state.accountant)
 
     for round_no in range(state.completed + 1, fed.rounds + 1):
         started = time.perf_counter()
-        active = ActiveGrid(grid, excluded)
+        active = ActiveGrid(grid, state.excluded_nodes())
         n_active = len(list(active.get_node_ids()))
         if n_active < fed.min_sites:
             raise FederationError(
@@ -222,109 +242,59 @@ def run_rounds(
                         n_active, strategy.num_sampled_clients)
             state.history.append({"round": round_no, "skipped": "client-level DP cohort broken by a dropped site"})
             break
-        request = RoundRequest(run_dir.run_id, config, round_no, stage, weights, str(run_dir.path))
+        request = RoundRequest(run_dir.run_id, config, round_no, stage, weights)
         if fed.secure_aggregation is not None:
-            entry, new_weights = _secure_step(config, active, run_dir, registry, state, fail, request)
-            weights = new_weights if new_weights is not None else weights
-            entry["seconds"] = time.perf_counter() - started
-            _finish_round(entry, round_no, weights, state, checkpoints, fed.rounds, on_round)
-            continue
-        messages = list(strategy.configure_train(round_no, arrays_record(weights), round_config(request), active))
-        sent_to = {m.metadata.dst_node_id for m in messages}
-        replies = list(grid.send_and_receive(messages, timeout=fed.site_timeout_s))
-        valid: list[Message] = []
-        answered = set()
-        for reply in replies:
-            node = reply.metadata.src_node_id
-            answered.add(node)
-            name = state.names.get(str(node), f"node-{node}")
-            if reply.has_error():
-                fail(*error_origin(reply, name), node, round_no)
-                continue
-            try:
-                upd = decode_update(reply.content)
-            except Exception as err:  # malformed: never averaged
-                fail(name, f"malformed reply: {type(err).__name__}: {err}", node, round_no)
-                continue
-            state.names[str(node)] = upd.site
-            if upd.site in state.excluded_sites:  # dropped before a restart, now under a new node id
-                excluded.add(node)
-                state.excluded[str(node)] = upd.site
-                log.warning("round %d: %s was dropped earlier; its update is not used", round_no, upd.site)
-                continue
-            state.bytes_sent[upd.site] = state.bytes_sent.get(upd.site, 0) + content_bytes(reply.content)
-            if isinstance(upd.meta.get("ledger"), list) and upd.meta["ledger"]:
-                keep_ledger(upd.site, upd.meta["ledger"], run_dir, registry)
-            problem = check_update(upd, weights, config, registry, run_dir.run_id, round_no)
-            if problem:
-                fail(upd.site, f"update rejected: {problem}", node, round_no)
-                continue
-            valid.append(reply)
-            private, privacy = signed_privacy(upd.meta["ledger"])  # from the verified ledger
-            state.sites[upd.site] = {**{k: v for k, v in upd.meta.items() if k not in ("ledger", "privacy", "private")},
-                                     "private": private, "privacy": privacy}
-        for node in sent_to - answered:
-            fail(state.names.get(str(node), f"node-{node}"), f"no reply within {fed.site_timeout_s:g} s", node,
-                 round_no)
-        if not valid:
-            raise FederationError(f"round {round_no}: no usable update. " +
-                                  "; ".join(f"{f['site']}: {f['reason']}" for f in state.failures[-len(sent_to):]))
-        arrays, metrics = strategy.aggregate_train(round_no, valid)
-        entry: dict[str, Any] = {
-            "round": round_no,
-            "sites": sorted(decode_update(r.content).site for r in valid),
-            "seconds": time.perf_counter() - started,
-        }
-        if arrays is None:
-            entry["skipped"] = "the strategy did not aggregate (see the log)"
+            entry, new_weights = _secure_step(config, active, intake, request)
         else:
-            weights = arrays_dict(arrays)
-        if hasattr(strategy, "accountant") and strategy.accountant is not None:
+            entry, new_weights = _plain_step(strategy, grid, active, request, fed.site_timeout_s)
+        weights = new_weights if new_weights is not None else weights
+        entry["seconds"] = time.perf_counter() - started
+        if strategy.accountant is not None and fed.secure_aggregation is None:
             spent = strategy.accountant.get_privacy_spent()
             entry["client_dp"] = {"epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.num_releases}
             state.accountant = strategy.accountant.state_dict()
-        _finish_round(entry, round_no, weights, state, checkpoints, fed.rounds, on_round)
+        _finish_round(entry, round_no, weights, state, run_dir, fed.rounds, on_round)
     return weights, state
 
 
-def _finish_round(entry: dict[str, Any], round_no: int, weights: dict[str, np.ndarray], state: RoundsState,
-                  checkpoints: Checkpoints, rounds: int, on_round: Callable[[int, RoundsState], None] | None) -> None:
-    state.history.append(entry)
-    state.completed = round_no
-    checkpoints.save(round_no, weights, state)
-    log.info("round %d/%d done with %s (%.1f s)%s", round_no, rounds, ", ".join(entry["sites"]) or "no site",
-             entry["seconds"], f"; skipped: {entry['skipped']}" if "skipped" in entry else "")
-    if on_round is not None:
-        on_round(round_no, state)
+def _plain_step(strategy: CheckedStrategy, grid: Grid, active: Grid, request: RoundRequest,
+                timeout: float) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
+    """One round of FedAvg: the history entry and the new weights (None: keep the old ones)."""
+    state, round_no = strategy.intake.state, request.round
+    messages = list(strategy.configure_train(round_no, arrays_record(request.weights), round_config(request),
+                                             active))
+    sent_to = {m.metadata.dst_node_id for m in messages}
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    answered = {r.metadata.src_node_id for r in replies}
+    failures_before = len(state.failures)
+    arrays, _ = strategy.aggregate_train(round_no, replies)
+    for node in sent_to - answered:
+        state.fail(state.names.get(str(node), f"node-{node}"), f"no reply within {timeout:g} s", node, round_no)
+    if not strategy.accepted_sites:
+        raise FederationError(f"round {round_no}: no usable update. " +
+                              "; ".join(f"{f['site']}: {f['reason']}" for f in state.failures[failures_before:]))
+    entry: dict[str, Any] = {"round": round_no, "sites": sorted(strategy.accepted_sites)}
+    if arrays is None:
+        entry["skipped"] = "the strategy did not aggregate (see the log)"
+        return entry, None
+    return entry, arrays_dict(arrays)
 
 
-def _secure_step(config: RunConfig, active: Grid, run_dir: RunDir, registry: dict[str, Path], state: RoundsState,
-                 fail: Callable[[str, str, int | None, int], None],
+def _secure_step(config: RunConfig, active: Grid, intake: UpdateIntake,
                  request: RoundRequest) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
     """One round under SecAgg+: the history entry and the new weights (None: keep the old ones)."""
-    from fedsynth.server.secure_aggregation import secure_round
-
-    round_no = request.round
+    state, round_no = intake.state, request.round
     outcome = secure_round(config, active, request, state.names)
     for node, site, reason in outcome.failures:
-        fail(site, reason, node, round_no)
+        state.fail(site, reason, node, round_no)
     rejected = []
     for node, upd in outcome.contributions.items():
         state.names[str(node)] = upd.site
-        state.bytes_sent[upd.site] = state.bytes_sent.get(upd.site, 0) + outcome.bytes_sent.get(node, 0)
-        if isinstance(upd.meta.get("ledger"), list) and upd.meta["ledger"]:
-            keep_ledger(upd.site, upd.meta["ledger"], run_dir, registry)
         if upd.site in state.excluded_sites:
-            problem = "the site was dropped earlier"
-        else:
-            problem = check_signed_update(upd, None, config, registry, run_dir.run_id, round_no)
-        if problem:
             rejected.append(upd.site)
-            fail(upd.site, f"update rejected: {problem}", node, round_no)
-            continue
-        private, privacy = signed_privacy(upd.meta["ledger"])
-        state.sites[upd.site] = {**{k: v for k, v in upd.meta.items() if k not in ("ledger", "privacy", "private")},
-                                 "private": private, "privacy": privacy}
+            state.fail(upd.site, "update rejected: the site was dropped earlier", node, round_no)
+        elif intake.accept(node, upd, round_no, outcome.bytes_sent.get(node, 0), reference=None) is not None:
+            rejected.append(upd.site)
     entry: dict[str, Any] = {"round": round_no, "secure_aggregation": "SecAgg+",
                              "sites": sorted(u.site for u in outcome.contributions.values())}
     if not outcome.contributions and outcome.problem:
@@ -340,3 +310,13 @@ def _secure_step(config: RunConfig, active: Grid, run_dir: RunDir, registry: dic
         return entry, None
     return entry, outcome.weights
 
+
+def _finish_round(entry: dict[str, Any], round_no: int, weights: dict[str, np.ndarray], state: RoundsState,
+                  run_dir: RunDir, rounds: int, on_round: Callable[[int, RoundsState], None] | None) -> None:
+    state.history.append(entry)
+    state.completed = round_no
+    run_dir.save_checkpoint(round_no, weights, asdict(state))
+    log.info("round %d/%d done with %s (%.1f s)%s", round_no, rounds, ", ".join(entry["sites"]) or "no site",
+             entry["seconds"], f"; skipped: {entry['skipped']}" if "skipped" in entry else "")
+    if on_round is not None:
+        on_round(round_no, state)

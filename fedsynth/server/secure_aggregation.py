@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.common import FitIns, parameters_to_ndarrays
 from flwr.compat.common.recorddict_compat import parameters_to_arrayrecord
 from flwr.server.client_manager import SimpleClientManager
@@ -35,13 +35,12 @@ from fedsynth.config import RunConfig
 from fedsynth.protocol import (
     ModelUpdate,
     RoundRequest,
-    content_bytes,
     decode_secure_update,
     encode_secure_round,
     error_origin,
     masked_keys,
 )
-from fedsynth.server.rounds import ActiveGrid
+from fedsynth.server.grid_views import RecordingGrid
 
 log = logging.getLogger("fedsynth.server")
 
@@ -53,25 +52,6 @@ class SecureRoundOutcome:
     failures: list[tuple[int, str, str]] = field(default_factory=list)  # (node, site, reason)
     bytes_sent: dict[int, int] = field(default_factory=dict)  # node -> bytes over all protocol stages
     problem: str | None = None  # why there is no average, when there is none
-
-
-class _RecordingGrid(ActiveGrid):
-    """The round's view of the Grid: remembers each node's error replies and bytes sent."""
-
-    def __init__(self, grid: Grid):
-        super().__init__(grid, excluded=set())
-        self.errors: dict[int, Message] = {}
-        self.bytes_sent: dict[int, int] = {}
-
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = list(super().send_and_receive(messages, timeout=timeout))
-        for r in replies:
-            node = r.metadata.src_node_id
-            if r.has_error():
-                self.errors.setdefault(node, r)
-            else:
-                self.bytes_sent[node] = self.bytes_sent.get(node, 0) + content_bytes(r.content)
-        return replies
 
 
 class _Collect(Strategy):
@@ -89,7 +69,7 @@ class _Collect(Strategy):
         return [(proxy, self.fitins) for proxy in client_manager.all().values()]
 
     def aggregate_fit(self, server_round, results, failures):
-        self.results = list(results)  # failures: recorded by _RecordingGrid, with the sites' reasons
+        self.results = list(results)  # failures: recorded by RecordingGrid, with the sites' reasons
         return (results[0][1].parameters if results else None), {}
 
     def configure_evaluate(self, server_round, parameters, client_manager):
@@ -109,7 +89,7 @@ def secure_round(config: RunConfig, grid: Grid, request: RoundRequest, names: di
     weights = request.weights
     fitins = encode_secure_round(request)
     strategy = _Collect(fitins)
-    recording = _RecordingGrid(grid)
+    recording = RecordingGrid(grid)
     nodes = list(grid.get_node_ids())
     clients = SimpleClientManager()
     for node in nodes:

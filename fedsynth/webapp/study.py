@@ -99,7 +99,7 @@ def build_study_set(
     """Draw up to study_size // 2 of each kind (seeded), shuffle them together.
 
     ``real_images`` are preprocessed floats (N, S, S) in [0, 1]; ``releases`` are what
-    :func:`fedsynth.server.orchestrator.load_releases` returns (uint8 images, labels by site).
+    :meth:`fedsynth.rundir.RunDir.load_releases` returns (uint8 images, labels by site).
     """
     if study_size < 2:
         raise DataError(f"the reader study needs study_size >= 2, not {study_size}")

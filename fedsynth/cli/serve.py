@@ -1,0 +1,42 @@
+"""``fedsynth serve``: the web app on a finished run (docs/webapp.md); the app lives in fedsynth.webapp."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fedsynth.cli.common import friendly
+from fedsynth.progress import console
+
+
+@friendly
+def serve(
+    run_dir: Path = typer.Argument(..., help="A finished run directory (classifier.safetensors, metrics.json)."),
+    real_data: Optional[Path] = typer.Option(None, "--real-data", help="The site's real images (npz or folder, as "
+                                             "for `data ingest`): turns the reader study on. Use at a site only."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default: this machine only)."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    db: Optional[Path] = typer.Option(None, "--db", help="Reader-study answers (SQLite). "
+                                      "Default: RUN_DIR/reader_study.sqlite."),
+    max_upload_mb: float = typer.Option(20, "--max-upload-mb", help="Largest upload accepted for scoring."),
+    study_size: int = typer.Option(40, "--study-size", help="Reader-study images: half real, half synthetic."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the reader study's draw and order."),
+) -> None:
+    """Web app: score an X-ray (probability, threshold, Grad-CAM); with --real-data, a reader study."""
+    import uvicorn
+
+    from fedsynth.webapp import create_app
+
+    web = create_app(run_dir, real_data=real_data, db_path=db, max_upload_mb=max_upload_mb, study_size=study_size,
+                     seed=seed)
+    study = web.state.study
+    console.print(f"scoring: http://{host}:{port}/", highlight=False, soft_wrap=True)
+    console.print(f"reader study: http://{host}:{port}/study ({len(study)} images)" if study is not None
+                  else "reader study: off (give --real-data at a site)", highlight=False, soft_wrap=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]warning:[/] listening on {host}: anyone who can reach this machine can use the app"
+                      + (" and see the site's real study images" if study is not None else ""), highlight=False)
+    # no access log: it would keep readers' names and client addresses beside the answers
+    uvicorn.run(web, host=host, port=port, log_level="info", ws="none", access_log=False)

@@ -1,0 +1,224 @@
+"""The end every mode shares: train the classifier on the pool, have every site evaluate it
+on its real test split, pool the figures and write the run's outputs.
+
+Pooled figures come from the class-wise score histograms each site returns (never a
+per-image score); ``metrics.json`` is a :class:`~fedsynth.metrics_schema.RunMetrics`,
+written through :mod:`fedsynth.rundir`, and ``report.html`` is built from the files.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from fedsynth import __version__
+from fedsynth.classifier.metrics import BinaryMetrics, pooled_metrics, uniform_edges
+from fedsynth.classifier.train import Classifier, train_classifier
+from fedsynth.config import RunConfig
+from fedsynth.evaluation.report import write_report
+from fedsynth.metrics_schema import SCHEMA_VERSION, RunMetrics
+from fedsynth.progress import ProgressFactory
+from fedsynth.protocol import EvalResult, EvaluateRequest
+from fedsynth.rundir import CLASSIFIER_FILE, RunDir
+from fedsynth.server.checks import check_eval_result, require_sites
+from fedsynth.server.record import RunRecord
+from fedsynth.server.transport import Transport
+
+log = logging.getLogger("fedsynth.server")
+
+PHANTOM_WARNING = (
+    "PHANTOM DATA: these results come from procedurally generated phantoms, not X-rays; "
+    "they show the pipeline works, not that the classifier does."
+)
+NOT_PRIVATE_WARNING = "NOT PRIVATE: no site trained with differential privacy in this run."
+PARTLY_PRIVATE_WARNING = "NOT PRIVATE at every site: these releases were trained without DP: {sites}."
+BASELINES = ("trtr", "real_plus_synthetic")  # the sites' own classifiers, beside the server's ("main")
+
+
+def train_on_pool(config: RunConfig, images: np.ndarray, labels: np.ndarray, kind: str, phantom: bool,
+                  sites: list[str], run_dir: RunDir, record: RunRecord, progress: ProgressFactory) -> Classifier:
+    """Train and save the classifier on pooled images (synthetic, or real in centralized-real)."""
+    log.info("training the classifier on %d pooled %s images", len(labels), kind)
+    with record.timed("classifier"), progress(f"classifier on pooled {kind} images",
+                                              config.classifier.epochs) as on_epoch:
+        clf = train_classifier(
+            images,
+            labels,
+            config.classifier,
+            arch=config.classifier_arch(),
+            resolution=config.data.resolution,
+            seed=config.run.seed,
+            device=config.run.device,
+            progress=on_epoch,
+            trained_on=f"{kind} (phantom)" if phantom else kind,
+            histogram_bins=config.evaluation.histogram_bins,
+        )
+        clf.meta["sites"] = sites
+        clf.meta["phantom"] = phantom
+        clf.save(run_dir.file(CLASSIFIER_FILE))
+    return clf
+
+
+def evaluate_and_report(
+    config: RunConfig,
+    transport: Transport,
+    run_dir: RunDir,
+    clf: Classifier,
+    record: RunRecord,
+    synthetic: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> RunMetrics:
+    """Every site evaluates ``clf`` on its real test split (and, given the pooled
+    ``synthetic`` images by origin, measures fidelity and its own utility baselines);
+    pool, write metrics.json, the score histograms behind the curves and the report."""
+    t2 = time.perf_counter()
+    request = EvaluateRequest(run_dir.run_id, config, clf.header(), clf.state_dict())
+    if synthetic and (config.evaluation.fidelity or config.evaluation.site_baselines):
+        request.origin_names = sorted(synthetic)
+        request.synthetic_images, request.synthetic_labels, request.synthetic_origin = _synthetic_sample(
+            synthetic, request.origin_names, config.evaluation.fidelity_samples, config.run.seed)
+    results = []
+    seen: set[str] = set()
+    bins = config.evaluation.histogram_bins
+    for r in sorted(transport.evaluate(request, record), key=lambda r: r.site):
+        problem = check_eval_result(r, len(clf.score_edges(bins)) - 1, bins)
+        if problem is None and r.site in seen:
+            problem = "a second evaluation from the same site"
+        if problem:
+            log.warning("evaluation from %s rejected: %s", r.site, problem)
+            record.fail(r.site, "evaluation-check", problem)
+        else:
+            results.append(r)
+            seen.add(r.site)
+    require_sites(len(results), config, "an evaluation", record.failures)
+    record.timings["evaluate_s"] = time.perf_counter() - t2
+    pooled = _pool(results, lambda r: (r.histogram, r.metrics), clf.threshold, config)
+    record.mark("total")
+    metrics = _metrics_document(config, run_dir, record, results, pooled, clf)
+    run_dir.write_histograms(_histograms(results, clf, bins))
+    run_dir.write_metrics(metrics)
+    write_report(run_dir.path)  # report.html; a part it cannot build is logged and noted on the page
+    return metrics
+
+
+def _histograms(results: list[EvalResult], clf: Classifier, bins: int) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        name: {r.site: {"positive": h.positive.tolist(), "negative": h.negative.tolist()}
+               for r in results for h in [r.histogram if name == "main" else r.extra_histograms.get(name)] if h}
+        for name in ("main", *BASELINES)
+    }
+    out["edges"] = {"main": clf.score_edges(bins).tolist(),
+                    **{name: uniform_edges(bins).tolist() for name in BASELINES}}
+    return out
+
+
+def _synthetic_sample(synthetic: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str], n: int,
+                      seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Up to ``n`` pooled synthetic images, drawn evenly from every origin."""
+    rng = np.random.default_rng(seed)
+    per = max(1, n // len(names))
+    imgs, labels, origin = [], [], []
+    for i, name in enumerate(names):
+        x, y = synthetic[name]
+        pick = rng.permutation(len(y))[:per]
+        imgs.append(x[pick])
+        labels.append(y[pick])
+        origin.append(np.full(len(pick), i, dtype=np.uint8))
+    return np.concatenate(imgs), np.concatenate(labels).astype(np.uint8), np.concatenate(origin)
+
+
+def _pool(results: list[EvalResult], pick, threshold: float, config: RunConfig) -> BinaryMetrics | None:
+    pairs = [pick(r) for r in results]
+    pairs = [(h, m) for h, m in pairs if h is not None and m is not None]
+    if not pairs:
+        return None
+    ev = config.evaluation
+    return pooled_metrics([h for h, _ in pairs], [(m["tp"], m["fp"], m["tn"], m["fn"]) for _, m in pairs], threshold,
+                          n_boot=ev.bootstrap, level=ev.ci_level, seed=config.run.seed)
+
+
+def _utility(results: list[EvalResult], pooled: BinaryMetrics | None, config: RunConfig) -> dict:
+    """Train-synthetic-test-real against the sites' own train-real-test-real and
+    real-plus-synthetic classifiers, per site and pooled (the pooled baselines combine
+    each site's own model on its own test split)."""
+    out: dict[str, Any] = {"tstr": {"pooled": pooled.to_dict() if pooled else None,
+                                    "sites": {r.site: r.metrics for r in results}}}
+    for name in BASELINES:
+        sites = {r.site: r.extra["utility"][name] for r in results if name in r.extra.get("utility", {})}
+        if not sites:
+            continue
+        p = _pool([r for r in results if r.site in sites],
+                  lambda r, n=name: (r.extra_histograms.get(n), r.extra["utility"][n]),
+                  float("nan"), config)
+        out[name] = {"pooled": p.to_dict() if p else None, "sites": sites}
+    return out
+
+
+def _fidelity(results: list[EvalResult]) -> dict:
+    """Per site; pooled = the pooled sample's figures averaged over sites, weighted by their real images."""
+    sites = {r.site: r.extra["fidelity"] for r in results if "fidelity" in r.extra}
+    if not sites:
+        return {}
+    rows = [f["pooled"] for f in sites.values()]
+    weights = np.array([f["n_real"] for f in rows], dtype=float)
+    pooled = {k: float(np.average([f[k] for f in rows], weights=weights))
+              for k in ("frechet_distance", "precision", "recall", "density", "coverage")}
+    pooled["encoder"] = "each site's own (" + rows[0]["encoder"].split(" (")[0] + ")"
+    return {"pooled": pooled, "sites": sites}
+
+
+def _warnings(record: RunRecord) -> list[str]:
+    contributions = record.contributions
+    out = list(record.warnings)
+    if any(c.phantom for c in contributions):
+        out.append(PHANTOM_WARNING)
+    not_private = [c.site for c in contributions if not c.private]
+    if len(not_private) == len(contributions):
+        out.append(NOT_PRIVATE_WARNING)
+    elif not_private:
+        out.append(PARTLY_PRIVATE_WARNING.format(sites=", ".join(not_private)))
+    if record.failures:
+        out.append("sites dropped or failed: " + ", ".join(sorted({f.site for f in record.failures})))
+    return out
+
+
+def _metrics_document(config: RunConfig, run_dir: RunDir, record: RunRecord, results: list[EvalResult],
+                      pooled: BinaryMetrics | None, clf: Classifier) -> RunMetrics:
+    contributions = record.contributions
+    sites: dict[str, dict] = {}
+    for c in contributions:
+        sites[c.site] = {"status": "ok", c.key: c.info}
+    for res in results:
+        sites.setdefault(res.site, {"status": "ok"})["evaluation"] = res.metrics
+    for f in record.failures:
+        entry = sites.setdefault(f.site, {})
+        entry["status"] = "failed"
+        entry.setdefault("failures", []).append(f.to_dict())
+    for name, n in record.bytes_sent.items():
+        sites.setdefault(name, {"status": "failed"})["bytes_sent"] = int(n)
+    phantom = any(c.phantom for c in contributions)
+    not_private = [c.site for c in contributions if not c.private]
+    return RunMetrics.model_validate({
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_dir.run_id,
+        "mode": config.run.mode,
+        "fedsynth_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "data": {"source": config.data.source, "resolution": config.data.resolution, "phantom": phantom},
+        "private": bool(contributions) and not not_private,
+        "privacy": {
+            "requested": config.privacy.model_dump() if config.privacy else None,
+            "sites": {c.site: c.privacy for c in contributions},
+        },
+        "warnings": _warnings(record),
+        "sites": dict(sorted(sites.items())),
+        "pooled": pooled.to_dict() if pooled else None,
+        "classifier": {k: v for k, v in clf.header().items() if k != "history"},
+        "failures": [f.to_dict() for f in record.failures],
+        "timings": record.timings,
+        "utility": _utility(results, pooled, config),
+        "fidelity": _fidelity(results),
+        **record.extra,
+    })

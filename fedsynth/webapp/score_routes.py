@@ -1,0 +1,83 @@
+"""Scoring routes: the upload form and its JSON twin, and the app's health."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+import fedsynth.webapp.pages as pages
+from fedsynth import __version__
+from fedsynth.webapp.context import AppContext
+from fedsynth.webapp.scoring import (
+    ACCEPT,
+    Score,
+    UploadError,
+    b64,
+    heat_rgb,
+    overlay_rgb,
+    png_bytes,
+    receive_upload,
+    upscale,
+)
+
+
+def score_router(ctx: AppContext) -> APIRouter:
+    router = APIRouter()
+
+    def score_json(score: Score, filename: str | None) -> dict[str, Any]:
+        return {
+            "probability": score.probability,
+            "threshold": score.threshold,
+            "prediction": score.prediction,
+            "resolution": score.resolution,
+            "heatmap_png_base64": b64(png_bytes(heat_rgb(score.heatmap))),
+            "overlay_png_base64": b64(png_bytes(overlay_rgb(score.image, score.heatmap))),
+            "image_png_base64": b64(png_bytes(upscale(score.image))),
+            "filename": filename,
+            "run_id": ctx.run_id,
+        }
+
+    async def score_upload(request: Request) -> tuple[dict[str, Any], str | None]:
+        sink = None
+        try:
+            sink = await receive_upload(request, ctx.max_bytes)
+            path, filename = sink.path, sink.filename
+            result = await run_in_threadpool(lambda: score_json(ctx.scorer.score_file(path), filename))
+            return result, filename
+        finally:
+            if sink is not None:
+                sink.remove()
+
+    def score_page(status: int = 200, **kw: Any) -> HTMLResponse:
+        return ctx.page("Score an X-ray", pages.score_page(info=ctx.info, accept=ACCEPT, max_bytes=ctx.max_bytes,
+                                                           **kw), status)
+
+    @router.get("/", response_class=HTMLResponse)
+    def index() -> HTMLResponse:
+        return score_page()
+
+    @router.post("/score", response_class=HTMLResponse)
+    async def score_form(request: Request) -> HTMLResponse:
+        try:
+            result, filename = await score_upload(request)
+        except UploadError as err:
+            return score_page(err.status, error=str(err))
+        return score_page(result=result, filename=filename)
+
+    @router.post("/api/score")
+    async def api_score(request: Request) -> JSONResponse:
+        try:
+            result, _ = await score_upload(request)
+        except UploadError as err:
+            return ctx.problem(str(err), err.status)
+        return ctx.answer(result)
+
+    @router.get("/api/health")
+    def health() -> JSONResponse:
+        return ctx.answer({"status": "ok", **ctx.info, "version": __version__, "reader_study": ctx.study is not None,
+                           "max_upload_mb": ctx.max_bytes / 2**20})
+
+    return router
