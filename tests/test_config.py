@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,50 @@ def test_resolved_yaml_reloads(tmp_path):
     assert load_config(p) == cfg
     assert cfg.classifier_arch() == "resnet18"
     assert load_config().classifier_arch() == "small-cnn"
+
+
+# ---- metrics.json: one schema for its writer and every reader --------------------------------
+
+def _document(**over):
+    doc = {"schema_version": 1, "run_id": "r", "mode": "substitution", "private": False,
+           "data": {"source": "phantom", "resolution": 16, "phantom": True}}
+    return {**doc, **over}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:pydantic.*")  # dumping the deliberately wrong field
+def test_metrics_are_validated_on_write_and_read(tmp_path):
+    from fedsynth.metrics_schema import RunMetrics
+    from fedsynth.rundir import RunDir, RunDirError
+
+    run = RunDir(tmp_path, "r")
+    run.write_metrics(RunMetrics.model_validate(_document()))
+    assert run.read_metrics().run_id == "r"
+    bad = RunMetrics.model_construct(**{**RunMetrics.model_validate(_document()).__dict__, "private": "maybe"})
+    with pytest.raises(RunDirError, match="private"):
+        run.write_metrics(bad)
+    (tmp_path / "metrics.json").write_text(json.dumps(_document(pooled={"n": -1})))
+    with pytest.raises(RunDirError, match="pooled"):
+        run.read_metrics()
+    (tmp_path / "metrics.json").write_text(json.dumps(_document(schema_version=99)))
+    with pytest.raises(RunDirError, match="newer"):
+        run.read_metrics()
+
+
+def test_a_document_from_before_the_schema_reads_as_version_0(tmp_path):
+    from fedsynth.rundir import RunDir
+
+    doc = _document()
+    del doc["schema_version"]
+    (tmp_path / "metrics.json").write_text(json.dumps(doc))
+    assert RunDir(tmp_path, "r").read_metrics().schema_version == 0
+
+
+def test_a_damaged_optional_section_is_left_out_with_a_note(tmp_path):
+    from fedsynth.rundir import RunDir, RunDirError
+
+    (tmp_path / "metrics.json").write_text(json.dumps(_document(fidelity={"pooled": "garbage"})))
+    run = RunDir(tmp_path, "r")
+    with pytest.raises(RunDirError):
+        run.read_metrics()
+    metrics, notes = run.read_metrics_salvaged()
+    assert metrics.fidelity.pooled is None and len(notes) == 1 and "fidelity" in notes[0]
