@@ -207,7 +207,31 @@ class SDLoRASection(_Section):
     sample_batch_size: int = Field(16, ge=1)
 
 
-GENERATOR_SECTIONS: tuple[type[_Section], ...] = (GANSection, DDPMSection, SDLoRASection)
+class MeanEmbeddingSection(_Section):
+    """DP mean-embedding matching (DP-MERF, Harder et al. 2021): the site's only contact with its
+    images is one Gaussian mechanism, the class-wise sums of bounded random Fourier features
+    (sensitivity 1, so the noise is small and known); a generator is then trained, as
+    post-processing, to match the noisy class means. In ``run.mode: federated`` the sites send
+    only that statistic, once, and the server fits one generator to the pooled sums."""
+
+    family: Literal["dp-merf"] = "dp-merf"
+    n_frequencies: int = Field(2000, ge=8, le=20000, description="Random frequencies; the features are their "
+                               "cosines and sines (2x this many), scaled to unit norm.")
+    bandwidth_scale: float = Field(1.0, gt=0, le=100, description="Kernel bandwidth as a multiple of the median "
+                                   "pairwise distance of public phantoms at the run's resolution.")
+    count_weight: float = Field(0.2, gt=0, lt=1, description="Weight of the constant feature whose noisy sum "
+                                "estimates each class's size (the features are scaled so the total norm stays 1).")
+    feature_seed: int = Field(0, ge=0, description="Seed of the random frequencies (public: part of the "
+                              "mechanism's description, recorded in the ledger).")
+    latent_dim: int = Field(64, ge=2, description="Size of the generator's noise vector.")
+    base_channels: int = Field(32, ge=4, description="Width of the generator's narrowest convolution.")
+    steps: int = Field(1500, ge=1, description="Generator optimisation steps (post-processing: no privacy cost).")
+    batch_size: int = Field(128, ge=2, description="Generated images per class per step.")
+    lr: float = Field(5e-4, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)
+
+
+GENERATOR_SECTIONS: tuple[type[_Section], ...] = (GANSection, DDPMSection, SDLoRASection, MeanEmbeddingSection)
 """One config section per generator family; each names its family in its ``family`` literal,
 the one place a family's name is written (the generator classes read it from here)."""
 
@@ -379,6 +403,10 @@ class RunConfig(_Section):
             raise ValueError("privacy: centralized-real pools the real images themselves; it has no DP variant")
         if self.alignment.enabled and self.run.mode != "substitution":
             raise ValueError("alignment.enabled: post-hoc alignment applies to run.mode=substitution")
+        if (self.run.mode == "federated" and isinstance(self.generator, MeanEmbeddingSection)
+                and self.federation.rounds != 1):
+            raise ValueError("federation.rounds: a dp-merf generator's sites send their statistic once, so the "
+                             "federated mode runs exactly 1 round (set federation.rounds: 1)")
         if self.sites.generators and self.run.mode == "federated":
             raise ValueError("sites.generators: federated averaging needs one generator architecture at every site")
         if self.federation.secure_aggregation is not None:
@@ -414,7 +442,7 @@ class RunConfig(_Section):
     def from_json(cls, text: str) -> RunConfig:
         return _validate(cls, json.loads(text), "<message>")
 
-    def generator_for(self, site: str) -> GANSection | DDPMSection | SDLoRASection:
+    def generator_for(self, site: str) -> GANSection | DDPMSection | SDLoRASection | MeanEmbeddingSection:
         """The generator a (simulated) site trains: its own choice, else the run's."""
         return self.sites.generators.get(site, self.generator)
 

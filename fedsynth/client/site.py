@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from fedsynth.errors import DataError, FedsynthError, public_reason
 from fedsynth.evaluation.alignment import add_gaussian_noise, class_intensity_histograms, intensity_histogram
 from fedsynth.evaluation.grids import image_grid
 from fedsynth.evaluation.site_evaluation import site_extras
-from fedsynth.generators import build_generator
+from fedsynth.generators import FAMILIES, build_generator
 from fedsynth.privacy.accounting import Mechanism, default_delta, epsilon
 from fedsynth.privacy.dp import BudgetCheck, DPPlan, check_budget, plan_training, statistic_mechanism
 from fedsynth.privacy.gate import membership_auc, release_gate
@@ -109,14 +110,15 @@ class Site:
         if config.alignment.enabled and config.privacy is not None:
             delta = config.privacy.delta or default_delta(len(train))
             statistic = statistic_mechanism(config.alignment.epsilon, delta, config.privacy.accountant)
-        plan = self._plan(config, gen_cfg.batch_size, gen_cfg.epochs, (statistic,) if statistic else ())
+        family = FAMILIES[gen_cfg.family]
+        plan = self._plan(config, lambda privacy, n: family.plan_privacy(privacy, n, gen_cfg),
+                          (statistic,) if statistic else ())
 
         gen = build_generator(gen_cfg, config.data.resolution, seed=seed, device=self.device)
         started = time.perf_counter()
-        every = max(1, gen_cfg.epochs // 5)
 
         def progress(epoch: int, total: int, row: dict[str, float]) -> None:
-            if epoch % every == 0 or epoch == total:
+            if epoch % max(1, total // 5) == 0 or epoch == total:
                 shown = " ".join(f"{k}={v:.3f}" for k, v in row.items() if k != "epoch")
                 log.info("%s: generator epoch %d/%d %s", self.name, epoch, total, shown)
 
@@ -224,14 +226,15 @@ class Site:
                                 f"policy.max_score_bins is {self.policy.max_score_bins}")
         return ScoreHistogram.from_scores(labels, probs, edges).coarsened(self.policy.min_bin_count)
 
-    def _plan(self, config: RunConfig, batch_size: int, epochs: int,
-              extra: tuple[Mechanism, ...] = (), calibrate_epochs: int | None = None) -> DPPlan | None:
-        """The DP plan for a training of ``epochs`` (None without DP), after the budget check
-        (which also counts ``extra`` mechanisms the same request will run)."""
+    def _plan(self, config: RunConfig, make_plan: Callable[[Any, int], DPPlan],
+              extra: tuple[Mechanism, ...] = ()) -> DPPlan | None:
+        """The DP plan ``make_plan(privacy, n)`` fixes for this site's n training images (None
+        without DP), after the budget check (which also counts ``extra`` mechanisms the same
+        request will run)."""
         entries = self.state.ledger().entries()  # a damaged ledger stops the site here
         if config.privacy is None:
             return None
-        plan = plan_training(config.privacy, len(self.data.train), batch_size, epochs, calibrate_epochs)
+        plan = make_plan(config.privacy, len(self.data.train))
         check: BudgetCheck = check_budget(self.name, entries, plan, self.state.budget, extra)
         log.info("%s: DP plan noise=%.3f q=%.4f steps=%d; budget spent %.3g -> %.3g of %g", self.name,
                  plan.noise_multiplier, plan.sample_rate, plan.steps, check.spent_before, check.spent_after,
@@ -298,17 +301,25 @@ class Site:
         ledger, key = self.state.ledger(), self.state.signing_key()
         epochs = config.federation.local_epochs
         seed = site_seed(config.run.seed, self.name) + 7919 * request.round
+        rounds = config.federation.rounds
         if request.stage == GENERATOR_ROUND:
-            gen_cfg = config.generator.model_copy(update={"epochs": epochs})
-            plan = self._plan(config, gen_cfg.batch_size, epochs, calibrate_epochs=epochs * config.federation.rounds)
+            family = FAMILIES[config.generator.family]
+            gen_cfg = config.generator if family.statistics_only else config.generator.model_copy(
+                update={"epochs": epochs})
+            plan = self._plan(config, lambda privacy, n: family.plan_privacy(privacy, n, gen_cfg, epochs,
+                                                                             epochs * rounds))
             model = build_generator(gen_cfg, config.data.resolution, seed=seed, device=self.device)
             model.load_training_state(request.weights)
-            report = model.fit(train.images, train.labels, privacy=plan)
+            if family.statistics_only:  # the site sends its (noisy) statistic; the server fits the generator
+                privacy = model.release_statistic(train.images, train.labels, plan)
+                steps, name = 1, f"statistic ({model.family})"
+            else:
+                report = model.fit(train.images, train.labels, privacy=plan)
+                privacy, steps, name = report.privacy, report.steps, f"generator ({model.family})"
             weights = model.training_state()
-            privacy, steps, name = report.privacy, report.steps, f"generator ({model.family})"
         elif request.stage == CLASSIFIER_ROUND:
-            plan = self._plan(config, config.classifier.batch_size, epochs,
-                              calibrate_epochs=epochs * config.federation.rounds)
+            plan = self._plan(config, lambda privacy, n: plan_training(privacy, n, config.classifier.batch_size,
+                                                                       epochs, epochs * rounds))
             clf = build_trainable(config.classifier_arch(), config.data.resolution, plan is not None)
             load_exchangeable(clf, request.weights)
             result = train_local(clf, train.images, train.labels, config.classifier, epochs=epochs, seed=seed,

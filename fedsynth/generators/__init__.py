@@ -14,6 +14,7 @@ from typing import Any
 from fedsynth.generators.base import FAMILIES, FitReport, Generator, NotFittedError
 from fedsynth.generators.ddpm import DiffusionGenerator
 from fedsynth.generators.gan import ConditionalGAN
+from fedsynth.generators.mean_embedding import MeanEmbeddingGenerator
 from fedsynth.generators.sd_lora import StableDiffusionLoRA
 
 
@@ -47,6 +48,7 @@ __all__ = [
     "DiffusionGenerator",
     "FitReport",
     "Generator",
+    "MeanEmbeddingGenerator",
     "NotFittedError",
     "StableDiffusionLoRA",
     "build_generator",

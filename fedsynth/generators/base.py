@@ -111,6 +111,10 @@ class Generator(ABC):
 
     config_class: ClassVar[type[BaseModel]]
     family: ClassVar[str] = ""
+    statistics_only: ClassVar[bool] = False
+    """True for a family whose only contact with the images is one noisy statistic
+    (``release_statistic``); in federated mode the sites send it and the server fits the
+    generator to the pooled statistic (``fit_statistic``)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -127,6 +131,16 @@ class Generator(ABC):
         self.seed = int(seed)
         self.device = resolve_device(device)
         self.fitted = False
+
+    @classmethod
+    def plan_privacy(cls, privacy: Any, n: int, config: Any, epochs: int | None = None,
+                     calibrate_epochs: int | None = None) -> DPPlan:
+        """The DP mechanism a fit on ``n`` private images runs, fixed before any step: by default
+        DP-SGD over ``epochs`` (the config's) at the config's batch size, its noise calibrated
+        for ``calibrate_epochs`` in all (every round of a federated run)."""
+        from fedsynth.privacy.dp import plan_training
+
+        return plan_training(privacy, n, config.batch_size, epochs or config.epochs, calibrate_epochs)
 
     @abstractmethod
     def fit(

@@ -108,6 +108,62 @@ def plan_training(privacy: Any, n: int, batch_size: int, epochs: int, calibrate_
     )
 
 
+def plan_statistic(privacy: Any, n: int, sensitivity: float = 1.0) -> DPPlan:
+    """The plan of one Gaussian mechanism on a sum over ``n`` private examples whose L2
+    sensitivity is ``sensitivity`` (add or remove one example): sample rate 1, one step, and
+    the noise multiplier (noise std / sensitivity) that meets the target epsilon at delta."""
+    if n < 2:
+        raise ValueError("a private statistic needs at least 2 examples")
+    delta = privacy.delta if privacy.delta is not None else default_delta(n)
+    if delta >= 1.0 / n:
+        raise ValueError(f"privacy.delta={delta:g} is not below 1/n = {1.0 / n:.3g} for this site's {n} images")
+    sigma = noise_for_target(privacy.epsilon, delta, 1.0, 1, privacy.accountant)
+    return DPPlan(target_epsilon=float(privacy.epsilon), delta=float(delta), noise_multiplier=sigma, sample_rate=1.0,
+                  steps=1, batch_size=n, epochs=1, max_grad_norm=float(sensitivity), accountant=privacy.accountant,
+                  secure_rng=bool(privacy.secure_rng), n=n)
+
+
+class GaussianStatistic:
+    """The Gaussian mechanism on one bounded sum, as ``PrivateTraining`` is DP-SGD: ``noisy``
+    adds the planned noise (OS entropy, never the run seed) once, ``result`` reports the
+    mechanism and the epsilon the accountant computes for it."""
+
+    def __init__(self, plan: DPPlan, name: str):
+        if plan.sample_rate != 1.0 or plan.steps != 1:
+            raise ValueError("a Gaussian statistic is released once, at sample rate 1")
+        if plan.secure_rng:
+            raise PrivacyUnavailable("privacy.secure_rng=true needs torchcsprng, which is not installed")
+        self.plan, self.name, self.released = plan, name, False
+
+    def noisy(self, total: torch.Tensor) -> torch.Tensor:
+        if self.released:
+            raise RuntimeError("a Gaussian statistic is released once per plan")
+        self.released = True
+        std = self.plan.noise_multiplier * self.plan.max_grad_norm
+        noise = torch.randn(total.shape, generator=entropy_generator(), dtype=torch.float64) * std
+        return (total.double().cpu() + noise).to(total.dtype)
+
+    def result(self) -> dict[str, Any]:
+        if not self.released:
+            raise RuntimeError("the statistic was not released")
+        mech = Mechanism(self.plan.noise_multiplier, 1.0, 1)
+        return {
+            "mechanism": {
+                "name": self.name,
+                "noise_multiplier": self.plan.noise_multiplier,
+                "sample_rate": 1.0,
+                "steps": 1,
+                "max_grad_norm": self.plan.max_grad_norm,  # the sum's L2 sensitivity
+                "delta": self.plan.delta,
+                "accountant": self.plan.accountant,
+                "secure_rng": False,
+                "noise_source": NOISE_SOURCE,
+            },
+            "epsilon": epsilon([mech], self.plan.delta, self.plan.accountant),
+            "target_epsilon": self.plan.target_epsilon,
+        }
+
+
 @dataclass(frozen=True)
 class BudgetCheck:
     spent_before: float

@@ -87,6 +87,11 @@ def run_federated_generator(config, grid, transport, run_dir, registry, progress
                                     on_round)
     gen = build_generator(config.generator, config.data.resolution, seed=seed, device=config.run.device)
     gen.load_training_state(weights)
+    if gen.statistics_only:  # the sites sent their noisy statistics; fitting to their average is post-processing
+        log.info("fitting the generator to the pooled statistic of %d site(s)", len(state.sites))
+        with record.timed("generator"), progress("generator on the pooled statistic",
+                                                 config.generator.steps) as on_step:
+            gen.fit_statistic(on_step)
     gen.save(run_dir.file(GENERATOR_FILE))
     n = config.release.n_per_class * max(1, len(state.sites))
     labels = np.repeat(np.arange(len(CLASS_NAMES)), n)
@@ -103,7 +108,7 @@ def run_federated_generator(config, grid, transport, run_dir, registry, progress
     k = config.evaluation.grid_images
     image_grid([(f"synthetic {name}", images[labels == c][:k]) for c, name in enumerate(CLASS_NAMES)],
                run_dir.grid_path("global"), "global generator after federated averaging", phantom=phantom)
-    clf = train_on_pool(config, images, labels, "synthetic (federated GAN)", phantom,
+    clf = train_on_pool(config, images, labels, f"synthetic (federated {gen.family})", phantom,
                         [c.site for c in record.contributions], run_dir, record, progress)
     return evaluate_and_report(config, transport, run_dir, clf, record,
                                synthetic={"global": (to_uint8(images), labels)})

@@ -29,6 +29,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, 
 
 from fedsynth.config import RunConfig
 from fedsynth.errors import FederationError
+from fedsynth.generators import FAMILIES
 from fedsynth.privacy.release import signed_privacy
 from fedsynth.protocol import (
     ModelUpdate,
@@ -178,12 +179,15 @@ class CheckedStrategy(Strategy):
 
 def build_strategy(config: RunConfig, n_sites: int) -> Strategy:
     cdp = config.federation.client_dp
+    # noisy sums (a statistics-only generator) average with equal weights: their ratio of averages is
+    # the pooled mean, whatever each site's size; client-level DP wants equal weights too
+    sums = config.run.mode == "federated" and FAMILIES[config.generator.family].statistics_only
     strategy = FedAvg(
         fraction_train=1.0,
         fraction_evaluate=0.0,
         min_train_nodes=1,  # fedsynth enforces federation.min_sites itself, with reasons
         min_available_nodes=1,
-        weighted_by_key="uniform-weight" if cdp else "num-examples",
+        weighted_by_key="uniform-weight" if cdp or sums else "num-examples",
     )
     if cdp is None:
         return strategy

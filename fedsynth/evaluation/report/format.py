@@ -21,7 +21,7 @@ MODES = {
 
 MAIN_LABEL = {
     "substitution": "synthetic only (server)",
-    "federated": "synthetic only, federated GAN (server)",
+    "federated": "synthetic only, federated generator (server)",
     "fedavg-classifier": "federated averaging on real (server)",
     "centralized-real": "real, pooled centrally (server)",
 }

@@ -1,0 +1,129 @@
+"""DP mean-embedding matching: a bounded statistic, its one Gaussian release, its accounting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from fedsynth.config import MeanEmbeddingSection, PrivacySection, load_config
+from fedsynth.generators import FAMILIES, MeanEmbeddingGenerator, build_generator, load_generator
+from fedsynth.generators.mean_embedding import MECHANISM_NAME, RandomFourierFeatures
+from fedsynth.privacy.accounting import Mechanism, epsilon
+from fedsynth.privacy.dp import BudgetExceeded, plan_statistic
+
+RES = 16
+TINY = MeanEmbeddingSection(n_frequencies=32, steps=20, batch_size=8, base_channels=8, latent_dim=8)
+
+
+@pytest.fixture(scope="module")
+def features():
+    return RandomFourierFeatures(TINY, RES, torch.device("cpu"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.float32, (3, RES, RES), elements=st.floats(0, 1, width=32)))
+def test_every_image_has_a_feature_vector_of_norm_one(features, images):
+    phi = features(torch.from_numpy(images))
+    assert torch.allclose(phi.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_removing_one_image_moves_the_sums_by_at_most_one(phantoms16):
+    gen = MeanEmbeddingGenerator(TINY, RES)
+    gen.release_statistic(phantoms16.images, phantoms16.labels)
+    full = gen.statistic.clone()
+    gen.release_statistic(phantoms16.images[1:], phantoms16.labels[1:])
+    assert float((full - gen.statistic).norm()) <= 1.0 + 1e-6
+    counts = full[:, -1] / TINY.count_weight
+    assert counts.round().tolist() == [float((phantoms16.labels == c).sum()) for c in (0, 1)]
+
+
+def test_the_release_is_noisy_and_its_epsilon_is_the_accountants(phantoms16):
+    plan = plan_statistic(PrivacySection(epsilon=1.0, delta=1e-5), len(phantoms16))
+    # 2 x 8001 noisy coordinates: their std is within 10% of sigma with overwhelming probability (12 SE)
+    gen = MeanEmbeddingGenerator(TINY.model_copy(update={"n_frequencies": 4000}), RES)
+    result = gen.release_statistic(phantoms16.images, phantoms16.labels, plan)
+    noisy = gen.statistic.clone()
+    gen.release_statistic(phantoms16.images, phantoms16.labels)
+    residual = (noisy - gen.statistic).flatten()
+    assert abs(float(residual.std()) / plan.noise_multiplier - 1) < 0.1  # std = sigma x sensitivity 1
+    mech = result["mechanism"]
+    assert mech["name"] == MECHANISM_NAME and mech["sample_rate"] == 1.0 and mech["steps"] == 1
+    assert result["epsilon"] == pytest.approx(epsilon([Mechanism(mech["noise_multiplier"], 1.0, 1)], 1e-5, "rdp"))
+    assert result["epsilon"] <= 1.0 + 1e-6 and result["epsilon"] > 0.9
+
+
+def test_fit_sample_save_and_load(phantoms16, tmp_path):
+    gen = build_generator(TINY, RES, seed=1, device="cpu")
+    assert FAMILIES["dp-merf"] is MeanEmbeddingGenerator and gen.statistics_only
+    report = gen.fit(phantoms16.images, phantoms16.labels)
+    assert report.steps == TINY.steps and report.history and report.privacy is None
+    a = gen.sample(6, np.array([0, 1, 0, 1, 0, 1]), seed=3)
+    assert a.shape == (6, RES, RES) and np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1
+    gen.save(tmp_path / "g.safetensors")
+    again = load_generator(tmp_path / "g.safetensors", device="cpu")
+    np.testing.assert_array_equal(again.sample(6, np.array([0, 1, 0, 1, 0, 1]), seed=3), a)
+
+
+def test_a_malformed_statistic_is_refused():
+    gen = MeanEmbeddingGenerator(TINY, RES)
+    with pytest.raises(ValueError, match="shape"):
+        gen.load_training_state({"statistic": np.zeros((2, 3))})
+    with pytest.raises(ValueError, match="finite"):
+        gen.load_training_state({"statistic": np.full(tuple(gen.statistic.shape), np.nan)})
+    with pytest.raises(ValueError, match="only 'statistic'"):
+        gen.load_training_state({"statistic": np.zeros(tuple(gen.statistic.shape)), "extra": np.zeros(1)})
+
+
+def _merf_config(tmp_path, *extra):
+    from conftest import tiny_overrides
+
+    over = [o for o in tiny_overrides(tmp_path) if not o.startswith("generator.")]
+    return load_config(None, [*over, "generator.family=dp-merf", "generator.steps=15", "generator.n_frequencies=32",
+                              "generator.base_channels=8", "generator.latent_dim=8", "generator.batch_size=8",
+                              "privacy.epsilon=2", "evaluation.fidelity=false", "evaluation.site_baselines=false",
+                              *extra])
+
+
+def test_substitution_with_dp_merf_verifies_and_recomputes(tmp_path):
+    from fedsynth.privacy.keys import load_public_key
+    from fedsynth.privacy.ledger import DP_TRAINING, verify_ledger
+    from fedsynth.simulation import simulate
+
+    run_dir, m = simulate(_merf_config(tmp_path), engine="inprocess")
+    assert m.private and all(s.status == "ok" for s in m.sites.values())
+    for site, ledger, pub in run_dir.ledger_files():
+        v = verify_ledger(ledger, load_public_key(pub))
+        assert v.ok, v.failures()
+        training = next(c for c in v.checks if c.type == DP_TRAINING)
+        assert training.stored_epsilon == pytest.approx(training.recomputed_epsilon) and training.stored_epsilon <= 2
+
+
+def test_federated_dp_merf_sends_only_the_statistic_once(tmp_path):
+    from fedsynth.simulation import simulate
+
+    with pytest.raises(Exception, match="exactly 1 round"):
+        _merf_config(tmp_path, "run.mode=federated", "federation.rounds=2")
+    run_dir, m = simulate(_merf_config(tmp_path, "run.mode=federated", "federation.rounds=1"), engine="inprocess")
+    assert m.pooled is not None and m.private
+    assert [r["sites"] for r in m.rounds] == [["site-0", "site-1", "site-2"]]
+    # each site sent its sums (2 classes x (2 x 32 + 1) float64) and its evaluation, not a generator
+    assert all(s.bytes_sent < 200_000 for s in m.sites.values())
+    entries = [line for line in (run_dir.ledgers_dir / "site-0.jsonl").read_text().splitlines()]
+    assert len(entries) == 2 and MECHANISM_NAME in entries[0]
+
+
+def test_a_statistic_over_the_budget_is_refused_before_any_release(tmp_path, phantoms16):
+    from fedsynth.client.site import Site
+    from fedsynth.client.site_data import simulated_site_state, simulated_sites
+
+    cfg = _merf_config(tmp_path, "privacy.epsilon=5", "sites.budget.epsilon=4")
+    data = simulated_sites(cfg)[0]
+    state = simulated_site_state(cfg, tmp_path / "sites", data.name)
+    state.ensure_keys()
+    with pytest.raises(BudgetExceeded):
+        Site(data, state, None, device="cpu").release(cfg, "run-1")
+    assert state.ledger().entries() == []  # nothing was released, nothing recorded
