@@ -138,7 +138,15 @@ class FederationSection(_Section):
     gpus_per_site: float = Field(0.0, ge=0, description="GPU share reserved for each simulated site.")
 
 
-class GANSection(_Section):
+class _WarmStartable(_Section):
+    init: str = Field(
+        "", description="A warm start: a generator checkpoint trained on PUBLIC data only (`fedsynth generator "
+        "pretrain`: phantoms, or a public CXR set that cannot overlap any site's patients). The site records its "
+        "SHA-256 and its stated public source in the ledger; empty: random initialisation.",
+    )
+
+
+class GANSection(_WarmStartable):
     family: Literal["gan"] = "gan"
     latent_dim: int = Field(64, ge=2, description="Size of the noise vector.")
     base_channels: int = Field(32, ge=4, description="Width of the narrowest convolution (doubles per level).")
@@ -154,7 +162,7 @@ class GANSection(_Section):
     )
 
 
-class DDPMSection(_Section):
+class DDPMSection(_WarmStartable):
     """Class-conditional diffusion on diffusers' UNet2DModel (DDPM training, DDIM sampling)."""
 
     family: Literal["ddpm"] = "ddpm"
@@ -207,7 +215,7 @@ class SDLoRASection(_Section):
     sample_batch_size: int = Field(16, ge=1)
 
 
-class MeanEmbeddingSection(_Section):
+class MeanEmbeddingSection(_WarmStartable):
     """DP mean-embedding matching (DP-MERF, Harder et al. 2021): the site's only contact with its
     images is one Gaussian mechanism, the class-wise sums of bounded random Fourier features
     (sensitivity 1, so the noise is small and known); a generator is then trained, as

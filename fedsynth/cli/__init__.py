@@ -11,6 +11,7 @@ import typer
 from fedsynth import __version__
 from fedsynth.cli.data import data_app
 from fedsynth.cli.deploy import deploy_app
+from fedsynth.cli.generator import generator_app
 from fedsynth.cli.privacy import audit_app, keys_app
 from fedsynth.cli.run import compare, predict, report, show_config, simulate
 from fedsynth.cli.serve import serve
@@ -47,6 +48,7 @@ app.command()(predict)
 app.command("config")(show_config)
 app.command()(serve)
 app.add_typer(data_app, name="data")
+app.add_typer(generator_app, name="generator")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(deploy_app, name="deploy")

@@ -125,7 +125,7 @@ class Site:
         report = gen.fit(train.images, train.labels, privacy=plan, progress=progress)
         training_entry = ledger.append(
             self._training_entry(run_id, fingerprint, f"generator ({gen.family})", report.epochs, report.steps,
-                                 report.privacy), key
+                                 report.privacy, **({"init": gen.init_info} if gen.init_info else {})), key
         )
 
         histogram = None
@@ -304,8 +304,9 @@ class Site:
         rounds = config.federation.rounds
         if request.stage == GENERATOR_ROUND:
             family = FAMILIES[config.generator.family]
-            gen_cfg = config.generator if family.statistics_only else config.generator.model_copy(
-                update={"epochs": epochs})
+            # the global weights replace any warm start: the server began the rounds from it
+            gen_cfg = config.generator.model_copy(update={"init": ""} if family.statistics_only
+                                                  else {"epochs": epochs, "init": ""})
             plan = self._plan(config, lambda privacy, n: family.plan_privacy(privacy, n, gen_cfg, epochs,
                                                                              epochs * rounds))
             model = build_generator(gen_cfg, config.data.resolution, seed=seed, device=self.device)

@@ -23,7 +23,10 @@ def build_generator(config: Any, resolution: int, seed: int = 0, device: str = "
     family = getattr(config, "family", None)
     if family not in FAMILIES:
         raise ValueError(f"unknown generator family {family!r} (known: {', '.join(FAMILIES)})")
-    return FAMILIES[family](config, resolution=resolution, seed=seed, device=device)
+    gen = FAMILIES[family](config, resolution=resolution, seed=seed, device=device)
+    if getattr(config, "init", ""):  # a warm start from a checkpoint trained on public data
+        gen.init_info = gen.load_pretrained(config.init)
+    return gen
 
 
 def load_generator(path: str | Path, device: str = "auto") -> Generator:

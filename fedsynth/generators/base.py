@@ -35,6 +35,16 @@ FAMILIES: dict[str, type[Generator]] = {}
 """Every generator family by name, filled as each family's class is defined (the registry)."""
 
 
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 class NotFittedError(RuntimeError):
     """``sample`` or ``save`` on a generator that was neither fitted nor loaded."""
 
@@ -131,6 +141,7 @@ class Generator(ABC):
         self.seed = int(seed)
         self.device = resolve_device(device)
         self.fitted = False
+        self.init_info: dict[str, Any] | None = None  # the warm start it began from (generator.init), if any
 
     @classmethod
     def plan_privacy(cls, privacy: Any, n: int, config: Any, epochs: int | None = None,
@@ -205,6 +216,49 @@ class Generator(ABC):
         if not self.fitted:
             raise NotFittedError(f"this {self.family} generator is not fitted yet: call fit() first, or "
                                  "load_generator() on a saved one")
+
+    # ---- warm starts from public data ----------------------------------------------------------
+    def warm_state(self) -> dict[str, np.ndarray]:
+        """The weights a warm start carries (by default everything a federated round trains)."""
+        return self.training_state()
+
+    def load_warm_state(self, state: dict[str, np.ndarray]) -> None:
+        self.load_training_state(state)
+        self.fitted = False  # a warm start is a starting point, not a trained generator
+
+    def save_pretrained(self, path: str | Path, public_source: str) -> str:
+        """Write a warm-start checkpoint of this (publicly trained) generator; returns its SHA-256."""
+        from safetensors.numpy import save_file
+
+        if not public_source.strip():
+            raise ValueError("public_source: name the public data this generator was trained on")
+        meta = {"fedsynth_pretrained": "1", "family": self.family, "resolution": str(self.resolution),
+                "config": json.dumps(self.config_dict()), "public_source": public_source}
+        save_file({k: np.ascontiguousarray(v) for k, v in self.warm_state().items()}, str(path), metadata=meta)
+        return file_sha256(path)
+
+    def load_pretrained(self, path: str | Path) -> dict[str, Any]:
+        """Start from a warm-start checkpoint; returns what the ledger records about it."""
+        from safetensors import safe_open
+        from safetensors.numpy import load_file
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"generator.init: no warm-start checkpoint at {path}")
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = fh.metadata() or {}
+        if meta.get("fedsynth_pretrained") != "1":
+            raise ValueError(f"generator.init: {path.name} is not a fedsynth warm-start checkpoint "
+                             "(make one with `fedsynth generator pretrain`)")
+        if meta.get("family") != self.family or meta.get("resolution") != str(self.resolution):
+            raise ValueError(f"generator.init: {path.name} is a {meta.get('family')} generator at "
+                             f"{meta.get('resolution')} px; this run trains {self.family} at {self.resolution} px")
+        try:
+            self.load_warm_state(load_file(str(path)))
+        except (ValueError, RuntimeError, KeyError) as err:
+            raise ValueError(f"generator.init: {path.name} does not fit this generator's architecture "
+                             f"({err})") from None
+        return {"sha256": file_sha256(path), "public_source": meta.get("public_source", ""), "file": path.name}
 
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file

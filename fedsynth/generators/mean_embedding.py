@@ -41,7 +41,7 @@ from fedsynth.generators.base import FitReport, Generator, check_sample_request
 from fedsynth.generators.gan import GeneratorNet
 from fedsynth.privacy.dp import DPPlan, GaussianStatistic, plan_statistic
 from fedsynth.progress import ProgressFn
-from fedsynth.torch_utils import seeded
+from fedsynth.torch_utils import exchangeable, load_exchangeable, seeded
 
 MECHANISM_NAME = "gaussian (class-wise sums of unit-norm random Fourier features, sensitivity 1)"
 N_CLASSES = 2
@@ -198,6 +198,14 @@ class MeanEmbeddingGenerator(Generator):
         self.generator.load_state_dict(state)
         self.generator.eval()  # sampling uses BatchNorm's running statistics, as after fit
         self.fitted = True
+
+    def warm_state(self) -> dict[str, np.ndarray]:
+        """A warm start is the generator network (the statistic belongs to the private data)."""
+        return exchangeable(self.generator.state_dict())
+
+    def load_warm_state(self, state: dict[str, np.ndarray]) -> None:
+        load_exchangeable(self.generator, state)
+        self.fitted = False
 
     def training_state(self) -> dict[str, np.ndarray]:
         """What a federated round exchanges: the class-wise feature sums, nothing else."""
