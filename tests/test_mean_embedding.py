@@ -95,7 +95,7 @@ def test_substitution_with_dp_merf_verifies_and_recomputes(tmp_path):
 
     run_dir, m = simulate(_merf_config(tmp_path), engine="inprocess")
     assert m.private and all(s.status == "ok" for s in m.sites.values())
-    for site, ledger, pub in run_dir.ledger_files():
+    for _site, ledger, pub in run_dir.ledger_files():
         v = verify_ledger(ledger, load_public_key(pub))
         assert v.ok, v.failures()
         training = next(c for c in v.checks if c.type == DP_TRAINING)

@@ -45,7 +45,7 @@ def test_a_checkpoint_for_another_generator_is_refused(checkpoint, tmp_path):
         build_generator(_gan(checkpoint, **{"generator.base_channels": 16}).generator, 16, device="cpu")
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="not a fedsynth warm-start checkpoint"):
         build_generator(_gan(junk).generator, 16, device="cpu")
     with pytest.raises(FileNotFoundError, match="no warm-start checkpoint"):
         build_generator(_gan(tmp_path / "missing.safetensors").generator, 16, device="cpu")

@@ -245,8 +245,11 @@ class Generator(ABC):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"generator.init: no warm-start checkpoint at {path}")
-        with safe_open(str(path), framework="numpy") as fh:
-            meta = fh.metadata() or {}
+        try:
+            with safe_open(str(path), framework="numpy") as fh:
+                meta = fh.metadata() or {}
+        except Exception:  # not a safetensors file at all
+            meta = {}
         if meta.get("fedsynth_pretrained") != "1":
             raise ValueError(f"generator.init: {path.name} is not a fedsynth warm-start checkpoint "
                              "(make one with `fedsynth generator pretrain`)")
