@@ -91,6 +91,7 @@ class SitePrivacy(_Open):
     budget: dict[str, Any] | None = None
     gate: dict[str, Any] | None = None  # the release gate's summary (substitution)
     membership_auc: Number = None
+    membership_audit: dict[str, Any] | None = None  # auc, tpr_at_1pct_fpr, control_auc, sample sizes
     ledger_entries: int | None = None
 
 

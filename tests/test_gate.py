@@ -44,3 +44,19 @@ def test_membership_audit_detects_a_copying_release():
     assert copying > 0.85
     assert 0.35 < independent < 0.65
     assert membership_auc(members, non_members[:0], members) is None
+
+
+def test_membership_audit_reports_the_low_false_positive_regime_and_a_control():
+    from fedsynth.privacy.gate import membership_audit
+
+    ds = make_phantoms(300, 16, seed=4)
+    members, non_members = ds.images[:200], ds.images[200:]
+    copying = membership_audit(members, non_members, members[:80])
+    # a release of 80 training images exposes those 80 exactly: at 1% false positives the attack
+    # still finds them (80 of the 200 members it scored), far above chance (0.01)
+    assert copying["tpr_at_1pct_fpr"] >= 0.4 and copying["n_members"] == 200 and copying["n_non_members"] == 100
+    independent = membership_audit(members, non_members, make_phantoms(80, 16, seed=5).images)
+    assert independent["tpr_at_1pct_fpr"] < 0.2
+    # the control pits members against members: whatever the release, it cannot beat chance by much
+    for audit in (copying, independent):
+        assert audit["control_auc"] is not None and 0.3 < audit["control_auc"] < 0.7

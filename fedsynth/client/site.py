@@ -39,7 +39,7 @@ from fedsynth.evaluation.site_evaluation import site_extras
 from fedsynth.generators import FAMILIES, build_generator
 from fedsynth.privacy.accounting import Mechanism, default_delta, epsilon
 from fedsynth.privacy.dp import BudgetCheck, DPPlan, check_budget, plan_training, statistic_mechanism
-from fedsynth.privacy.gate import membership_auc, release_gate
+from fedsynth.privacy.gate import membership_audit, release_gate
 from fedsynth.privacy.ledger import DP_STATISTIC, DP_TRAINING, RELEASE, TRAINING, spent_epsilon
 from fedsynth.privacy.release import arrays_hash, content_hash
 from fedsynth.privacy.state import SiteState
@@ -150,9 +150,11 @@ class Site:
             labels = np.concatenate([np.full(n, c, dtype=np.int64) for c, n in per_class.items()])
             images, gate_summary = timed_sample(len(labels), labels, seed + 1), {"enabled": False}
         images_u8, labels_u8 = to_uint8(images), labels.astype(np.uint8)
-        mia = None
+        audit = None
         if config.gate.membership_audit:
-            mia = membership_auc(train.images, self.data.test.images, images_u8.astype(np.float32) / 255, seed=seed)
+            audit = membership_audit(train.images, self.data.test.images, images_u8.astype(np.float32) / 255,
+                                     seed=seed)
+        mia = audit["auc"] if audit else None
         budget = self.state.budget
         release_entry = ledger.append(
             {
@@ -166,6 +168,7 @@ class Site:
                 "private": plan is not None,
                 "gate": gate_summary,
                 "membership_auc": mia,
+                "membership_audit": audit,
                 "budget": {"epsilon": budget.epsilon, "delta": budget.delta},
                 "spent": self._spent(config),
             },
@@ -193,6 +196,7 @@ class Site:
             },
             "gate": gate_summary,
             "membership_auc": mia,
+            "membership_audit": audit,
             "seconds": time.perf_counter() - started,
             "intensity_histogram": histogram,
             "ledger": ledger.entries(),

@@ -125,5 +125,6 @@ def signed_privacy(ledger: list[dict[str, Any]]) -> tuple[bool, dict[str, Any]]:
         "budget": last.get("budget"),
         "gate": last.get("gate"),
         "membership_auc": last.get("membership_auc"),
+        "membership_audit": last.get("membership_audit"),
         "ledger_entries": len(ledger),
     }
