@@ -271,6 +271,9 @@ class PrivacySection(_Section):
     )
     max_grad_norm: float = Field(1.0, gt=0, description="Per-sample gradient clipping bound.")
     accountant: Literal["rdp", "prv"] = Field("rdp", description="Accountant for calibration and reporting.")
+    grad_sample_mode: Literal["hooks", "functorch"] = Field(
+        "hooks", description="How Opacus computes per-sample gradients (the mechanism is the same either way; "
+        "benchmarks/dp_step_cost.py measures their speed).")
     secure_rng: bool = Field(False, description="Cryptographically secure noise (needs torchcsprng).")
 
 

@@ -50,6 +50,7 @@ class DPPlan:
     accountant: str
     secure_rng: bool
     n: int
+    grad_sample_mode: str = "hooks"  # how Opacus computes per-sample gradients; not part of the mechanism
 
     def mechanism(self) -> Mechanism:
         return Mechanism(self.noise_multiplier, self.sample_rate, self.steps)
@@ -105,6 +106,7 @@ def plan_training(privacy: Any, n: int, batch_size: int, epochs: int, calibrate_
         accountant=privacy.accountant,
         secure_rng=bool(privacy.secure_rng),
         n=n,
+        grad_sample_mode=getattr(privacy, "grad_sample_mode", "hooks"),
     )
 
 
@@ -257,7 +259,7 @@ class PrivateTraining:
             noise_multiplier=self.plan.noise_multiplier,
             max_grad_norm=self.plan.max_grad_norm,
             poisson_sampling=True,
-            grad_sample_mode="hooks",
+            grad_sample_mode=self.plan.grad_sample_mode,
             noise_generator=None if self.plan.secure_rng else entropy_generator(),
         )
         q = 1.0 / len(loader)
