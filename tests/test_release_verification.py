@@ -151,12 +151,12 @@ def test_a_release_replayed_into_another_run_is_refused(released):
 
 
 def test_a_malformed_evaluation_is_rejected_not_pooled(tiny_config):
-    from fedsynth.classifier.metrics import ScoreHistogram
+    from fedsynth.classifier.metrics import ScoreHistogram, evaluate_scores
     from fedsynth.protocol import EvalResult
     from fedsynth.server.checks import check_eval_result
 
-    good = EvalResult("s", {"n": 3, "tp": 1, "fp": 0, "tn": 2, "fn": 0},
-                      ScoreHistogram(np.array([1, 0, 0]), np.array([0, 2, 0])))
+    figures = evaluate_scores(np.array([1, 0, 0]), np.array([0.9, 0.2, 0.4]), 0.5, n_boot=0).to_dict()
+    good = EvalResult("s", figures, ScoreHistogram(np.array([1, 0, 0]), np.array([0, 2, 0])))
     assert check_eval_result(good, 3, 10) is None
     short = EvalResult("s", good.metrics, ScoreHistogram(np.array([1, 0]), np.array([0, 2])))
     assert "bins" in check_eval_result(short, 3, 10)

@@ -235,7 +235,7 @@ class Site:
         """The DP plan ``make_plan(privacy, n)`` fixes for this site's n training images (None
         without DP), after the budget check (which also counts ``extra`` mechanisms the same
         request will run)."""
-        entries = self.state.ledger().entries()  # a damaged ledger stops the site here
+        entries = self.state.checked_entries()  # a damaged or rolled-back ledger stops the site here
         if config.privacy is None:
             return None
         plan = make_plan(config.privacy, len(self.data.train))

@@ -96,7 +96,23 @@ def check_ledger(ledger_path: Path, public_key_path: Path | None, run_id: str | 
     return status
 
 
-def site_sections(ledger_path: Path, public_key_path: Path) -> list[Section]:
+def read_key_registry(path: Path) -> dict[str, Path]:
+    """A key registry (YAML or JSON: site name -> public key file, relative to the registry)."""
+    import yaml
+
+    from fedsynth.errors import DataError
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise DataError(f"key registry {path} cannot be read: {err}") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise DataError(f"key registry {path} must map site names to public key files")
+    return {site: (path.parent / p) if not Path(p).is_absolute() else Path(p) for site, p in data.items()}
+
+
+def site_sections(ledger_path: Path, public_key_path: Path, key_origin: str = "given") -> tuple[list[Section],
+                                                                                                 LedgerStatus]:
     st = check_ledger(ledger_path, public_key_path)
     entries, site = st.entries, st.site
     status = "VERIFIED" if st.verified else "FAILED VERIFICATION"
@@ -105,6 +121,10 @@ def site_sections(ledger_path: Path, public_key_path: Path) -> list[Section]:
         f"Ledger `{ledger_path}`, public key `{public_key_path}`: {len(entries)} entries; chain, hashes and "
         "signatures checked, and every epsilon recomputed from its mechanism by the accountant."
     )
+    if key_origin == "beside the ledger":
+        head.paragraphs.append("PROBLEM: KEY NOT INDEPENDENT: the public key was taken from beside the ledger, not "
+                               "from a registry the officer holds; whoever can replace the ledger can replace that "
+                               "key too. Verify again with --keys.")
     for problem in st.problems:
         head.paragraphs.append(f"PROBLEM: {problem}")
     releases = [e for e in entries if e.get("type") == RELEASE]
@@ -170,7 +190,7 @@ def site_sections(ledger_path: Path, public_key_path: Path) -> list[Section]:
         "decisions are outside the DP accounting. Membership-inference AUC: a distance-to-closest-release "
         "attack telling training images from held-out ones; 0.5 is chance."
     )
-    return [head, trainings, rel]
+    return [head, trainings, rel], st
 
 
 def render_markdown(title: str, sections: list[Section]) -> str:
@@ -214,12 +234,18 @@ def render_html(title: str, sections: list[Section]) -> str:
     return "\n".join(parts)
 
 
-def write_report(pairs: list[tuple[Path, Path]], out_dir: Path, title: str = "fedsynth privacy audit") -> list[Path]:
+def write_report(pairs: list[tuple[Path, Path, str]], out_dir: Path,
+                 title: str = "fedsynth privacy audit") -> tuple[list[Path], list[LedgerStatus]]:
+    """The audit of every (ledger, public key, where the key came from); returns the files
+    written and each ledger's status."""
     sections: list[Section] = []
-    for ledger, key in pairs:
-        sections += site_sections(ledger, key)
+    statuses: list[LedgerStatus] = []
+    for ledger, key, origin in pairs:
+        secs, st = site_sections(ledger, key, origin)
+        sections += secs
+        statuses.append(st)
     out_dir.mkdir(parents=True, exist_ok=True)
     md, page = out_dir / "privacy_audit.md", out_dir / "privacy_audit.html"
     md.write_text(render_markdown(title, sections))
     page.write_text(render_html(title, sections))
-    return [md, page]
+    return [md, page], statuses

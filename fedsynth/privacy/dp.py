@@ -70,6 +70,11 @@ class Budget:
     delta: float
 
 
+def opacus_steps_per_epoch(sample_rate: float) -> int:
+    """Steps per epoch of Opacus's ``UniformWithReplacementSampler`` at this sample rate."""
+    return int(1 / sample_rate)
+
+
 def plan_training(privacy: Any, n: int, batch_size: int, epochs: int, calibrate_epochs: int | None = None) -> DPPlan:
     """A DP-SGD plan for ``n`` private examples (``privacy`` is the config's privacy section).
 
@@ -79,9 +84,14 @@ def plan_training(privacy: Any, n: int, batch_size: int, epochs: int, calibrate_
     if n < 2:
         raise ValueError("DP training needs at least 2 examples")
     batch_size = min(batch_size, n)
-    batches = math.ceil(n / batch_size)  # Opacus: sample rate = 1 / len(loader)
-    q = 1.0 / batches
-    steps = epochs * batches
+    batches = math.ceil(n / batch_size)
+    # Opacus samples each example with probability 1 / batches, but its sampler runs int(1 / that)
+    # steps an epoch, which floating point can make one fewer (1 / (1 / 93) = 92.99...), and its
+    # accountant then counts the rate 1 / steps. Plan (and record) what the accountant counts:
+    # that rate is at least the real one, so the recorded epsilon bounds the real mechanism's.
+    per_epoch = opacus_steps_per_epoch(1.0 / batches)
+    q = 1.0 / per_epoch
+    steps = epochs * per_epoch
     delta = privacy.delta if privacy.delta is not None else default_delta(n)
     if delta >= 1.0 / n:
         raise ValueError(f"privacy.delta={delta:g} is not below 1/n = {1.0 / n:.3g} for this site's {n} images")
@@ -92,7 +102,7 @@ def plan_training(privacy: Any, n: int, batch_size: int, epochs: int, calibrate_
             raise PrivacyUnavailable(
                 "privacy.secure_rng=true needs the torchcsprng package, which is not installed"
             ) from None
-    total_steps = (calibrate_epochs or epochs) * batches
+    total_steps = (calibrate_epochs or epochs) * per_epoch
     sigma = noise_for_target(privacy.epsilon, delta, q, total_steps, privacy.accountant)
     return DPPlan(
         target_epsilon=float(privacy.epsilon),
@@ -262,9 +272,11 @@ class PrivateTraining:
             grad_sample_mode=self.plan.grad_sample_mode,
             noise_generator=None if self.plan.secure_rng else entropy_generator(),
         )
-        q = 1.0 / len(loader)
-        if not math.isclose(q, self.plan.sample_rate, rel_tol=1e-9):
-            raise RuntimeError(f"Opacus sample rate {q} differs from the planned {self.plan.sample_rate}")
+        steps = len(loader)  # Opacus's accountant counts the rate 1 / steps (see plan_training)
+        q = 1.0 / steps
+        if not math.isclose(q, self.plan.sample_rate, rel_tol=1e-9) or steps * self.plan.epochs != self.plan.steps:
+            raise RuntimeError(f"Opacus accounts rate {q} for {steps} steps an epoch; the plan is rate "
+                               f"{self.plan.sample_rate}, {self.plan.steps} steps in {self.plan.epochs} epoch(s)")
         return module, optimizer, loader
 
     def result(self) -> dict[str, Any]:

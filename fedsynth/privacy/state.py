@@ -5,6 +5,7 @@ Layout of a site's state directory::
     <state_dir>/<site>.key     Ed25519 private key (mode 0600; never leaves the site)
     <state_dir>/<site>.pub     public key (give it to the server and the privacy officer)
     <state_dir>/ledger.jsonl   the append-only signed ledger
+    <state_dir>/ledger.head    its signed head (last entry's index and hash): a truncated ledger no longer extends it
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ class SiteState:
 
     def ledger(self) -> Ledger:
         return Ledger(self.ledger_path, self.name)
+
+    def checked_entries(self) -> list[dict]:
+        """The ledger as the site may spend from it: intact, signed by its own key, and extending
+        its signed head (LedgerError otherwise: a damaged or rolled-back ledger stops the site)."""
+        return self.ledger().checked_entries(self.signing_key().public_key())
 
     def signing_key(self) -> Ed25519PrivateKey:
         if not self.key_path.is_file():

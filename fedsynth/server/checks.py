@@ -8,12 +8,18 @@ a path otherwise).
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
+from fedsynth.classifier.metrics import ScoreHistogram
 from fedsynth.config import RunConfig
 from fedsynth.errors import FederationError
+from fedsynth.metrics_schema import BaselineFigures, Figures, SitePrivacy
 from fedsynth.privacy.keys import load_public_key
 from fedsynth.privacy.ledger import canonical
 from fedsynth.privacy.release import arrays_hash, check_signed, check_signed_release
@@ -53,20 +59,98 @@ def verify_release(rel: Release, config: RunConfig, registry: dict[str, Path], r
     return check_signed_release(rel.site, rel.images, rel.labels, rel.meta.get("ledger"), key, required, run_id)
 
 
+RATES = ("auroc", "aupr", "sensitivity", "specificity")
+BASELINE_NAMES = ("trtr", "real_plus_synthetic")
+FIDELITY_KEYS = ("frechet_distance", "precision", "recall", "density", "coverage")
+
+
+def _figures_problem(d: Any, what: str, model: type[Figures] = Figures) -> str | None:
+    """Why ``d`` is not a consistent set of test-split figures, or None: every count a
+    non-negative integer, the confusion counts adding up to the class counts, every rate and
+    interval bound in [0, 1], the threshold finite."""
+    if not isinstance(d, dict):
+        return f"{what} must be an object"
+    counts = ("n", "n_positive", "n_negative", "tp", "fp", "tn", "fn")
+    bad = [k for k in counts if not (isinstance(d.get(k), int) and not isinstance(d.get(k), bool) and d[k] >= 0)]
+    if bad:
+        return f"{what} lack non-negative integer {', '.join(bad)}"
+    try:
+        f = model.model_validate(d)
+    except ValidationError as err:
+        e = err.errors()[0]
+        return f"{what}.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+    if f.n != f.n_positive + f.n_negative:
+        return f"{what}: n={f.n} does not add up to n_positive + n_negative"
+    if f.tp + f.fn != f.n_positive or f.fp + f.tn != f.n_negative:
+        return f"{what}: the confusion counts do not add up to the class counts"
+    for k in RATES:
+        for v in (getattr(f, k), *getattr(f, f"{k}_ci")):
+            if v is not None and not (math.isfinite(v) and 0.0 <= v <= 1.0):
+                return f"{what}.{k} {v!r} is outside [0, 1]"
+    if f.threshold is not None and not math.isfinite(f.threshold):
+        return f"{what}.threshold is not finite"
+    if not 0 < f.ci_level < 1:
+        return f"{what}.ci_level must be in (0, 1)"
+    return None
+
+
+def _histogram_problem(h: ScoreHistogram, bins: int, figures: dict, what: str) -> str | None:
+    if len(h.positive) != bins:
+        return f"{what} histogram has {len(h.positive)} bins, expected {bins}"
+    if int(h.positive.sum()) != figures["n_positive"] or int(h.negative.sum()) != figures["n_negative"]:
+        return (f"{what} histogram counts {int(h.positive.sum())}/{int(h.negative.sum())} do not add up to the "
+                f"test split's n_positive={figures['n_positive']}, n_negative={figures['n_negative']}")
+    return None
+
+
+def _fidelity_problem(block: Any) -> str | None:
+    if not isinstance(block, dict) or not block or set(block) - {"pooled", "own_release"}:
+        return "fidelity must hold 'pooled' (and optionally 'own_release') figures"
+    for which, f in block.items():
+        if not isinstance(f, dict):
+            return f"fidelity.{which} must be an object"
+        n_real, n_syn = f.get("n_real"), f.get("n_synthetic")
+        if not (isinstance(n_real, int) and not isinstance(n_real, bool) and n_real > 0):
+            return f"fidelity.{which}.n_real must be a positive integer"
+        if not (isinstance(n_syn, int) and not isinstance(n_syn, bool) and n_syn >= 0):
+            return f"fidelity.{which}.n_synthetic must be a non-negative integer"
+        for k in FIDELITY_KEYS:
+            v = f.get(k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                return f"fidelity.{which}.{k} must be a finite, non-negative number"
+        if not isinstance(f.get("encoder"), str):
+            return f"fidelity.{which}.encoder must be a string"
+    return None
+
+
 def check_eval_result(res: EvalResult, n_bins: int, extra_bins: int) -> str | None:
-    """Why an evaluation reply cannot be pooled, or None."""
-    m = res.metrics
-    missing = [k for k in ("n", "tp", "fp", "tn", "fn") if not isinstance(m.get(k), int)]
-    if missing:
-        return f"metrics lack {', '.join(missing)}"
-    for name, h, bins in [("main", res.histogram, n_bins),
-                          *((k, v, extra_bins) for k, v in res.extra_histograms.items())]:
-        if len(h.positive) != bins:
-            return f"{name} histogram has {len(h.positive)} bins, expected {bins}"
-        if name == "main" and int(h.positive.sum() + h.negative.sum()) != m["n"]:
-            return f"histogram counts {int(h.positive.sum() + h.negative.sum())} do not add up to n={m['n']}"
-    if m["tp"] + m["fp"] + m["tn"] + m["fn"] != m["n"]:
-        return "confusion counts do not add up to n"
+    """Why an evaluation reply cannot be pooled, or None. Everything in it is checked: the
+    figures (consistent counts, rates in [0, 1]), the histograms (bins, counts adding up to
+    the class counts) and, when present, the fidelity and utility blocks and their histograms."""
+    problem = _figures_problem(res.metrics, "metrics")
+    if problem:
+        return problem
+    problem = _histogram_problem(res.histogram, n_bins, res.metrics, "main")
+    if problem:
+        return problem
+    extra = res.extra if isinstance(res.extra, dict) else None
+    if extra is None or set(extra) - {"fidelity", "utility", "error"}:
+        return "extra may hold only fidelity, utility and error"
+    if "error" in extra and not isinstance(extra["error"], str):
+        return "extra.error must be a string"
+    if "fidelity" in extra and (problem := _fidelity_problem(extra["fidelity"])):
+        return problem
+    utility = extra.get("utility", {})
+    if not isinstance(utility, dict) or set(utility) - set(BASELINE_NAMES):
+        return f"utility may hold only {', '.join(BASELINE_NAMES)}"
+    if set(res.extra_histograms) - set(utility):
+        return "a baseline histogram came without its figures"
+    for name, figures in utility.items():
+        if problem := _figures_problem(figures, f"utility.{name}", BaselineFigures):
+            return problem
+        if name in res.extra_histograms and (
+                problem := _histogram_problem(res.extra_histograms[name], extra_bins, figures, name)):
+            return problem
     return None
 
 
@@ -96,6 +180,39 @@ def check_signed_update(upd: ModelUpdate, digest: str | None, config: RunConfig,
     required = config.privacy.epsilon if config.privacy is not None else None
     return check_signed(upd.site, digest, ("n_examples", upd.n_examples), upd.meta.get("ledger"), key, required,
                         run_id, round_no)
+
+
+RELEASE_INFO_KEYS = ("site", "run_id", "fedsynth_version", "generator", "train_counts", "test_counts",
+                     "released_per_class", "withheld_classes", "phantom", "gate", "membership_auc",
+                     "membership_audit", "seconds")
+MAX_INFO_BYTES = 64 * 1024  # a release's statistics are a few kB; more is not a statistic
+
+
+def public_info(meta: Any, keys: tuple[str, ...] = RELEASE_INFO_KEYS) -> dict[str, Any]:
+    """The part of a reply's unsigned metadata the run's outputs may show: known keys only,
+    JSON values only, bounded in size (ValueError otherwise)."""
+    if not isinstance(meta, dict):
+        raise ValueError("the reply's metadata must be an object")
+    info = {k: meta[k] for k in keys if k in meta}
+    text = json.dumps(info, allow_nan=False)
+    if len(text) > MAX_INFO_BYTES:
+        raise ValueError(f"the reply's statistics take {len(text)} bytes, over {MAX_INFO_BYTES}")
+    for name in ("train_counts", "test_counts", "released_per_class"):
+        counts = info.get(name)
+        if counts is not None and not (isinstance(counts, dict) and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values())):
+            raise ValueError(f"{name} must map classes to non-negative integers")
+    return json.loads(text)
+
+
+def checked_privacy(figures: dict[str, Any]) -> dict[str, Any]:
+    """A site's privacy figures (from its verified ledger) as the metrics schema holds them;
+    ValueError when a signed value is still not a number where a number belongs."""
+    try:
+        return SitePrivacy.model_validate(figures).model_dump()
+    except ValidationError as err:
+        e = err.errors()[0]
+        raise ValueError(f"privacy.{'.'.join(map(str, e['loc']))}: {e['msg']}") from None
 
 
 def file_ledger(run_dir: RunDir, site: str, ledger: object, registry: dict[str, Path]) -> None:

@@ -111,7 +111,7 @@ def run_federated_generator(config, grid, transport, run_dir, registry, progress
     clf = train_on_pool(config, images, labels, f"synthetic (federated {gen.family})", phantom,
                         [c.site for c in record.contributions], run_dir, record, progress)
     return evaluate_and_report(config, transport, run_dir, clf, record,
-                               synthetic={"global": (to_uint8(images), labels)})
+                               synthetic={"global": (to_uint8(images), labels)}, registry=registry)
 
 
 def run_fedavg_classifier(config, grid, transport, run_dir, registry, on_round) -> RunMetrics:
@@ -133,4 +133,4 @@ def run_fedavg_classifier(config, grid, transport, run_dir, registry, on_round) 
     load_exchangeable(model, weights)
     clf = Classifier.from_state(header, model.state_dict(), device=config.run.device)
     clf.save(run_dir.file(CLASSIFIER_FILE))
-    return evaluate_and_report(config, transport, run_dir, clf, record)
+    return evaluate_and_report(config, transport, run_dir, clf, record, registry=registry)

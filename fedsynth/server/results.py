@@ -69,10 +69,12 @@ def evaluate_and_report(
     clf: Classifier,
     record: RunRecord,
     synthetic: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    registry: dict | None = None,
 ) -> RunMetrics:
     """Every site evaluates ``clf`` on its real test split (and, given the pooled
     ``synthetic`` images by origin, measures fidelity and its own utility baselines);
-    pool, write metrics.json, the score histograms behind the curves and the report."""
+    pool, write metrics.json, the score histograms behind the curves and the report. Every
+    reply is checked as hostile; with ``registry``, only registered sites may evaluate."""
     t2 = time.perf_counter()
     request = EvaluateRequest(run_dir.run_id, config, clf.header(), clf.state_dict())
     if synthetic and (config.evaluation.fidelity or config.evaluation.site_baselines):
@@ -82,13 +84,19 @@ def evaluate_and_report(
     results = []
     seen: set[str] = set()
     bins = config.evaluation.histogram_bins
-    for r in sorted(transport.evaluate(request, record), key=lambda r: r.site):
-        problem = check_eval_result(r, len(clf.score_edges(bins)) - 1, bins)
+    n_bins = len(clf.score_edges(bins)) - 1
+    for r in sorted(transport.evaluate(request, record), key=lambda r: str(r.site)):
+        try:
+            problem = check_eval_result(r, n_bins, bins)
+        except Exception as err:  # noqa: BLE001 - whatever a reply holds, it costs only its own site
+            problem = f"the evaluation could not be checked: {type(err).__name__}: {err}"
+        if problem is None and registry is not None and r.site not in registry:
+            problem = f"unknown site {r.site!r}: no public key is registered for it"
         if problem is None and r.site in seen:
             problem = "a second evaluation from the same site"
         if problem:
             log.warning("evaluation from %s rejected: %s", r.site, problem)
-            record.fail(r.site, "evaluation-check", problem)
+            record.fail(str(r.site), "evaluation-check", problem)
         else:
             results.append(r)
             seen.add(r.site)

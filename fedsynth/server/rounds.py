@@ -42,12 +42,14 @@ from fedsynth.protocol import (
     round_config,
 )
 from fedsynth.rundir import RunDir
-from fedsynth.server.checks import check_signed_update, check_update, file_ledger
+from fedsynth.server.checks import check_signed_update, check_update, checked_privacy, file_ledger, public_info
 from fedsynth.server.grid_views import ActiveGrid
 from fedsynth.server.record import SiteFailure
 from fedsynth.server.secure_aggregation import secure_round
 
 log = logging.getLogger("fedsynth.server")
+
+UPDATE_INFO_KEYS = ("site", "round", "phantom")  # what of an update's unsigned metadata the outputs show
 
 
 @dataclass
@@ -65,6 +67,7 @@ class RoundsState:
     bytes_sent: dict[str, int] = field(default_factory=dict)
     accountant: dict | None = None
     resumed_from: int | None = None
+    heads: dict[str, list] = field(default_factory=dict)  # site -> [entries, last hash] of its last accepted ledger
 
     def fail(self, site: str, reason: str, node: int | None, round_no: int) -> None:
         """Drop ``site`` (and its node) from later rounds, with the reason."""
@@ -102,17 +105,35 @@ class UpdateIntake:
         aggregation, where the arrays exist only in the average."""
         state = self.state
         state.bytes_sent[upd.site] = state.bytes_sent.get(upd.site, 0) + n_bytes
-        file_ledger(self.run_dir, upd.site, upd.meta.get("ledger"), self.registry)
+        try:
+            problem = self._problem(upd, round_no, reference)
+            if problem is None:
+                private, privacy = signed_privacy(upd.meta["ledger"])  # from the verified ledger
+                info = {**public_info(upd.meta, UPDATE_INFO_KEYS), "private": private,
+                        "privacy": checked_privacy(privacy)}
+        except Exception as err:  # noqa: BLE001 - whatever an update holds, it costs only its own site
+            problem = f"could not be checked: {type(err).__name__}: {err}"
+        if problem:
+            state.fail(upd.site, f"update rejected: {problem}", node, round_no)
+            return problem
+        ledger = upd.meta["ledger"]
+        state.sites[upd.site] = info
+        state.heads[upd.site] = [len(ledger), ledger[-1]["hash"]]
+        file_ledger(self.run_dir, upd.site, ledger, self.registry)  # only now: a rejected reply never replaces it
+        return None
+
+    def _problem(self, upd: ModelUpdate, round_no: int, reference: dict[str, np.ndarray] | None) -> str | None:
         if reference is not None:
             problem = check_update(upd, reference, self.config, self.registry, self.run_dir.run_id, round_no)
         else:
             problem = check_signed_update(upd, None, self.config, self.registry, self.run_dir.run_id, round_no)
         if problem:
-            state.fail(upd.site, f"update rejected: {problem}", node, round_no)
             return problem
-        private, privacy = signed_privacy(upd.meta["ledger"])  # from the verified ledger
-        state.sites[upd.site] = {**{k: v for k, v in upd.meta.items() if k not in ("ledger", "privacy", "private")},
-                                 "private": private, "privacy": privacy}
+        head = self.state.heads.get(upd.site)  # the ledger accepted last round: this one must extend it
+        ledger = upd.meta["ledger"]
+        if head is not None and (len(ledger) < head[0] or ledger[head[0] - 1].get("hash") != head[1]):
+            return (f"its ledger does not extend the one accepted last round ({head[0]} entries): entries were "
+                    "deleted or rewritten")
         return None
 
 
@@ -157,6 +178,8 @@ class CheckedStrategy(Strategy):
                 continue
             try:
                 upd = decode_update(reply.content)
+                if not isinstance(upd.site, str) or not upd.site:
+                    raise ValueError("the update names no site")
             except Exception as err:  # malformed: never averaged
                 state.fail(name, f"malformed reply: {type(err).__name__}: {err}", node, server_round)
                 continue

@@ -25,7 +25,7 @@ from fedsynth.privacy.release import signed_privacy
 from fedsynth.progress import ProgressFactory, no_progress
 from fedsynth.protocol import Release, TrainRequest
 from fedsynth.rundir import RunDir
-from fedsynth.server.checks import file_ledger, require_sites, verify_release
+from fedsynth.server.checks import checked_privacy, file_ledger, public_info, require_sites, verify_release
 from fedsynth.server.record import Contribution, RunRecord
 from fedsynth.server.results import evaluate_and_report, train_on_pool
 from fedsynth.server.transport import Transport
@@ -46,21 +46,24 @@ def run_substitution(
     """
     record = RunRecord()
 
-    # 1. sites train generators and release synthetic images
+    # 1. sites train generators and release synthetic images; each release is checked as hostile
     log.info("asking sites for synthetic releases")
     accepted: list[Release] = []
     for rel in transport.release(TrainRequest(run_dir.run_id, config), record):
-        problem = verify_release(rel, config, registry, run_dir.run_id)
-        file_ledger(run_dir, rel.site, rel.meta.get("ledger"), registry)
+        site = rel.site if isinstance(rel.site, str) else repr(rel.site)
+        try:
+            problem = _accept(rel, config, registry, run_dir, record, {r.site for r in accepted})
+        except Exception as err:  # noqa: BLE001 - whatever a reply holds, it costs only its own site
+            problem = f"the release could not be checked: {type(err).__name__}: {err}"
         if problem:
-            log.warning("release from %s rejected: %s", rel.site, problem)
-            record.fail(rel.site, "release-check", problem)
+            log.warning("release from %s rejected: %s", site, problem)
+            record.fail(site, "release-check", problem)
         else:
             accepted.append(rel)
     accepted.sort(key=lambda r: r.site)
     require_sites(len(accepted), config, "a usable release", record.failures)
     record.mark("release")
-    phantom = any(r.meta.get("phantom") for r in accepted)
+    phantom = any(c.phantom for c in record.contributions)
 
     # 2. pool and train the classifier on synthetic images only
     images = from_uint8(np.concatenate([r.images for r in accepted]))
@@ -70,11 +73,6 @@ def run_substitution(
     _synthetic_grids(accepted, run_dir, config, phantom)
     for rel in accepted:
         run_dir.save_release(rel.site, rel.images, rel.labels, phantom)
-    for r in accepted:  # privacy figures from the verified, signed ledger, not the unsigned metadata
-        private, privacy = signed_privacy(r.meta["ledger"])
-        info = {k: v for k, v in r.meta.items() if k not in ("ledger", "privacy", "private")}
-        record.contributions.append(Contribution(r.site, "release", {**info, "n_released": len(r.labels)}, private,
-                                                 privacy, bool(r.meta.get("phantom"))))
     synthetic = {r.site: (r.images, r.labels) for r in accepted}
     if config.alignment.enabled:
         images, record.extra["alignment"] = _align(images, labels, accepted, config)
@@ -85,7 +83,24 @@ def run_substitution(
                          for r, part in zip(accepted, np.split(images, ends[:-1]))}
     clf = train_on_pool(config, images, labels, "synthetic", phantom, [r.site for r in accepted], run_dir,
                         record, progress)
-    return evaluate_and_report(config, transport, run_dir, clf, record, synthetic=synthetic)
+    return evaluate_and_report(config, transport, run_dir, clf, record, synthetic=synthetic, registry=registry)
+
+
+def _accept(rel: Release, config: RunConfig, registry: dict[str, Path], run_dir: RunDir, record: RunRecord,
+            seen: set[str]) -> str | None:
+    """Why a release cannot be pooled, or None after recording its contribution and filing its
+    ledger (only then: a rejected reply never replaces the stored copy of an accepted one)."""
+    if rel.site in seen:
+        return "a second release from the same site"
+    problem = verify_release(rel, config, registry, run_dir.run_id)
+    if problem:
+        return problem
+    private, privacy = signed_privacy(rel.meta["ledger"])  # from the verified, signed ledger
+    info = public_info(rel.meta)
+    record.contributions.append(Contribution(rel.site, "release", {**info, "n_released": len(rel.labels)}, private,
+                                             checked_privacy(privacy), info.get("phantom") is True))
+    file_ledger(run_dir, rel.site, rel.meta["ledger"], registry)
+    return None
 
 
 def _align(images: np.ndarray, labels: np.ndarray, releases: list[Release],

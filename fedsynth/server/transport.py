@@ -99,10 +99,14 @@ class GridTransport:
         out = []
         for node, content in self._broadcast(lambda: encode_evaluate_request(request), MessageType.EVALUATE,
                                              "evaluate", record):
+            known = self.names.get(node, f"node-{node}")
             try:
                 res = decode_eval_result(content)
             except Exception as err:
-                record.fail(self.names.get(node, f"node-{node}"), "evaluate", f"malformed reply: {err}")
+                record.fail(known, "evaluate", f"malformed reply: {err}")
+                continue
+            if node in self.names and res.site != known:  # a node answers for the site it released as
+                record.fail(known, "evaluate", f"the evaluation claims to come from {res.site!r}")
                 continue
             record.count_bytes(res.site, content_bytes(content))
             out.append(res)

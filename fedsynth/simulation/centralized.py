@@ -29,7 +29,7 @@ CENTRALIZED_WARNING = (
 )
 
 
-def run_centralized(config: RunConfig, transport: Transport, run_dir: RunDir,
+def run_centralized(config: RunConfig, transport: Transport, run_dir: RunDir, registry: dict[str, Path],
                     progress: ProgressFactory = no_progress) -> RunMetrics:
     if config.federation.site_keys:
         raise ConfigError("run.mode=centralized-real pools real images in one place: it exists only in simulation")
@@ -40,7 +40,7 @@ def run_centralized(config: RunConfig, transport: Transport, run_dir: RunDir,
                                          False, {}, bool(s.train.phantom)) for s in sites]
     clf = train_on_pool(config, pool.images, pool.labels, "real (pooled centrally)", pool.phantom,
                         [s.name for s in sites], run_dir, record, progress)
-    return evaluate_and_report(config, transport, run_dir, clf, record)
+    return evaluate_and_report(config, transport, run_dir, clf, record, registry=registry)
 
 
 def simulation_mode(config: RunConfig, grid: Grid, transport: Transport, run_dir: RunDir,
@@ -48,5 +48,5 @@ def simulation_mode(config: RunConfig, grid: Grid, transport: Transport, run_dir
                     on_round=None) -> RunMetrics:
     """Every mode a simulation can run: the federation's own, and centralized-real."""
     if config.run.mode == "centralized-real":
-        return run_centralized(config, transport, run_dir, progress)
+        return run_centralized(config, transport, run_dir, registry, progress)
     return run_mode(config, grid, transport, run_dir, registry, progress, on_round)
