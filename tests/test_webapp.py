@@ -1,7 +1,9 @@
 """The web app (fedsynth serve): scoring uploads with Grad-CAM, the reader study, every route.
 
 Runs on a tiny run directory built here (a 16 px classifier trained for two epochs on
-phantoms, two synthetic releases), without training a federation.
+phantoms, two synthetic releases), without training a federation. The study's access rules
+(tokens, CSRF, headers) are tested in tests/test_webapp_security.py; here every request
+carries the right token.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from fedsynth.data.preprocess import prepare
 from fedsynth.errors import DataError
 from fedsynth.rundir import RunDir
 from fedsynth.webapp import create_app
+from fedsynth.webapp.study import StudyError, reader_key
 
 RES = 16
 STUDY_SIZE = 8  # 4 real + 4 synthetic
@@ -156,6 +159,25 @@ def expected_probability(clf: Classifier, path: Path) -> float:
     return float(clf.predict_proba(prepare(read_image_file(path), clf.resolution)[None])[0])
 
 
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def invite(client: TestClient, name: str) -> str:
+    """A reader's invitation token, as `fedsynth study invite` mints it."""
+    return client.app.state.tokens.invite(name).token
+
+
+def owner(client: TestClient) -> dict[str, str]:
+    """The owner's Authorization header, as `fedsynth serve` mints the token."""
+    return bearer(client.app.state.tokens.issue_owner().token)
+
+
+def score_csrf(client: TestClient) -> str:
+    """The score form's CSRF token, from the page (which also sets this client's session cookie)."""
+    return re.search(r'action="/score\?csrf=([0-9a-f]+)"', client.get("/").text).group(1)
+
+
 def decode_png(b64: str) -> Image.Image:
     img = Image.open(io.BytesIO(base64.b64decode(b64)))
     img.load()
@@ -247,7 +269,7 @@ def test_health(client, clf):
 def test_score_page_has_the_form_and_the_phantom_warning(client):
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    assert '<form method="post" action="/score" enctype="multipart/form-data"' in r.text
+    assert re.search(r'<form method="post" action="/score\?csrf=[0-9a-f]{64}" enctype="multipart/form-data"', r.text)
     assert 'type="file" name="file"' in r.text
     assert 'id="phantom-warning"' in r.text and "PHANTOMS" in r.text
     assert "http://" not in r.text.replace("http://HOST:PORT", "")  # no external resources
@@ -352,7 +374,8 @@ def test_api_score_oversize_is_413_and_leaves_nothing(run_dir, uploads):
 def test_score_form_shows_probability_image_and_overlay(client, clf, xray, tmp_path, uploads):
     path = tmp_path / "chest.png"
     path.write_bytes(png(xray))
-    r = client.post("/score", files={"file": ("chest.png", path.read_bytes(), "image/png")})
+    r = client.post("/score", params={"csrf": score_csrf(client)},
+                    files={"file": ("chest.png", path.read_bytes(), "image/png")})
     assert r.status_code == 200
     shown = re.search(r'id="probability">([0-9.]+)<', r.text)
     assert shown and float(shown.group(1)) == pytest.approx(expected_probability(clf, path), abs=5e-4)
@@ -364,7 +387,8 @@ def test_score_form_shows_probability_image_and_overlay(client, clf, xray, tmp_p
 
 
 def test_score_form_bad_file_shows_the_reason(client):
-    r = client.post("/score", files={"file": ("<b>x</b>.png", b"GIF89a not really", "image/png")})
+    r = client.post("/score", params={"csrf": score_csrf(client)},
+                    files={"file": ("<b>x</b>.png", b"GIF89a not really", "image/png")})
     assert r.status_code == 422
     assert 'id="error"' in r.text and "corrupt or not an image" in r.text
     assert 'id="probability"' not in r.text
@@ -420,8 +444,9 @@ def test_study_disabled_without_real_data(client, run_dir):
     for url in ("/api/study", "/api/study/next?reader=ann", "/api/study/results", "/study/image/abc.png"):
         r = client.get(url)
         assert r.status_code == 404 and "--real-data" in r.json()["detail"], url
-    r = client.post("/api/study/answer", json={"reader": "ann", "image_id": "x", "answer": "real"})
-    assert r.status_code == 404 and "not available" in r.json()["detail"]
+    for url in ("/api/study/answer", "/api/study/invitations"):
+        r = client.post(url, json={"reader": "ann", "image_id": "x", "answer": "real"})
+        assert r.status_code == 404 and "not available" in r.json()["detail"]
     r = client.post("/study/answer", data={"reader": "ann", "image_id": "x", "answer": "real"})
     assert r.status_code == 404 and 'id="study-disabled"' in r.text
     assert not (run_dir / "reader_study.sqlite").exists()
@@ -439,8 +464,8 @@ def test_study_set_is_a_fixed_seeded_mix(run_dir, real_npz, tmp_path, study_clie
     assert [im.id for im in again.state.study.images] == [im.id for im in study.images]  # stable ids and order
     other = create_app(run_dir, real_data=real_npz, db_path=tmp_path / "c.sqlite", study_size=STUDY_SIZE, seed=1)
     assert [im.id for im in other.state.study.images] != [im.id for im in study.images]
-    r = study_client.get("/api/study")
-    assert r.status_code == 200
+    r = study_client.get("/api/study", headers=bearer(invite(study_client, "Ann")))
+    assert r.status_code == 200 and r.json()["you"] == {"role": "reader", "reader": "Ann"}
     assert r.json()["n_images"] == STUDY_SIZE and r.json()["positive_class"] == "synthetic"
     assert r.json()["composition"] == {"real": 4, "synthetic": 4} and "PHANTOM" in r.json()["phantom_warning"]
     big = create_app(run_dir, real_data=real_npz, db_path=tmp_path / "d.sqlite", study_size=100)
@@ -449,6 +474,7 @@ def test_study_set_is_a_fixed_seeded_mix(run_dir, real_npz, tmp_path, study_clie
 
 def test_study_images_do_not_tell_real_from_synthetic(study_client):
     study = study_client.app.state.study
+    study_client.headers.update(bearer(invite(study_client, "Ann")))
     seen = {}
     for im in study.images:
         r = study_client.get(f"/study/image/{im.id}.png")
@@ -461,15 +487,17 @@ def test_study_images_do_not_tell_real_from_synthetic(study_client):
     assert study_client.get("/study/image/000000000000.png").status_code == 404
 
 
-def _html_next(client: TestClient, reader: str) -> str | None:
-    r = client.get("/study", params={"reader": reader})
+def _html_next(client: TestClient, token: str | None = None) -> tuple[str, str] | None:
+    """The next image id and the form's CSRF token on the reader's page: from the invitation
+    link (``token``) or, after it, from the cookie the link left."""
+    r = client.get("/study", params={"token": token} if token else None)
     assert r.status_code == 200
     m = re.search(r'name="image_id" value="([0-9a-f]+)"', r.text)
     if m is None:
         assert 'id="study-done"' in r.text
         return None
     assert f'src="/study/image/{m.group(1)}.png"' in r.text
-    return m.group(1)
+    return m.group(1), re.search(r'name="csrf" value="([0-9a-f]{64})"', r.text).group(1)
 
 
 def test_reader_study_end_to_end_two_readers(study_client, real_npz):
@@ -478,44 +506,51 @@ def test_reader_study_end_to_end_two_readers(study_client, real_npz):
     labels = {im.id: im.label for im in study.images}
     assert all(v in (0, 1) for v in labels.values())  # the site's npz has labels
     r = study_client.get("/study")
-    assert r.status_code == 200 and 'name="reader"' in r.text and f"{STUDY_SIZE} chest X-rays" in r.text
+    assert r.status_code == 401 and 'id="invitation-needed"' in r.text and f"{STUDY_SIZE} chest X-rays" in r.text
+    ann_token, bob_token = invite(study_client, "Ann"), invite(study_client, "Bob")
 
     # Ann, in the browser pages: right on everything except the first synthetic image (called real)
     # and the first two real images (called synthetic); pneumonia answered on her first four
-    # images, right on three of them.
+    # images, right on three of them. Her invitation link once, then the cookie it left.
     first_syn = [i for i in truth if truth[i] == "synthetic"][:1]
     first_real = [i for i in truth if truth[i] == "real"][:2]
     order = []
-    while (image_id := _html_next(study_client, "Ann")) is not None:
+    link = ann_token
+    while (nxt := _html_next(study_client, link)) is not None:
+        link = None
+        image_id, csrf = nxt
         order.append(image_id)
         wrong = image_id in first_syn or image_id in first_real
         given = ("real" if truth[image_id] == "synthetic" else "synthetic") if wrong else truth[image_id]
-        form = {"reader": "Ann", "image_id": image_id, "answer": given}
+        form = {"csrf": csrf, "image_id": image_id, "answer": given}
         if len(order) <= 4:
             correct = bool(labels[image_id])
             form["pneumonia"] = "yes" if (correct if len(order) <= 3 else not correct) else "no"
         r = study_client.post("/study/answer", data=form, follow_redirects=False)
-        assert r.status_code == 303 and r.headers["location"] == "/study?reader=Ann"
+        assert r.status_code == 303 and r.headers["location"] == "/study"
     assert order == [im.id for im in study.images]  # the study's fixed order, each image once
 
     # a second answer is refused and the first one kept
-    r = study_client.post("/api/study/answer", json={"reader": "Ann", "image_id": order[0], "answer": "real"})
+    r = study_client.post("/api/study/answer", json={"image_id": order[0], "answer": "real"},
+                          headers=bearer(ann_token))
     assert r.status_code == 409 and "first answer is kept" in r.json()["detail"]
-    r = study_client.post("/study/answer", data={"reader": "Ann", "image_id": order[0], "answer": "real"},
+    r = study_client.post("/study/answer", data={"csrf": csrf, "image_id": order[0], "answer": "real"},
                           follow_redirects=False)
     assert r.status_code == 303 and "already=" + order[0] in r.headers["location"]
 
     # Bob, through the JSON API: calls everything synthetic, stops after six images
     for k in range(6):
-        nxt = study_client.get("/api/study/next", params={"reader": "Bob"}).json()
+        nxt = study_client.get("/api/study/next", headers=bearer(bob_token)).json()
+        assert nxt["reader"] == "Bob"
         assert nxt["answered"] == k and nxt["done"] is False and nxt["image"]["position"] == k + 1
-        r = study_client.post("/api/study/answer",
-                              json={"reader": "Bob", "image_id": nxt["image"]["id"], "answer": "synthetic"})
+        r = study_client.post("/api/study/answer", headers=bearer(bob_token),
+                              json={"image_id": nxt["image"]["id"], "answer": "synthetic"})
         assert r.status_code == 201 and r.json()["next"]["answered"] == k + 1
     bob_seen = order[:6]
-    assert study_client.get("/api/study/next", params={"reader": "Ann"}).json()["done"] is True
+    assert study_client.get("/api/study/next", headers=bearer(ann_token)).json()["done"] is True
 
-    res = study_client.get("/api/study/results").json()
+    owner_auth = owner(study_client)
+    res = study_client.get("/api/study/results", headers=owner_auth).json()
     assert res["positive_class"] == "synthetic" and res["n_images"] == STUDY_SIZE and res["ignored_answers"] == 0
     ann = res["readers"]["Ann"]
     # synthetic: 3 of 4 called synthetic; real: 2 of 4 called real
@@ -549,71 +584,118 @@ def test_reader_study_end_to_end_two_readers(study_client, real_npz):
     assert {m["image_id"] for m in res["most_mistaken"] if m["mistaken"] == 2} == set(first_real) & set(bob_seen)
     assert all(m["truth"] == truth[m["image_id"]] for m in res["most_mistaken"])
 
-    page = study_client.get("/study/results")
+    owner_token = owner_auth["Authorization"].removeprefix("Bearer ")
+    page = study_client.get("/study/results", params={"token": owner_token})
     assert page.status_code == 200 and 'id="results-table"' in page.text
     assert "Ann" in page.text and "62.5%" in page.text and "75.0%" in page.text and "50.0%" in page.text
     assert "Synthetic is the positive" in page.text and 'id="most-mistaken"' in page.text
-    done = study_client.get("/study", params={"reader": "Ann"})
-    assert 'id="study-done"' in done.text
+    thumb = re.search(r'src="(/study/image/[0-9a-f]+\.png)"', page.text).group(1)
+    assert study_client.get("/study/results").status_code == 200  # the owner's cookie, after the link
+    assert study_client.get(thumb).status_code == 200
+    done = study_client.get("/study")  # Ann's cookie
+    assert 'id="study-done"' in done.text and "Thank you, Ann" in done.text
 
 
 def test_answers_are_stored_in_one_sqlite_table_with_the_name_only(study_client, tmp_path):
+    import os
     import sqlite3
+    import stat
 
     image_id = study_client.app.state.study.images[0].id
-    r = study_client.post("/api/study/answer", json={"reader": "Dr. Émile Roux", "image_id": image_id,
-                                                     "answer": "real", "pneumonia": True},
-                          headers={"user-agent": "ZZAGENT", "x-forwarded-for": "10.9.8.7"})
-    assert r.status_code == 201
+    token = invite(study_client, "Dr. Émile Roux")
+    r = study_client.post("/api/study/answer", json={"image_id": image_id, "answer": "real", "pneumonia": True},
+                          headers={**bearer(token), "user-agent": "ZZAGENT", "x-forwarded-for": "10.9.8.7"})
+    assert r.status_code == 201 and r.json()["stored"]["reader"] == "Dr. Émile Roux"
     db = sqlite3.connect(tmp_path / "answers.sqlite")
-    tables = [t[0] for t in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    tables = sorted(t[0] for t in db.execute("SELECT name FROM sqlite_master WHERE type='table'"))
     cols = [c[1] for c in db.execute("PRAGMA table_info(answers)")]
     rows = db.execute("SELECT * FROM answers").fetchall()
+    readers = db.execute("SELECT reader, shown_as FROM readers").fetchall()
+    hashes = [h for (h,) in db.execute("SELECT token_hash FROM tokens")]
     db.close()
-    assert tables == ["answers"] and cols == ["reader", "image_id", "answer", "pneumonia", "answered_at"]
-    assert len(rows) == 1 and rows[0][:4] == ("Dr. Émile Roux", image_id, "real", 1)
+    assert tables == ["answers", "readers", "token_secret", "tokens"]
+    assert cols == ["reader", "image_id", "answer", "pneumonia", "answered_at"]
+    # the reader's key (NFKC + casefold) with the answers, the name as typed beside it
+    assert len(rows) == 1 and rows[0][:4] == ("dr. émile roux", image_id, "real", 1)
+    assert readers == [("dr. émile roux", "Dr. Émile Roux")]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", rows[0][4])
     raw = (tmp_path / "answers.sqlite").read_bytes()
     assert b"ZZAGENT" not in raw and b"10.9.8.7" not in raw and b"testclient" not in raw
+    assert token.encode() not in raw and len(hashes) == 1 and re.fullmatch(r"[0-9a-f]{64}", hashes[0])
+    assert stat.S_IMODE(os.stat(tmp_path / "answers.sqlite").st_mode) == 0o600  # owner only
 
 
-@pytest.mark.parametrize("name", ["", "   ", "x" * 41, "<script>alert(1)</script>", "ann'); DROP TABLE answers;--",
-                                  "../etc/passwd", "tab\tname", "-leading", "a@b.com"])
+BAD_NAMES = ["", "   ", "x" * 41, "<script>alert(1)</script>", "ann'); DROP TABLE answers;--", "../etc/passwd",
+             "tab\tname", "-leading", "a@b.com",
+             # look-alikes mixing scripts: Cyrillic А in a Latin name, Greek α and ο, Latin a in Cyrillic
+             "\u0410nn", "P\u03b1ul", "J\u03bfhn", "\u0410\u043dna", "zero\u200bwidth"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
 def test_bad_reader_names_are_refused(study_client, name):
-    image_id = study_client.app.state.study.images[0].id
-    r = study_client.get("/api/study/next", params={"reader": name})
-    assert r.status_code == 400 and "reader name" in r.json()["detail"]
-    r = study_client.post("/api/study/answer", json={"reader": name, "image_id": image_id, "answer": "real"})
-    assert r.status_code == 400 and "reader name" in r.json()["detail"]
-    page = study_client.get("/study", params={"reader": name})
-    assert page.status_code == 400 and 'id="error"' in page.text and "<script>alert" not in page.text
-    assert study_client.get("/api/study/results").json()["readers"] == {}
+    r = study_client.post("/api/study/invitations", json={"reader": name}, headers=owner(study_client))
+    assert r.status_code == 400 and "reader name" in r.json()["detail"], r.json()
+    if "\u0410" in name or "\u03b1" in name or "\u03bf" in name:
+        assert "must not mix scripts" in r.json()["detail"]
+    with pytest.raises(StudyError, match="reader name"):
+        study_client.app.state.tokens.invite(name)
+    page = study_client.get("/study", params={"reader": name})  # a name in the URL opens nothing
+    assert page.status_code == 401 and 'id="invitation-needed"' in page.text and "<script>alert" not in page.text
+    assert study_client.app.state.tokens.names() == {}
+    assert study_client.get("/api/study/results", headers=owner(study_client)).json()["readers"] == {}
 
 
-@pytest.mark.parametrize("name", ["Ann", "reader_2", "Dr. A-B", "x" * 40, "Émile"])
+@pytest.mark.parametrize("name", ["Ann", "reader_2", "Dr. A-B", "x" * 40, "Émile", "Анна", "山田 太郎", "Σοφία"])
 def test_good_reader_names_are_accepted(study_client, name):
-    r = study_client.get("/api/study/next", params={"reader": f"  {name} "})
+    r = study_client.post("/api/study/invitations", json={"reader": f"  {name} "}, headers=owner(study_client))
+    assert r.status_code == 201 and r.json()["reader"] == name
+    assert r.json()["url"] == f"http://testserver/study?token={r.json()['token']}"
+    r = study_client.get("/api/study/next", headers=bearer(r.json()["token"]))
     assert r.status_code == 200 and r.json()["reader"] == name and r.json()["answered"] == 0
+
+
+@pytest.mark.parametrize("first, second", [("Ann", "ANN"), ("Ann", "\uff21\uff4e\uff4e"),  # full-width
+                                           ("fiona", "\ufb01ona"),  # the ligature ﬁ
+                                           ("Émile", "E\u0301mile"),  # combining acute accent
+                                           ("Straße", "STRASSE"), ("Ann Lee", "ann  lee"), ("Ann", "ann\u00a0")])
+def test_look_alike_names_are_one_reader(study_client, first, second):
+    tokens = study_client.app.state.tokens
+    inv = tokens.invite(first)
+    with pytest.raises(StudyError, match="already has a valid invitation") as err:
+        tokens.invite(second)
+    assert err.value.status == 409
+    again = tokens.invite(second, reissue=True)  # a new link for the same reader, under the first name
+    assert again.shown_as == first and tokens.names() == {reader_key(first): first}
+    assert reader_key(first) == reader_key(second)
+    with pytest.raises(StudyError, match="unknown or revoked"):
+        tokens.check(inv.token)  # the old link stopped working
+    assert tokens.check(again.token).shown_as == first
 
 
 def test_bad_answers_are_refused(study_client):
     image_id = study_client.app.state.study.images[0].id
+    ann = bearer(token := invite(study_client, "Ann"))
     cases = [
-        ({"reader": "Ann", "image_id": "000000000000", "answer": "real"}, 404, "no image"),
-        ({"reader": "Ann", "image_id": image_id, "answer": "maybe"}, 400, "real' or 'synthetic"),
-        ({"reader": "Ann", "image_id": image_id, "answer": "real", "pneumonia": "perhaps"}, 400, "pneumonia"),
+        ({"image_id": "000000000000", "answer": "real"}, 404, "no image"),
+        ({"image_id": image_id, "answer": "maybe"}, 400, "real' or 'synthetic"),
+        ({"image_id": image_id, "answer": "real", "pneumonia": "perhaps"}, 400, "pneumonia"),
+        ({"image_id": ["x"], "answer": {"a": 1}}, 404, "no image"),
+        ({"reader": "Ann", "image_id": image_id, "answer": ["real"]}, 400, "real' or 'synthetic"),
     ]
     for body, status, message in cases:
-        r = study_client.post("/api/study/answer", json=body)
+        r = study_client.post("/api/study/answer", json=body, headers=ann)
         assert r.status_code == status and message in r.json()["detail"], body
-    r = study_client.post("/api/study/answer", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 400 and "send JSON" in r.json()["detail"]
-    r = study_client.post("/study/answer", data={"reader": "Ann", "image_id": image_id, "answer": "maybe"})
+    for content in (b"{not json", b"[1, 2]"):
+        r = study_client.post("/api/study/answer", content=content,
+                              headers={**ann, "content-type": "application/json"})
+        assert r.status_code == 400 and "send" in r.json()["detail"] and "JSON" in r.json()["detail"]
+    csrf = _html_next(study_client, token)[1]
+    r = study_client.post("/study/answer", data={"csrf": csrf, "image_id": image_id, "answer": "maybe"})
     assert r.status_code == 400 and 'id="error"' in r.text
-    r = study_client.post("/study/answer", data={"reader": "Ann", "image_id": image_id, "answer": "real"},
+    r = study_client.post("/study/answer", data={"csrf": csrf, "image_id": image_id, "answer": "real"},
                           files={"file": ("x.png", b"123", "image/png")})  # the answer form takes no file
     assert r.status_code == 400 and "Too many files" in r.text
-    assert study_client.get("/api/study/results").json()["overall"]["answered"] == 0
+    assert study_client.get("/api/study/results", headers=owner(study_client)).json()["overall"]["answered"] == 0
 
 
 def test_study_with_unlabelled_real_images(run_dir, tmp_path):
@@ -625,11 +707,12 @@ def test_study_with_unlabelled_real_images(run_dir, tmp_path):
     study = client.app.state.study
     assert study.counts() == {"real": 3, "synthetic": 3}
     assert all((im.label is None) == (im.kind == "real") for im in study.images)
+    ann = bearer(invite(client, "Ann"))
     for im in study.images:
-        r = client.post("/api/study/answer", json={"reader": "Ann", "image_id": im.id, "answer": "real",
-                                                   "pneumonia": True})
+        r = client.post("/api/study/answer", json={"image_id": im.id, "answer": "real", "pneumonia": True},
+                        headers=ann)
         assert r.status_code == 201
-    ann = client.get("/api/study/results").json()["readers"]["Ann"]
+    ann = client.get("/api/study/results", headers=owner(client)).json()["readers"]["Ann"]
     assert ann["accuracy"] == 0.5 and ann["sensitivity"] == 0.0 and ann["specificity"] == 1.0
     assert ann["pneumonia_answered"] == 3  # only the synthetic images have a class to check against
 
@@ -662,10 +745,65 @@ def test_cli_serve_binds_localhost_by_default(run_dir, real_npz, tmp_path, monke
     assert calls[0][1]["host"] == "127.0.0.1" and calls[0][1]["port"] == 8000
     assert calls[0][1]["access_log"] is False  # no client addresses or reader names in logs
     assert calls[0][0].state.study is None and "http://127.0.0.1:8000" in result.output
+    assert "token" not in result.output
     result = CliRunner().invoke(app, ["serve", str(run_dir), "--real-data", str(real_npz), "--port", "8765",
                                       "--db", str(tmp_path / "s.sqlite")])
     assert result.exit_code == 0, result.output
     assert calls[1][1]["port"] == 8765 and calls[1][0].state.study is not None
     assert (tmp_path / "s.sqlite").is_file()
+    # the owner's results link, printed once; it opens the results, nothing else does
+    link = re.search(r"http://127\.0\.0\.1:8765/study/results\?token=([A-Za-z0-9_-]{43})", result.output)
+    assert link and "fedsynth study invite" in result.output and f"--db {tmp_path / 's.sqlite'}" in result.output
+    web = TestClient(calls[1][0])
+    assert web.get("/api/study/results").status_code == 401
+    assert web.get("/api/study/results", headers=bearer(link.group(1))).status_code == 200
+    assert web.get("/study/results", params={"token": link.group(1)}).status_code == 200
+    # a restart mints a new owner token: the old one stops working
+    result = CliRunner().invoke(app, ["serve", str(run_dir), "--real-data", str(real_npz),
+                                      "--db", str(tmp_path / "s.sqlite")])
+    assert result.exit_code == 0 and link.group(1) not in result.output
+    assert TestClient(calls[2][0]).get("/api/study/results", headers=bearer(link.group(1))).status_code == 401
     result = CliRunner().invoke(app, ["serve", str(tmp_path / "missing")])
-    assert result.exit_code == 2 and "not found" in result.output and len(calls) == 2
+    assert result.exit_code == 2 and "not found" in result.output and len(calls) == 3
+
+
+def test_cli_study_invite_revoke_and_owner_token(run_dir, real_npz, tmp_path):
+    from typer.testing import CliRunner
+
+    from fedsynth.cli.study import study_app
+
+    db = tmp_path / "cli.sqlite"
+    web = TestClient(create_app(run_dir, real_data=real_npz, db_path=db, study_size=STUDY_SIZE))
+    run = CliRunner()
+    result = run.invoke(study_app, ["invite", str(run_dir), "--reader", "Dr. Ann", "--db", str(db),
+                                    "--url", "http://ws-12:8000"])
+    assert result.exit_code == 0, result.output
+    link = re.search(r"http://ws-12:8000/study\?token=([A-Za-z0-9_-]{43})", result.output)
+    assert link and "invitation for Dr. Ann, valid until" in result.output
+    token = link.group(1)
+    assert token.encode() not in db.read_bytes()  # only its HMAC is stored
+    page = web.get("/study", params={"token": token})  # the running app sees the new invitation at once
+    assert page.status_code == 200 and "Dr. Ann, image 1 of" in page.text
+    # the same reader again (another case): refused; --reissue makes a new link, the old one stops
+    result = run.invoke(study_app, ["invite", str(run_dir), "--reader", "DR. ANN", "--db", str(db)])
+    assert result.exit_code == 2 and "already has a valid invitation" in result.output
+    result = run.invoke(study_app, ["invite", str(run_dir), "--reader", "dr. ann", "--db", str(db), "--reissue"])
+    assert result.exit_code == 0 and "invitation for Dr. Ann" in result.output
+    new = re.search(r"token=([A-Za-z0-9_-]{43})", result.output).group(1)
+    assert web.get("/api/study/next", headers=bearer(token)).status_code == 401
+    assert web.get("/api/study/next", headers=bearer(new)).json()["reader"] == "Dr. Ann"
+    for bad, message in (("-x", "reader name"), ("\u0410nn", "must not mix scripts")):
+        result = run.invoke(study_app, ["invite", str(run_dir), "--reader", bad, "--db", str(db)])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    result = run.invoke(study_app, ["invite", str(run_dir), "--reader", "Bob", "--db", str(db), "--days", "0"])
+    assert result.exit_code == 2 and "more than 0" in result.output
+    result = run.invoke(study_app, ["revoke", str(run_dir), "--reader", "DR. ann", "--db", str(db)])
+    assert result.exit_code == 0 and web.get("/api/study/next", headers=bearer(new)).status_code == 401
+    result = run.invoke(study_app, ["revoke", str(run_dir), "--reader", "Dr. Ann", "--db", str(db)])
+    assert result.exit_code == 2 and "no valid invitation" in result.output
+    result = run.invoke(study_app, ["owner-token", str(run_dir), "--db", str(db)])
+    assert result.exit_code == 0
+    owner_token = re.search(r"/study/results\?token=([A-Za-z0-9_-]{43})", result.output).group(1)
+    assert web.get("/api/study/results", headers=bearer(owner_token)).status_code == 200
+    result = run.invoke(study_app, ["invite", str(tmp_path / "missing"), "--reader", "Ann"])
+    assert result.exit_code == 2 and "not found" in result.output

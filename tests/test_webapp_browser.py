@@ -69,7 +69,9 @@ def serving(app) -> Iterator[str]:
 
 @contextmanager
 def browser_page(width: int = 1100, height: int = 900):
-    """A page in a fresh headless Chromium (Playwright gives each launch a new profile dir)."""
+    """A page in a fresh headless Chromium (Playwright gives each launch a new profile dir).
+    ``page.csp_violations`` collects the Content-Security-Policy violations the browser
+    reports: the app's pages must cause none."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -77,6 +79,9 @@ def browser_page(width: int = 1100, height: int = 900):
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
             page.set_default_timeout(30_000)
+            page.csp_violations = []
+            page.on("console", lambda msg: page.csp_violations.append(msg.text)
+                    if "Content Security Policy" in msg.text else None)
             yield page
         finally:
             browser.close()
@@ -139,16 +144,32 @@ def test_browser_uploads_an_xray_and_reads_the_probability(site):
         page.click("#score-button")
         assert "corrupt or not an image" in page.inner_text("#error")
 
+        # the size check runs from the app's own script (no inline script under the CSP)
+        big = root / "big.png"
+        big.write_bytes(b"\x89PNG" + b"\0" * (21 * 2**20))
+        page.goto(url + "/")
+        page.set_input_files("#file", str(big))
+        page.click("#score-button")
+        assert "larger than 20 MB" in page.inner_text("#size-error")
+        assert page.csp_violations == []
+
 
 def test_browser_reader_completes_a_study(site, tmp_path):
     from fedsynth.webapp import create_app
 
     run_dir, real, _ = site
     app = create_app(run_dir, real_data=real, db_path=tmp_path / "study.sqlite", study_size=4, seed=0)
+    invitation = app.state.tokens.invite("Dr Browser").token  # what `fedsynth study invite` prints
+    owner = app.state.tokens.issue_owner().token  # what `fedsynth serve` prints
     with serving(app) as url, browser_page() as page:
         page.goto(url + "/study")
-        page.fill("#reader", "Dr Browser")
-        page.click("#start")
+        assert "by invitation" in page.inner_text("#invitation-needed")
+        page.goto(url + "/study?token=" + invitation)  # the reader clicks the link
+        assert "Dr Browser, image 1 of 4" in page.inner_text("h1")
+        page.wait_for_function("() => !location.search.includes('token=')")  # the script took it out
+        page.reload()  # the HttpOnly cookie carries the invitation now
+        assert "Dr Browser, image 1 of 4" in page.inner_text("h1")
+        assert page.evaluate("document.cookie") == ""  # HttpOnly: no script reads the token
         for k in range(4):
             heading = page.inner_text("h1")
             assert f"image {k + 1} of 4" in heading
@@ -161,7 +182,10 @@ def test_browser_reader_completes_a_study(site, tmp_path):
             page.click("#answer-real" if k % 2 == 0 else "#answer-synthetic")
         assert "answered all 4 images" in page.inner_text("#study-done")
         page.goto(url + "/study/results")
+        assert "study's owner" in page.inner_text("#error")  # a reader's cookie opens no results
+        page.goto(url + "/study/results?token=" + owner)
         table = page.inner_text("#results-table")
+        assert page.csp_violations == []
     truth = [im.kind for im in app.state.study.images]
     given = ["real", "synthetic", "real", "synthetic"]
     correct = sum(t == g for t, g in zip(truth, given))
@@ -191,6 +215,7 @@ def take_screenshots(run_dir: Path, site_npz: Path, out: Path) -> list[Path]:
         image = ds.images[int(hits[0] if hits.size else np.flatnonzero(ds.labels == 1)[0])]
         Image.fromarray((image * 255).round().astype(np.uint8)).save(xray)
         app = create_app(run_dir, real_data=site_npz, db_path=Path(tmp) / "study.sqlite")
+        invitation = app.state.tokens.invite("Reader 1").token
         with serving(app) as url, browser_page(1100, 860) as page:
             page.goto(url + "/")
             page.set_input_files("#file", str(xray))
@@ -198,9 +223,7 @@ def take_screenshots(run_dir: Path, site_npz: Path, out: Path) -> list[Path]:
             page.wait_for_selector("#probability")
             score_png = out / "webapp-score.png"
             page.screenshot(path=str(score_png), full_page=True)
-            page.goto(url + "/study")
-            page.fill("#reader", "Reader 1")
-            page.click("#start")
+            page.goto(url + "/study?token=" + invitation)
             for answer in ("#answer-real", "#answer-synthetic"):
                 page.click(answer)
             page.check("input[name=pneumonia][value=no]")

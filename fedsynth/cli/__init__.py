@@ -15,6 +15,7 @@ from fedsynth.cli.generator import generator_app
 from fedsynth.cli.privacy import audit_app, keys_app
 from fedsynth.cli.run import compare, predict, report, show_config, simulate
 from fedsynth.cli.serve import serve
+from fedsynth.cli.study import study_app
 
 app = typer.Typer(
     name="fedsynth",
@@ -52,5 +53,6 @@ app.add_typer(generator_app, name="generator")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(deploy_app, name="deploy")
+app.add_typer(study_app, name="study")
 
 __all__ = ["app"]

@@ -24,7 +24,8 @@ def serve(
     study_size: int = typer.Option(40, "--study-size", help="Reader-study images: half real, half synthetic."),
     seed: int = typer.Option(0, "--seed", help="Seed of the reader study's draw and order."),
 ) -> None:
-    """Web app: score an X-ray (probability, threshold, Grad-CAM); with --real-data, a reader study."""
+    """Web app: score an X-ray (probability, threshold, Grad-CAM); with --real-data, a reader study by
+    invitation (prints the owner's results link once; invite readers with `fedsynth study invite`)."""
     import uvicorn
 
     from fedsynth.webapp import create_app
@@ -32,11 +33,23 @@ def serve(
     web = create_app(run_dir, real_data=real_data, db_path=db, max_upload_mb=max_upload_mb, study_size=study_size,
                      seed=seed)
     study = web.state.study
-    console.print(f"scoring: http://{host}:{port}/", highlight=False, soft_wrap=True)
-    console.print(f"reader study: http://{host}:{port}/study ({len(study)} images)" if study is not None
-                  else "reader study: off (give --real-data at a site)", highlight=False, soft_wrap=True)
+    base = f"http://{host}:{port}"
+    console.print(f"scoring: {base}/", highlight=False, soft_wrap=True)
+    if study is None:
+        console.print("reader study: off (give --real-data at a site)", highlight=False, soft_wrap=True)
+    else:
+        # a new owner token at every start (the older one stops working): printed this once, stored hashed
+        owner = web.state.tokens.issue_owner()
+        console.print(f"reader study: {len(study)} images, by invitation only. Invite each reader with\n"
+                      f"  fedsynth study invite {run_dir} --reader NAME" + (f" --db {db}" if db else "")
+                      + f" --url {base}\n"
+                      f"results (owner only; valid until {owner.expires}, shown this once, keep it private):",
+                      highlight=False, soft_wrap=True, markup=False)
+        typer.echo(owner.url(base))
+        typer.echo(f"owner token (JSON API, Authorization: Bearer): {owner.token}")
     if host not in ("127.0.0.1", "localhost", "::1"):
-        console.print(f"[yellow]warning:[/] listening on {host}: anyone who can reach this machine can use the app"
-                      + (" and see the site's real study images" if study is not None else ""), highlight=False)
+        console.print(f"[yellow]warning:[/] listening on {host} over plain http: anyone who can reach this machine "
+                      "can score images" + (", and invitation tokens cross the network unencrypted"
+                                            if study is not None else ""), highlight=False)
     # no access log: it would keep readers' names and client addresses beside the answers
     uvicorn.run(web, host=host, port=port, log_level="info", ws="none", access_log=False)

@@ -1,22 +1,27 @@
 """The web app: score an X-ray with a run's classifier; run a reader study at a site.
 
 Every page has a JSON twin under ``/api``. Pages and JSON answers of a run trained on
-phantoms say so. Routes:
+phantoms say so. Routes (R: a reader's invitation token, O: the owner's; pages take it from
+``?token=`` once, then from a cookie; the JSON API from ``Authorization: Bearer``):
 
-========================================  ====================================================
-``GET  /``                                the score page (upload form)
-``POST /score``                           form upload -> the score page with the result
-``POST /api/score``                       multipart upload (field ``file``) -> JSON score
-``GET  /api/health``                      the run, its classifier, whether the study is on
-``GET  /study[?reader=NAME]``             reader study: name form, then one image at a time
-``POST /study/answer``                    form answer -> redirect to the reader's next image
-``GET  /study/image/{id}.png``            a study image, scaled up for viewing
-``GET  /study/results``                   results per reader and the most-mistaken images
-``GET  /api/study``                       the study's size and composition
-``GET  /api/study/next?reader=NAME``      the reader's next unanswered image
-``POST /api/study/answer``                JSON ``{reader, image_id, answer, pneumonia?}``
-``GET  /api/study/results``               results as JSON
-========================================  ====================================================
+========================================  ==  ==============================================
+``GET  /``                                    the score page (upload form)
+``POST /score``                               form upload -> the score page (CSRF token)
+``POST /api/score``                           multipart upload (field ``file``) -> JSON score
+``GET  /api/health``                          the run, its classifier, whether the study is on
+``GET  /study?token=T``                   R   reader study: one image at a time
+``POST /study/answer``                    R   form answer (CSRF token) -> the next image
+``GET  /study/image/{id}.png``            RO  a study image, scaled up for viewing
+``GET  /study/results?token=T``           O   results per reader and the most-mistaken images
+``GET  /api/study``                       RO  the study's size and composition
+``GET  /api/study/next``                  R   the reader's next unanswered image
+``POST /api/study/answer``                R   JSON ``{image_id, answer, pneumonia?}``
+``GET  /api/study/results``               O   results as JSON
+``POST /api/study/invitations``           O   JSON ``{reader, days?, reissue?}`` -> a new token
+``GET  /static/fedsynth.{css,js}``            the pages' stylesheet and script
+========================================  ==  ==============================================
+
+Every response carries :data:`fedsynth.webapp.context.SECURITY_HEADERS`.
 """
 
 from __future__ import annotations
@@ -26,19 +31,20 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+import fedsynth.webapp.pages as pages
 from fedsynth import __version__
 from fedsynth.errors import DataError
 from fedsynth.rundir import RunDir, RunDirError
-from fedsynth.webapp.context import PHANTOM_WARNING, AppContext
+from fedsynth.webapp.context import CROSS_SITE, PHANTOM_WARNING, SECURITY_HEADERS, AppContext, Denied
+from fedsynth.webapp.invitations import TokenStore
 from fedsynth.webapp.score_routes import score_router
 from fedsynth.webapp.scoring import Scorer
-from fedsynth.webapp.study import AnswerStore, build_study_set
+from fedsynth.webapp.study import DB_FILE, AnswerStore, build_study_set
 from fedsynth.webapp.study_routes import STUDY_OFF, STUDY_VIEW_SIZE, study_router
 
-DB_FILE = "reader_study.sqlite"
 __all__ = ["DB_FILE", "PHANTOM_WARNING", "STUDY_OFF", "STUDY_VIEW_SIZE", "create_app"]
 
 
@@ -68,7 +74,8 @@ def create_app(
 ) -> FastAPI:
     """The app for one finished run. The reader study is on only when ``real_data`` (the
     site's own images) is given; its answers go to ``db_path`` (default
-    ``<run_dir>/reader_study.sqlite``)."""
+    ``<run_dir>/reader_study.sqlite``), beside the hashes of the invitation tokens
+    (:class:`TokenStore`; ``app.state.tokens``) that alone open it."""
     from fedsynth.classifier.predict import load_run_classifier
 
     run_dir = Path(run_dir)
@@ -88,13 +95,20 @@ def create_app(
     if real_data is not None:
         real_images, real_labels = _load_real(real_data, clf.resolution)
         ctx.study = build_study_set(real_images, real_labels, run.load_releases(), study_size=study_size, seed=seed)
-        ctx.store = AnswerStore(db_path if db_path is not None else run_dir / DB_FILE)
+        db = Path(db_path) if db_path is not None else run_dir / DB_FILE
+        ctx.store = AnswerStore(db)
+        ctx.tokens = TokenStore(db)
+        ctx.csrf_key = ctx.tokens.derive_key("csrf")  # a reader's open page stays valid across restarts
 
-    app = FastAPI(title="fedsynth", version=__version__, docs_url="/api/docs", redoc_url=None,
-                  openapi_url="/api/openapi.json")
+    # No docs UI: FastAPI's Swagger UI and ReDoc load scripts from a public CDN, which the CSP
+    # forbids and a hospital network should not be asked to reach. No /api/openapi.json either:
+    # nothing uses it (the routes take raw requests, so the schema would document little), and
+    # docs/webapp.md is the API's reference.
+    app = FastAPI(title="fedsynth", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.classifier = clf
     app.state.study = ctx.study
     app.state.store = ctx.store
+    app.state.tokens = ctx.tokens
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -107,12 +121,32 @@ def create_app(
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
         return ctx.problem("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()), 422)
 
+    @app.exception_handler(Denied)
+    async def denied(request: Request, exc: Denied) -> Response:
+        if request.url.path.startswith("/api") or request.url.path.startswith("/study/image/"):
+            return ctx.problem(str(exc), exc.status)
+        return ctx.page("Not allowed", pages.denied_page(str(exc)), exc.status)
+
     @app.middleware("http")
-    async def no_store(request: Request, call_next):
-        response = await call_next(request)
-        response.headers["Cache-Control"] = "no-store"  # scores and study images stay out of caches
-        response.headers["X-Content-Type-Options"] = "nosniff"
+    async def security_headers(request: Request, call_next):
+        # A browser marks what another site (or another port of this host) makes it send:
+        # nothing of that kind may change anything here. Tokens and CSRF tokens are the real
+        # protection; this refuses such requests before they are read.
+        if request.method not in ("GET", "HEAD", "OPTIONS") and \
+                request.headers.get("sec-fetch-site", "").lower() in ("cross-site", "same-site"):
+            response = await denied(request, Denied(CROSS_SITE, 403))
+        else:
+            response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
         return response
+
+    @app.get("/static/fedsynth.css", include_in_schema=False)
+    def stylesheet() -> Response:
+        return PlainTextResponse(pages.CSS, media_type="text/css")
+
+    @app.get("/static/fedsynth.js", include_in_schema=False)
+    def script() -> Response:
+        return PlainTextResponse(pages.SCRIPT, media_type="text/javascript")
 
     app.include_router(score_router(ctx))
     app.include_router(study_router(ctx))

@@ -1,4 +1,8 @@
-"""The app's HTML: plain strings, every value escaped, inline CSS, no external resources."""
+"""The app's HTML: plain strings, every value escaped, no external resources.
+
+The stylesheet (:data:`CSS`) and the one script (:data:`SCRIPT`) are served by the app at
+``/static/...``: the Content-Security-Policy allows no inline script or style.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,32 @@ table{border-collapse:collapse} th,td{border-bottom:1px solid #e3e6ea;padding:.3
 button{font-size:1rem;padding:.45rem 1.1rem;border-radius:5px;border:1px solid #1f3a5f;background:#1f3a5f;color:#fff;
 cursor:pointer} button.alt{background:#fff;color:#1f3a5f} input[type=text]{font-size:1rem;padding:.35rem}
 small,.muted{color:#5b6570} code{background:#eef0f3;padding:0 .25rem;border-radius:3px}
+header .run{margin-left:auto;color:#b9c8da} figure.mistaken{padding:.5rem;width:150px}
+"""
+
+CSS_URL = "/static/fedsynth.css"
+SCRIPT_URL = "/static/fedsynth.js"
+SCRIPT = """"use strict";
+(function () {
+  // the score form: refuse a file over the limit before uploading it
+  var form = document.getElementById("score-form");
+  if (form) {
+    form.addEventListener("submit", function (e) {
+      var f = document.getElementById("file").files[0];
+      if (f && f.size > Number(form.dataset.maxBytes)) {
+        e.preventDefault();
+        document.getElementById("size-error").textContent = "this file is larger than " + form.dataset.maxLabel;
+      }
+    });
+  }
+  // an invitation link's token is now in a cookie: take it out of the address bar and the history
+  if (/[?&]token=/.test(window.location.search) && window.history && window.history.replaceState) {
+    var q = new URLSearchParams(window.location.search);
+    q.delete("token");
+    var rest = q.toString();
+    window.history.replaceState(null, "", window.location.pathname + (rest ? "?" + rest : ""));
+  }
+})();
 """
 
 DISCLAIMER = ("Research software, not a medical device: a score here is no diagnosis. "
@@ -41,19 +71,24 @@ def layout(title: str, body: str, *, phantom_warning: str | None, run_id: str) -
         if phantom_warning else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>{escape(title)} – fedsynth</title><style>{CSS}</style></head>
+<title>{escape(title)} – fedsynth</title><link rel="stylesheet" href="{CSS_URL}">
+<script src="{SCRIPT_URL}" defer></script></head>
 <body><header><b>fedsynth</b><a href="/">Score an X-ray</a><a href="/study">Reader study</a>
 <a href="/study/results">Study results</a><a href="/api/health">API</a>
-<span class="muted" style="margin-left:auto;color:#b9c8da">run {escape(run_id)}</span></header>
+<span class="muted run">run {escape(run_id)}</span></header>
 <main>{banner}{body}<p><small>{escape(DISCLAIMER)}</small></p></main></body></html>"""
 
 
 # ---- scoring -----------------------------------------------------------------------------------
 
 
-def score_page(*, info: dict, accept: str, max_bytes: int, result: dict | None = None, error: str | None = None,
-               filename: str | None = None) -> str:
-    err = f'<div class="error" id="error"><b>Cannot score this file.</b> {escape(error)}</div>' if error else ""
+def score_page(*, info: dict, accept: str, max_bytes: int, csrf: str, result: dict | None = None,
+               error: str | None = None, filename: str | None = None,
+               error_title: str = "Cannot score this file.") -> str:
+    """``csrf``: the form's CSRF token. It travels in the form's action URL, not in a hidden field:
+    the upload is streamed to disk by scoring.receive_upload, which reads the file part only. It is
+    no credential (useless without this browser's session cookie) and no-referrer keeps it in."""
+    err = f'<div class="error" id="error"><b>{escape(error_title)}</b> {escape(error)}</div>' if error else ""
     out = ""
     if result is not None:
         positive = result["prediction"] == "pneumonia"
@@ -81,22 +116,14 @@ def score_page(*, info: dict, accept: str, max_bytes: int, result: dict | None =
 <h1>Score a chest X-ray</h1>
 {err}
 <div class="card">
-<form method="post" action="/score" enctype="multipart/form-data" id="score-form">
+<form method="post" action="/score?{urlencode({'csrf': csrf})}" enctype="multipart/form-data" id="score-form"
+  data-max-bytes="{max_bytes}" data-max-label="{max_bytes / 2**20:.3g} MB">
   <p>PNG, JPEG or DICOM, at most {max_bytes / 2**20:.3g} MB. The run's classifier
   ({escape(info['arch'])}, {info['resolution']} px) returns the probability of pneumonia.</p>
   <input type="file" name="file" id="file" accept="{escape(accept)}" required>
   <button type="submit" id="score-button">Score</button>
   <span id="size-error" class="pos"></span>
 </form>
-<script>
-document.getElementById("score-form").addEventListener("submit", function (e) {{
-  var f = document.getElementById("file").files[0];
-  if (f && f.size > {max_bytes}) {{
-    e.preventDefault();
-    document.getElementById("size-error").textContent = "this file is larger than {max_bytes / 2**20:.3g} MB";
-  }}
-}});
-</script>
 <p><small>JSON API: <code>curl -F file=@xray.png http://HOST:PORT/api/score</code></small></p>
 </div>
 {out}"""
@@ -111,35 +138,36 @@ def study_disabled_page(reason: str) -> str:
 <div class="warn" id="study-disabled"><b>The reader study is not available here.</b> {escape(reason)}</div>"""
 
 
-def study_start_page(*, n_images: int, error: str | None = None, reader: str = "") -> str:
+def study_invitation_page(*, n_images: int | None = None, error: str | None = None) -> str:
+    """What a reader without a (valid) invitation sees."""
     err = f'<div class="error" id="error">{escape(error)}</div>' if error else ""
+    size = f"{n_images} chest X-rays" if n_images else "chest X-rays"
     return f"""
 <h1>Reader study: real or synthetic?</h1>
 {err}
-<div class="card">
-<p>You will see {n_images} chest X-rays, one at a time, in a fixed shuffled order. Some are this hospital's
-real images; the others were made by the federation's image generators. For each, say whether you think it is
-<b>real</b> or <b>synthetic</b>, and if you like whether it shows pneumonia. Each image is answered once: the first
-answer counts. You can stop and come back later with the same name.</p>
-<form method="get" action="/study">
-  <label>Your name <input type="text" name="reader" id="reader" maxlength="40" value="{escape(reader)}"
-    required></label>
-  <button type="submit" id="start">Start</button>
-  <br><small>Only this name is stored with your answers (letters, digits, spaces, '.', '_', '-';
-  at most 40). Use a pseudonym if you prefer.</small>
-</form>
+<div class="card" id="invitation-needed">
+<p>The reader study is by invitation. Open the link the study's owner gave you (it looks like
+<code>http://HOST:PORT/study?token=...</code>): it shows you {size}, one at a time, under the name the
+owner invited you with. Each link is for one reader; do not share it.</p>
+<p><small>The owner creates one link per reader with
+<code>fedsynth study invite RUN_DIR --reader NAME</code>.</small></p>
 </div>"""
 
 
-def study_image_page(*, reader: str, image_id: str, position: int, n_images: int, notice: str | None = None) -> str:
+def study_image_page(*, reader: str, image_id: str, position: int, n_images: int, csrf: str,
+                     notice: str | None = None) -> str:
     note = f'<div class="warn" id="notice">{escape(notice)}</div>' if notice else ""
     r = escape(reader)
     return f"""
 <h1>Reader study <small class="muted">– {r}, image {position} of {n_images}</small></h1>
 {note}
 <div class="card">
+<p><small>You will see {n_images} chest X-rays, one at a time, in a fixed shuffled order. Some are this
+hospital's real images; the others were made by the federation's image generators. Say whether you think each is
+<b>real</b> or <b>synthetic</b>, and if you like whether it shows pneumonia. Each image is answered once: the first
+answer counts. You can stop and come back later with your invitation link.</small></p>
 <form method="post" action="/study/answer" id="answer-form">
-  <input type="hidden" name="reader" value="{r}">
+  <input type="hidden" name="csrf" value="{escape(csrf)}">
   <input type="hidden" name="image_id" value="{escape(image_id)}">
   <div class="row">
     <img class="study" id="study-image" alt="chest X-ray {position}" src="/study/image/{escape(image_id)}.png">
@@ -162,7 +190,20 @@ def study_done_page(*, reader: str, n_images: int) -> str:
     return f"""
 <h1>Reader study</h1>
 <div class="card" id="study-done"><p>Thank you, {escape(reader)}: you have answered all {n_images} images.</p>
-<p>The study's organiser reads the results at <a href="/study/results">/study/results</a>.</p></div>"""
+<p>The study's owner reads the results once every reader has finished.</p></div>"""
+
+
+def study_error_page(message: str) -> str:
+    return f"""
+<h1>Reader study</h1>
+<div class="error" id="error">{escape(message)}</div>
+<p><a href="/study">Back to your next image</a></p>"""
+
+
+def denied_page(message: str) -> str:
+    return f"""
+<h1>Not allowed</h1>
+<div class="error" id="error">{escape(message)}</div>"""
 
 
 def study_results_page(results: dict) -> str:
@@ -176,7 +217,7 @@ def study_results_page(results: dict) -> str:
                 f"<td>{pct(o['sensitivity'])}</td><td>{pct(o['specificity'])}</td>"
                 f"<td>{pct(o['pneumonia_accuracy'])} <small>({o['pneumonia_answered']})</small></td></tr>")
     mistaken = "".join(
-        f"""<figure class="card" style="padding:.5rem;width:150px"><img class="thumb" alt="{escape(m['image_id'])}"
+        f"""<figure class="card mistaken"><img class="thumb" alt="{escape(m['image_id'])}"
   src="/study/image/{escape(m['image_id'])}.png"><figcaption><b>{escape(m['truth'])}</b>
   {'(' + escape(m['label']) + ')' if m['label'] else ''}<br>mistaken {m['mistaken']} of {m['answers']}<br>
   <small>{escape(m['image_id'])}</small></figcaption></figure>"""
@@ -195,8 +236,10 @@ means readers could not tell real from synthetic.</p>
 </div>
 <h2>Most often mistaken</h2>
 <div class="row" id="most-mistaken">{mistaken}</div>
-<p><small>JSON: <a href="/api/study/results">/api/study/results</a></small></p>"""
+<p><small>JSON: <code>/api/study/results</code> with the owner token in <code>Authorization: Bearer</code>;
+invite a reader: <code>fedsynth study invite RUN_DIR --reader NAME</code>.</small></p>"""
 
 
-def reader_url(reader: str, already: str | None = None) -> str:
-    return "/study?" + urlencode({"reader": reader, **({"already": already} if already else {})})
+def study_url(already: str | None = None) -> str:
+    """The reader's next image (the reader comes from the invitation cookie, never from the URL)."""
+    return "/study" + ("?" + urlencode({"already": already}) if already else "")

@@ -1,7 +1,15 @@
-"""Scoring routes: the upload form and its JSON twin, and the app's health."""
+"""Scoring routes: the upload form and its JSON twin, and the app's health.
+
+Scoring needs no study token (it is not the study). The score form is protected against
+CSRF: the page sets a random session cookie (HttpOnly, SameSite=Strict) and puts an HMAC of
+it in the form; a POST without both, or with another session's token, is refused (403).
+``POST /api/score`` stays open to scripts (curl): it changes nothing and returns the score
+only to the caller; the app refuses it, like every POST, when a browser marks it cross-site.
+"""
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -10,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 import fedsynth.webapp.pages as pages
 from fedsynth import __version__
-from fedsynth.webapp.context import AppContext
+from fedsynth.webapp.context import SESSION_COOKIE, AppContext, Denied, set_private_cookie
 from fedsynth.webapp.scoring import (
     ACCEPT,
     Score,
@@ -51,21 +59,33 @@ def score_router(ctx: AppContext) -> APIRouter:
             if sink is not None:
                 sink.remove()
 
-    def score_page(status: int = 200, **kw: Any) -> HTMLResponse:
-        return ctx.page("Score an X-ray", pages.score_page(info=ctx.info, accept=ACCEPT, max_bytes=ctx.max_bytes,
-                                                           **kw), status)
+    def score_page(request: Request, status: int = 200, **kw: Any) -> HTMLResponse:
+        """The page, its form signed for this browser's session (a new session when it has none)."""
+        session = request.cookies.get(SESSION_COOKIE)
+        fresh = not session or len(session) > 100
+        if fresh:
+            session = secrets.token_urlsafe(32)
+        response = ctx.page("Score an X-ray", pages.score_page(
+            info=ctx.info, accept=ACCEPT, max_bytes=ctx.max_bytes, csrf=ctx.csrf_for("score", session), **kw), status)
+        if fresh:
+            set_private_cookie(response, request, SESSION_COOKIE, session, "/")
+        return response
 
     @router.get("/", response_class=HTMLResponse)
-    def index() -> HTMLResponse:
-        return score_page()
+    def index(request: Request) -> HTMLResponse:
+        return score_page(request)
 
     @router.post("/score", response_class=HTMLResponse)
-    async def score_form(request: Request) -> HTMLResponse:
+    async def score_form(request: Request, csrf: str | None = None) -> HTMLResponse:
+        try:  # before a byte of the upload is read
+            ctx.check_csrf(csrf, "score", request.cookies.get(SESSION_COOKIE))
+        except Denied as err:
+            return score_page(request, err.status, error=str(err), error_title="Not scored.")
         try:
             result, filename = await score_upload(request)
         except UploadError as err:
-            return score_page(err.status, error=str(err))
-        return score_page(result=result, filename=filename)
+            return score_page(request, err.status, error=str(err))
+        return score_page(request, result=result, filename=filename)
 
     @router.post("/api/score")
     async def api_score(request: Request) -> JSONResponse:

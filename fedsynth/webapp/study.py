@@ -9,7 +9,14 @@ stable across restarts and silent about which kind an image is.
 Answers live in one SQLite table, one row per (reader, image): a reader answers each
 image once; a second answer to the same image is refused and the first one kept (a
 reader study measures the first impression). Nothing about a reader is stored beyond the
-name they type in.
+name the study's owner invited them under.
+
+Access is by invitation (:mod:`fedsynth.webapp.invitations`, in the same SQLite file): the owner
+mints one token per reader (``fedsynth study invite``) and an owner token for the results; the
+database keeps only an HMAC-SHA256 of each token under a secret of its own, and a token is
+bound to one reader name. Reader names are compared in NFKC + casefold form (``Ann``,
+``ANN`` and full-width ``Ａｎｎ`` are one reader) and a name mixing scripts (Latin with
+Cyrillic or Greek look-alike letters) is refused.
 
 Results count **synthetic as the positive class**: sensitivity is the share of synthetic
 images a reader called synthetic, specificity the share of real images called real.
@@ -18,9 +25,11 @@ images a reader called synthetic, specificity the share of real images called re
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import sqlite3
 import time
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,10 +41,13 @@ from fedsynth.data.dataset import CLASS_NAMES, to_uint8
 from fedsynth.errors import DataError
 
 ANSWERS = ("real", "synthetic")
+DB_FILE = "reader_study.sqlite"  # the study's database in the run directory (answers, readers, token hashes)
 READER_NAME_MAX = 40
 READER_NAME_RE = re.compile(r"^\w(?:[\w .-]*[\w.-])?$")  # \w: letters (any script), digits, "_"
 ID_CHARS = 12
 MOST_MISTAKEN = 10
+# scripts one name may combine: Japanese mixes kanji and kana, Korean hangul and hanja
+_SCRIPT_GROUPS = {"HIRAGANA": "CJK", "KATAKANA": "CJK", "HANGUL": "CJK", "IDEOGRAPHIC": "CJK"}
 
 
 class StudyError(ValueError):
@@ -46,10 +58,27 @@ class StudyError(ValueError):
         self.status = status
 
 
+def _scripts(name: str) -> list[str]:
+    """The scripts of a name's letters (the first word of each letter's Unicode name: LATIN,
+    CYRILLIC, GREEK, ...), in order of appearance; digits, spaces and punctuation have none."""
+    found: list[str] = []
+    for ch in name:
+        if not ch.isalpha():
+            continue
+        word = unicodedata.name(ch, "UNKNOWN").split(" ")[0]
+        script = _SCRIPT_GROUPS.get(word, word)
+        if script not in found:
+            found.append(script)
+    return found
+
+
 def validate_reader(name: str | None) -> str:
-    """A reader's name, trimmed: 1-40 letters, digits, spaces, '.', '_' or '-', starting with a
-    letter or digit; nothing else about a reader is asked for or stored."""
-    name = (name or "").strip()
+    """A reader's name as shown: NFKC-normalized, trimmed, runs of spaces made one; 1-40 letters
+    (of one script), digits, spaces, '.', '_' or '-', starting with a letter, digit or '_'.
+    Nothing else about a reader is asked for or stored. Raises StudyError (400)."""
+    if not isinstance(name, str):
+        raise StudyError("enter a reader name")
+    name = unicodedata.normalize("NFKC", name).strip()
     if not name:
         raise StudyError("enter a reader name")
     if len(name) > READER_NAME_MAX:
@@ -57,7 +86,17 @@ def validate_reader(name: str | None) -> str:
     if not READER_NAME_RE.match(name):
         raise StudyError("a reader name may contain only letters, digits, spaces, '.', '_' and '-', "
                          "and starts with a letter, digit or '_'")
-    return name
+    if len(scripts := _scripts(name)) > 1:
+        raise StudyError(f"a reader name must not mix scripts (this one has {' and '.join(scripts)} letters): "
+                         "look-alike letters from another alphabet would make a second reader who looks the same")
+    return re.sub(" +", " ", name)
+
+
+def reader_key(name: str) -> str:
+    """The form names are stored and compared in: NFKC, casefolded, trimmed, one space between
+    words. 'Ann', 'ANN' and 'Ａｎｎ' are one reader. Never raises (any string has a key)."""
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+    return re.sub(" +", " ", folded).strip()
 
 
 @dataclass(frozen=True)
@@ -164,29 +203,50 @@ class Answer:
     answered_at: str
 
 
+def _private_db(path: Path) -> None:
+    """Create the database file readable by its owner only (0600): it holds reader names,
+    answers and the secret behind the token hashes. An existing file is tightened to 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # an empty file is a new SQLite database
+    else:
+        try:
+            os.chmod(path, 0o600)
+        except OSError:  # not ours to change: leave it
+            pass
+
+
+@contextmanager
+def _connect(path: Path) -> Iterator[sqlite3.Connection]:
+    db = sqlite3.connect(path, timeout=10)
+    try:
+        with db:  # commit on success, roll back on error
+            yield db
+    finally:
+        db.close()
+
+
 class AnswerStore:
-    """The answers table in a SQLite file (stdlib sqlite3; one connection per call)."""
+    """The answers table in a SQLite file (stdlib sqlite3; one connection per call).
+
+    ``reader`` is the reader's key (:func:`reader_key`), the name their invitation binds them to."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _private_db(self.path)
             with self._connect() as db:
                 db.execute(SCHEMA)
         except (OSError, sqlite3.Error) as err:
             raise DataError(f"cannot open the reader-study database {self.path}: {err}") from None
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=10)
-        try:
-            with db:  # commit on success, roll back on error
-                yield db
-        finally:
-            db.close()
+    def _connect(self):
+        return _connect(self.path)
 
-    def add(self, reader: str, image_id: str, answer: str, pneumonia: bool | None) -> Answer:
-        """Store a first answer; a second answer to the same image raises StudyError (409)."""
+    def add(self, reader: str, image_id: str, answer: str, pneumonia: bool | None, *,
+            shown_as: str | None = None) -> Answer:
+        """Store a first answer; a second answer to the same image raises StudyError (409).
+        ``shown_as``: the reader's name as shown, for the message."""
         if answer not in ANSWERS:
             raise StudyError(f"answer must be 'real' or 'synthetic', not {answer!r}")
         row = Answer(reader, image_id, answer, pneumonia, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -198,7 +258,7 @@ class AnswerStore:
                      row.answered_at),
                 )
         except sqlite3.IntegrityError:
-            raise StudyError(f"{reader} has already answered image {image_id}; the first answer is kept",
+            raise StudyError(f"{shown_as or reader} has already answered image {image_id}; the first answer is kept",
                              status=409) from None
         return row
 
@@ -212,6 +272,8 @@ class AnswerStore:
                               "ORDER BY reader, answered_at, image_id").fetchall()
         return [Answer(r[0], r[1], r[2], None if r[3] is None else bool(r[3]), r[4]) for r in rows]
 
+
+# ---- invitations -----------------------------------------------------------------------------
 
 def next_image(study: StudySet, store: AnswerStore, reader: str) -> tuple[StudyImage | None, int]:
     """The reader's first unanswered image in the study order (None when done), and how many
@@ -251,12 +313,15 @@ def reader_metrics(rows: list[tuple[StudyImage, Answer]]) -> dict:
     }
 
 
-def study_results(study: StudySet, answers: list[Answer], most_mistaken: int = MOST_MISTAKEN) -> dict:
+def study_results(study: StudySet, answers: list[Answer], most_mistaken: int = MOST_MISTAKEN,
+                  names: dict[str, str] | None = None) -> dict:
     """Per reader and over all readers; the images most often mistaken across readers.
 
-    Answers to images that are not in the current study set (the set changed since) are
-    counted under ``ignored_answers`` and left out of every figure.
+    ``names`` maps a reader's key to the name shown (:meth:`TokenStore.names`). Answers to
+    images that are not in the current study set (the set changed since) are counted under
+    ``ignored_answers`` and left out of every figure.
     """
+    names = names or {}
     per_reader: dict[str, list[tuple[StudyImage, Answer]]] = {}
     ignored = 0
     for a in answers:
@@ -264,7 +329,7 @@ def study_results(study: StudySet, answers: list[Answer], most_mistaken: int = M
         if im is None:
             ignored += 1
             continue
-        per_reader.setdefault(a.reader, []).append((im, a))
+        per_reader.setdefault(names.get(a.reader, a.reader), []).append((im, a))
     readers = {name: {**reader_metrics(rows), "complete": len(rows) == len(study)}
                for name, rows in sorted(per_reader.items())}
     everyone = [row for rows in per_reader.values() for row in rows]
