@@ -36,33 +36,60 @@ def load_run_classifier(run_dir: str | Path, device: str = "cpu") -> Classifier:
 
 
 def predict(classifier: Classifier, source: str | Path) -> tuple[list[PredictionRow], IngestReport]:
-    """One row per input, in input order; unreadable inputs get a row saying why."""
+    """One row per input, in input order; unreadable inputs get a row saying why.
+
+    Every input ingestion examines has a position (an empty labels.csv row too), and each
+    is either loaded (in position order) or skipped at its position; a skip without one is
+    listed after them.
+    """
     ds, report = load_source(source, classifier.resolution, labeled=False)
     probs = classifier.predict_proba(ds.images)
     skipped = {s.position: s for s in report.skipped if s.position is not None}
     unplaced = [s for s in report.skipped if s.position is None]
+    sources = list(ds.sources) if ds.sources is not None else [""] * len(ds)
+    loaded = iter(zip(sources, probs))
     rows: list[PredictionRow] = []
-    loaded = iter(zip(ds.sources if ds.sources is not None else [""] * len(ds), probs))
-    for position in range(len(ds) + len(skipped)):
-        if position in skipped:
-            s = skipped[position]
-            rows.append(PredictionRow(position, s.path, None, "", f"skipped: {s.reason}"))
+    for _ in range(len(ds) + len(skipped)):
+        index = len(rows)
+        if index in skipped:
+            s = skipped.pop(index)
+            rows.append(PredictionRow(index, s.path, None, "", f"skipped: {s.reason}"))
             continue
-        src, p = next(loaded)
+        item = next(loaded, None)
+        if item is None:  # positions with a gap: the rest are skips, in position order
+            break
+        src, p = item
         label = "pneumonia" if p >= classifier.threshold else "normal"
-        rows.append(PredictionRow(position, str(src), float(p), label, "ok"))
-    for s in unplaced:
+        rows.append(PredictionRow(index, str(src), float(p), label, "ok"))
+    for s in [*(skipped[k] for k in sorted(skipped)), *unplaced]:
         rows.append(PredictionRow(len(rows), s.path, None, "", f"skipped: {s.reason}"))
     return rows, report
 
 
-def write_csv(rows: list[PredictionRow], path: str | Path) -> Path:
+def check_output_path(path: str | Path) -> Path:
+    """Where the scores CSV can be written: its folder is created; DataError when ``path`` is
+    a directory or its folder cannot be made (checked before any image is scored)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(COLUMNS)
-        for r in rows:
-            w.writerow([r.index, r.source, "" if r.probability is None else f"{r.probability:.6f}", r.prediction,
-                        r.status])
+    if path.is_dir():
+        raise DataError(f"--out {path} is a directory; give a file name such as {path / 'scores.csv'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"--out {path}: cannot create its folder {path.parent} ({err.strerror or err})") from None
+    if not path.parent.is_dir():
+        raise DataError(f"--out {path}: {path.parent} is not a folder")
+    return path
+
+
+def write_csv(rows: list[PredictionRow], path: str | Path) -> Path:
+    path = check_output_path(path)
+    try:
+        with path.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(COLUMNS)
+            for r in rows:
+                w.writerow([r.index, r.source, "" if r.probability is None else f"{r.probability:.6f}",
+                            r.prediction, r.status])
+    except OSError as err:
+        raise DataError(f"--out {path}: cannot write the scores ({err.strerror or err})") from None
     return path

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,23 +103,75 @@ class Classifier:
 
     @classmethod
     def from_state(cls, header: dict[str, Any], state: dict[str, torch.Tensor], device: str = "cpu") -> Classifier:
+        """Rebuild a classifier from its header and weights; ValueError (with the reason) when
+        the header is not one fedsynth wrote: an unknown arch, a resolution fedsynth never
+        trains at, a threshold that is not a finite number in [0, 1], weights of another model."""
+        arch, resolution, threshold, private = _check_header(header)
         # a classifier trained with DP-SGD has GroupNorm where the plain one has BatchNorm
-        model = build_trainable(header["arch"], int(header["resolution"]), bool(header.get("dp_compatible")))
-        model.load_state_dict(state)
+        model = build_trainable(arch, resolution, private)
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError, ValueError, AttributeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"classifier weights do not fit a {arch} at {resolution} px ({first})") from None
         model.to(resolve_device(device)).eval()
         meta = {k: v for k, v in header.items() if k not in ("arch", "resolution", "threshold")}
-        return cls(model, header["arch"], int(header["resolution"]), float(header["threshold"]), meta)
+        return cls(model, arch, resolution, threshold, meta)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> Classifier:
+        """Read a classifier file; ValueError naming ``path`` when it is not a usable one."""
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+        except Exception as err:  # not a safetensors file, truncated, an oversized header
+            raise ValueError(f"{path}: not a readable classifier file ({type(err).__name__}: {err})") from None
         if "fedsynth_classifier" not in meta:
             raise ValueError(f"{path}: not a fedsynth classifier file")
-        return cls.from_state(json.loads(meta["fedsynth_classifier"]), load_file(str(path)), device)
+        try:
+            header = json.loads(meta["fedsynth_classifier"])
+        except ValueError as err:
+            raise ValueError(f"{path}: the classifier header is not valid JSON ({err})") from None
+        try:
+            _check_header(header)
+            state = load_file(str(path))
+            return cls.from_state(header, state, device)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+        except Exception as err:  # the tensors themselves cannot be read
+            raise ValueError(f"{path}: the classifier weights cannot be read ({type(err).__name__}: {err})") from None
+
+
+KNOWN_ARCHS = ("small-cnn", "resnet18")
+KNOWN_RESOLUTIONS = (16, 32, 64, 128, 256)  # those of the run config (data.resolution)
+
+
+def _check_header(header: Any) -> tuple[str, int, float, bool]:
+    """(arch, resolution, threshold, dp_compatible) of a classifier header; ValueError otherwise."""
+    if not isinstance(header, dict):
+        raise ValueError(f"the classifier header must be a JSON object, not {type(header).__name__}")
+    missing = [k for k in ("arch", "resolution", "threshold") if k not in header]
+    if missing:
+        raise ValueError(f"the classifier header lacks {', '.join(missing)}")
+    arch, resolution, threshold = header["arch"], header["resolution"], header["threshold"]
+    if arch not in KNOWN_ARCHS:
+        raise ValueError(f"the classifier header names an unknown arch {repr(arch)[:40]} "
+                         f"(known: {', '.join(KNOWN_ARCHS)})")
+    integral = isinstance(resolution, numbers.Integral) and not isinstance(resolution, bool)
+    if not integral or resolution not in KNOWN_RESOLUTIONS:
+        raise ValueError(f"the classifier header's resolution {repr(resolution)[:40]} is not one of "
+                         f"{', '.join(map(str, KNOWN_RESOLUTIONS))}")
+    if (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold)
+            or not 0.0 <= threshold <= 1.0):
+        raise ValueError(f"the classifier header's threshold {repr(threshold)[:40]} is not a finite number "
+                         "in [0, 1]; every image would be scored against a meaningless cut-off")
+    private = header.get("dp_compatible", False)
+    if not isinstance(private, (bool, np.bool_)):
+        raise ValueError(f"the classifier header's dp_compatible {repr(private)[:40]} is not true or false")
+    return arch, int(resolution), float(threshold), bool(private)
 
 
 def train_classifier(

@@ -22,23 +22,45 @@ def data_ingest(
     resolution: int = typer.Option(64, "--resolution", "-r", help="Output size in pixels (square)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Ingestion report (JSON). "
                                                                   "Default: next to --out."),
+    max_megapixels: Optional[float] = typer.Option(None, "--max-megapixels", help="Skip images whose header "
+                                                   "announces more megapixels than this, before decoding them. "
+                                                   "Default: fedsynth.data.errors.MAX_PIXELS (64 MP)."),
 ) -> None:
     """Read a site's images into one npz bundle; list every skipped file with its reason."""
     from fedsynth.data.dataset import save_npz
     from fedsynth.data.ingest import load_source
+    from fedsynth.errors import DataError
 
     if not 8 <= resolution <= 1024:
-        from fedsynth.errors import DataError
-
         raise DataError(f"--resolution must be between 8 and 1024 pixels, not {resolution}")
-    ds, rep = load_source(source, resolution)
-    save_npz(ds, str(out))
+    if max_megapixels is not None and not 0 < max_megapixels <= 1000:
+        raise DataError(f"--max-megapixels must be above 0 and at most 1000, not {max_megapixels}")
     report_path = report or out.with_suffix(".ingest.json")
-    rep.write(report_path)
+    for name, path in (("--out", out), ("--report", report_path)):
+        _writable(name, path)
+    max_pixels = None if max_megapixels is None else int(max_megapixels * 1e6)
+    ds, rep = load_source(source, resolution, max_pixels=max_pixels)
+    try:
+        save_npz(ds, str(out))
+        rep.write(report_path)
+    except OSError as err:
+        raise DataError(f"cannot write {out} or {report_path} ({err.strerror or err})") from None
     console.print(rep.summary(), highlight=False)
     for s in rep.skipped:
         console.print(f"[yellow]skipped[/] {s.path}: {s.reason}", highlight=False)
     console.print(f"wrote {out} and {report_path}")
+
+
+def _writable(option: str, path: Path) -> None:
+    """A file can be written at ``path`` (its folder is created); DataError before any work otherwise."""
+    from fedsynth.errors import DataError
+
+    if path.is_dir():
+        raise DataError(f"{option} {path} is a directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"{option} {path}: cannot create its folder {path.parent} ({err.strerror or err})") from None
 
 
 @data_app.command("fetch")

@@ -162,9 +162,10 @@ def predict(
     out: Path = typer.Option(Path("scores.csv"), "--out", "-o", help="CSV to write: one row per input image."),
 ) -> None:
     """Score images with a run's classifier (preprocessed exactly as in training)."""
-    from fedsynth.classifier.predict import load_run_classifier, write_csv
+    from fedsynth.classifier.predict import check_output_path, load_run_classifier, write_csv
     from fedsynth.classifier.predict import predict as score
 
+    check_output_path(out)  # a bad --out fails before anything is scored
     clf = load_run_classifier(run_dir)
     rows, report = score(clf, input)
     write_csv(rows, out)
