@@ -27,16 +27,31 @@ from fedsynth.errors import ConfigError
 
 Device = Literal["auto", "cpu", "cuda"]
 
+# Upper bounds on numbers: far above every shipped config, test and benchmark, and below where a
+# value stops meaning anything or would exhaust memory or time (an epsilon of 1e308 promises no
+# privacy at all; 10^9 epochs never end). Floats must also be finite (allow_inf_nan=False below).
+MAX_EPSILON = 1000.0
+MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week
+MAX_SEED = 2**63 - 1  # torch's seeds are 64-bit
+MAX_EPOCHS = 100_000
+MAX_STEPS = 1_000_000
+MAX_BATCH = 65_536
+MAX_WIDTH = 4096  # channels, latent sizes, ranks
+MAX_LR = 10.0
+MAX_IMAGES = 1_000_000  # thresholds counted in images
+MAX_GENERATED = 100_000  # images generated at once (phantoms, a release per class): 100k x 256^2 floats = 26 GB
+MAX_CONFIG_BYTES = 2**20  # a run or site config is a few KB; a bigger file is not one
+
 
 class _Section(BaseModel):
     """Base of every config section: unknown keys are errors, values are re-validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
 
 class RunSection(_Section):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name; prefix of the run id.")
-    seed: int = Field(0, ge=0, description="Seed for every random choice in the run.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed for every random choice in the run.")
     output_dir: str = Field("runs", description="Run directories are created under this folder.")
     mode: Literal["substitution", "federated", "fedavg-classifier", "centralized-real"] = Field(
         "substitution",
@@ -49,7 +64,9 @@ class RunSection(_Section):
 
 
 class PhantomSection(_Section):
-    n_images: int = Field(900, ge=20, description="Phantom images generated for the whole federation.")
+    n_images: int = Field(
+        900, ge=20, le=MAX_GENERATED, description="Phantom images generated for the whole federation."
+    )
     prevalence: float = Field(0.5, gt=0, lt=1, description="Fraction of phantoms with pneumonia.")
     images_per_patient: int = Field(2, ge=1, le=10, description="Upper bound of images per phantom patient.")
 
@@ -79,10 +96,10 @@ class ClientDPSection(_Section):
     Gaussian noise to their average (Flower's server-side fixed-clipping wrapper and its
     RDP accountant)."""
 
-    noise_multiplier: float = Field(..., gt=0, description="Noise std / clipping norm on the sum of updates.")
-    clipping_norm: float = Field(..., gt=0, description="Bound on each site's update (L2).")
+    noise_multiplier: float = Field(..., gt=0, le=1e3, description="Noise std / clipping norm on the sum of updates.")
+    clipping_norm: float = Field(..., gt=0, le=1e6, description="Bound on each site's update (L2).")
     delta: float = Field(1e-3, gt=0, lt=1, description="Delta for the client-level epsilon (sites, not images).")
-    max_epsilon: float | None = Field(None, gt=0, description="Stop before a round would exceed this.")
+    max_epsilon: float | None = Field(None, gt=0, le=MAX_EPSILON, description="Stop before a round would exceed this.")
 
 
 class SecureAggregationSection(_Section):
@@ -93,16 +110,18 @@ class SecureAggregationSection(_Section):
     once in the average."""
 
     num_shares: int | float = Field(
-        1.0, gt=0, description="Shares each site's secret is split into: an int > 2, or a fraction of the sites."
+        1.0, gt=0, le=1000, description="Shares each site's secret is split into: an int > 2, or a fraction of the "
+        "sites."
     )
     reconstruction_threshold: int | float = Field(
-        0.67, gt=0, description="Shares needed to unmask a site that dropped out: an int, or a fraction of num_shares."
+        0.67, gt=0, le=1000, description="Shares needed to unmask a site that dropped out: an int, or a fraction of "
+        "num_shares."
     )
     clipping_range: float = Field(
-        8.0, gt=0, description="Bound on every value of an update (difference from the global weights); a site "
+        8.0, gt=0, le=1e6, description="Bound on every value of an update (difference from the global weights); a site "
         "whose update exceeds it refuses the round rather than send a clipped one.",
     )
-    quantization_range: int = Field(2**22, gt=1, description="Levels each value is quantized to.")
+    quantization_range: int = Field(2**22, gt=1, le=2**31 - 1, description="Levels each value is quantized to.")
 
 
 class FederationSection(_Section):
@@ -110,10 +129,14 @@ class FederationSection(_Section):
     partition: Literal["iid", "dirichlet"] = Field(
         "iid", description="iid: patients spread at random; dirichlet: label skew by Dirichlet(alpha)."
     )
-    dirichlet_alpha: float = Field(0.5, gt=0, description="Concentration of the label-skew partition.")
-    min_site_images: int = Field(10, ge=2, description="Every simulated site gets at least this many images.")
-    rounds: int = Field(5, ge=1, description="Rounds of federated averaging (modes federated, fedavg-classifier).")
-    local_epochs: int = Field(2, ge=1, description="Epochs each site trains per round.")
+    dirichlet_alpha: float = Field(0.5, gt=0, le=1e4, description="Concentration of the label-skew partition.")
+    min_site_images: int = Field(
+        10, ge=2, le=MAX_IMAGES, description="Every simulated site gets at least this many images."
+    )
+    rounds: int = Field(
+        5, ge=1, le=10_000, description="Rounds of federated averaging (modes federated, fedavg-classifier)."
+    )
+    local_epochs: int = Field(2, ge=1, le=MAX_EPOCHS, description="Epochs each site trains per round.")
     client_dp: ClientDPSection | None = Field(None, description="Client-level DP on the averaged update.")
     secure_aggregation: SecureAggregationSection | None = Field(
         None, description="SecAgg+ on the federated modes: the server sees only the sites' average update "
@@ -129,13 +152,18 @@ class FederationSection(_Section):
         default_factory=dict, description="Server's registry: site name -> Ed25519 public key file. Empty in "
         "a simulation: each simulated site gets a key pair in sites.state_dir.",
     )
-    min_sites: int = Field(1, ge=1, description="The run stops if fewer sites than this return a usable release.")
-    site_timeout_s: float = Field(3600.0, gt=0, description="A site that has not replied after this long is dropped.")
-    connect_timeout_s: float = Field(
-        120.0, ge=0, description="How long the server waits for num_sites SuperNodes to connect before going on."
+    min_sites: int = Field(
+        1, ge=1, le=64, description="The run stops if fewer sites than this return a usable release."
     )
-    cpus_per_site: float = Field(1.0, gt=0, description="CPU cores reserved for each simulated site.")
-    gpus_per_site: float = Field(0.0, ge=0, description="GPU share reserved for each simulated site.")
+    site_timeout_s: float = Field(
+        3600.0, gt=0, le=MAX_TIMEOUT_S, description="A site that has not replied after this long is dropped."
+    )
+    connect_timeout_s: float = Field(
+        120.0, ge=0, le=MAX_TIMEOUT_S, description="How long the server waits for num_sites SuperNodes to connect "
+        "before going on."
+    )
+    cpus_per_site: float = Field(1.0, gt=0, le=1024, description="CPU cores reserved for each simulated site.")
+    gpus_per_site: float = Field(0.0, ge=0, le=64, description="GPU share reserved for each simulated site.")
 
 
 class _WarmStartable(_Section):
@@ -148,12 +176,14 @@ class _WarmStartable(_Section):
 
 class GANSection(_WarmStartable):
     family: Literal["gan"] = "gan"
-    latent_dim: int = Field(64, ge=2, description="Size of the noise vector.")
-    base_channels: int = Field(32, ge=4, description="Width of the narrowest convolution (doubles per level).")
-    epochs: int = Field(40, ge=1, description="Passes over the site's training images.")
-    batch_size: int = Field(16, ge=2, description="Real images per discriminator step (the expected size under DP).")
-    lr_generator: float = Field(2e-4, gt=0)
-    lr_discriminator: float = Field(2e-4, gt=0)
+    latent_dim: int = Field(64, ge=2, le=MAX_WIDTH, description="Size of the noise vector.")
+    base_channels: int = Field(32, ge=4, le=MAX_WIDTH, description="Width of the narrowest convolution (doubles per "
+                               "level).")
+    epochs: int = Field(40, ge=1, le=MAX_EPOCHS, description="Passes over the site's training images.")
+    batch_size: int = Field(16, ge=2, le=MAX_BATCH, description="Real images per discriminator step (the expected "
+                            "size under DP).")
+    lr_generator: float = Field(2e-4, gt=0, le=MAX_LR)
+    lr_discriminator: float = Field(2e-4, gt=0, le=MAX_LR)
     beta1: float = Field(0.5, ge=0, lt=1, description="Adam beta1 for both networks.")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="Decay of the generator EMA used for sampling (0: off).")
     loss: Literal["bce", "hinge"] = Field("bce", description="Adversarial loss: non-saturating BCE or hinge.")
@@ -166,26 +196,28 @@ class DDPMSection(_WarmStartable):
     """Class-conditional diffusion on diffusers' UNet2DModel (DDPM training, DDIM sampling)."""
 
     family: Literal["ddpm"] = "ddpm"
-    block_out_channels: list[int] = Field([32, 64, 64], min_length=2, description="UNet widths, one per level.")
-    layers_per_block: int = Field(1, ge=1)
+    block_out_channels: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] = Field(
+        [32, 64, 64], min_length=2, max_length=8, description="UNet widths, one per level.")
+    layers_per_block: int = Field(1, ge=1, le=16)
     attention: bool = Field(False, description="Self-attention blocks at the coarsest level.")
-    attention_head_dim: int = Field(8, ge=1)
-    norm_num_groups: int = Field(8, ge=1)
-    num_train_timesteps: int = Field(1000, ge=10)
+    attention_head_dim: int = Field(8, ge=1, le=MAX_WIDTH)
+    norm_num_groups: int = Field(8, ge=1, le=MAX_WIDTH)
+    num_train_timesteps: int = Field(1000, ge=10, le=100_000)
     beta_schedule: Literal["linear", "squaredcos_cap_v2"] = Field("squaredcos_cap_v2",
                                                                    description="squaredcos_cap_v2 is the cosine one.")
-    sampling_steps: int = Field(25, ge=1, description="DDIM steps when sampling.")
-    guidance_scale: float = Field(2.0, ge=0, description="Classifier-free guidance weight (1: none).")
+    sampling_steps: int = Field(25, ge=1, le=10_000, description="DDIM steps when sampling.")
+    guidance_scale: float = Field(2.0, ge=0, le=100, description="Classifier-free guidance weight (1: none).")
     label_dropout: float = Field(0.1, ge=0, lt=1, description="Share of training examples with the null class.")
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(64, ge=2)
+    epochs: int = Field(30, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(64, ge=2, le=MAX_BATCH)
     sample_batch_size: int | None = Field(
-        None, ge=1, description="Images per sampling batch. None: 256 on a GPU, 32 on a CPU, where bigger batches "
+        None, ge=1, le=MAX_BATCH, description="Images per sampling batch. None: 256 on a GPU, 32 on a CPU, where "
+        "bigger batches "
         "run slower per image (benchmarks/ddpm_sampling.py).")
-    lr: float = Field(2e-4, gt=0)
+    lr: float = Field(2e-4, gt=0, le=MAX_LR)
     ema_decay: float = Field(0.999, ge=0, lt=1)
     augmentation_multiplicity: int = Field(
-        4, ge=1, description="Under DP: noise levels per example per step, averaged before clipping."
+        4, ge=1, le=1024, description="Under DP: noise levels per example per step, averaged before clipping."
     )
 
     @model_validator(mode="after")
@@ -202,17 +234,17 @@ class SDLoRASection(_Section):
     family: Literal["sd-lora"] = "sd-lora"
     checkpoint: str = Field(..., description="Folder of a diffusers Stable Diffusion pipeline (model_index.json, "
                             "unet/, vae/, text_encoder/, tokenizer/, scheduler/).")
-    rank: int = Field(8, ge=1, description="LoRA rank.")
-    alpha: float = Field(8.0, gt=0, description="LoRA scaling alpha.")
+    rank: int = Field(8, ge=1, le=MAX_WIDTH, description="LoRA rank.")
+    alpha: float = Field(8.0, gt=0, le=1e4, description="LoRA scaling alpha.")
     target_modules: list[str] = Field(["to_q", "to_k", "to_v", "to_out.0"])
     prompt_normal: str = "chest x-ray, no finding"
     prompt_pneumonia: str = "chest x-ray, pneumonia"
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(8, ge=1)
-    lr: float = Field(1e-4, gt=0)
-    sampling_steps: int = Field(30, ge=1)
-    guidance_scale: float = Field(5.0, ge=0)
-    sample_batch_size: int = Field(16, ge=1)
+    epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(8, ge=1, le=MAX_BATCH)
+    lr: float = Field(1e-4, gt=0, le=MAX_LR)
+    sampling_steps: int = Field(30, ge=1, le=10_000)
+    guidance_scale: float = Field(5.0, ge=0, le=100)
+    sample_batch_size: int = Field(16, ge=1, le=MAX_BATCH)
 
 
 class MeanEmbeddingSection(_WarmStartable):
@@ -229,13 +261,15 @@ class MeanEmbeddingSection(_WarmStartable):
                                    "pairwise distance of public phantoms at the run's resolution.")
     count_weight: float = Field(0.2, gt=0, lt=1, description="Weight of the constant feature whose noisy sum "
                                 "estimates each class's size (the features are scaled so the total norm stays 1).")
-    feature_seed: int = Field(0, ge=0, description="Seed of the random frequencies (public: part of the "
+    feature_seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the random frequencies (public: part of the "
                               "mechanism's description, recorded in the ledger).")
-    latent_dim: int = Field(64, ge=2, description="Size of the generator's noise vector.")
-    base_channels: int = Field(32, ge=4, description="Width of the generator's narrowest convolution.")
-    steps: int = Field(1500, ge=1, description="Generator optimisation steps (post-processing: no privacy cost).")
-    batch_size: int = Field(128, ge=2, description="Generated images per class per step.")
-    lr: float = Field(5e-4, gt=0)
+    latent_dim: int = Field(64, ge=2, le=MAX_WIDTH, description="Size of the generator's noise vector.")
+    base_channels: int = Field(32, ge=4, le=MAX_WIDTH, description="Width of the generator's narrowest convolution.")
+    steps: int = Field(
+        1500, ge=1, le=MAX_STEPS, description="Generator optimisation steps (post-processing: no privacy cost)."
+    )
+    batch_size: int = Field(128, ge=2, le=MAX_BATCH, description="Generated images per class per step.")
+    lr: float = Field(5e-4, gt=0, le=MAX_LR)
     beta1: float = Field(0.5, ge=0, lt=1)
 
 
@@ -264,12 +298,13 @@ GeneratorConfig = Annotated[
 class PrivacySection(_Section):
     """Differential privacy for every module that sees real images (DP-SGD via Opacus)."""
 
-    epsilon: float = Field(..., gt=0, description="Target epsilon of one site's training: its generator "
+    epsilon: float = Field(..., gt=0, le=MAX_EPSILON, description="Target epsilon of one site's training: its "
+    "generator "
                            "(substitution), or all of its rounds together (federated modes).")
     delta: float | None = Field(
         None, gt=0, lt=1, description="Target delta; default min(1e-5, 1/(10 n)) for a site of n images."
     )
-    max_grad_norm: float = Field(1.0, gt=0, description="Per-sample gradient clipping bound.")
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6, description="Per-sample gradient clipping bound.")
     accountant: Literal["rdp", "prv"] = Field("rdp", description="Accountant for calibration and reporting.")
     grad_sample_mode: Literal["hooks", "functorch"] = Field(
         "hooks", description="How Opacus computes per-sample gradients (the mechanism is the same either way; "
@@ -278,7 +313,9 @@ class PrivacySection(_Section):
 
 
 class BudgetSection(_Section):
-    epsilon: float = Field(30.0, gt=0, description="A site's total epsilon over everything in its ledger.")
+    epsilon: float = Field(
+        30.0, gt=0, le=MAX_EPSILON, description="A site's total epsilon over everything in its ledger."
+    )
     delta: float = Field(1e-5, gt=0, lt=1, description="The delta at which the budget is composed.")
 
 
@@ -295,6 +332,27 @@ class SitePolicy(_Section):
         5, ge=1, description="Score-histogram bins are merged until each holds at least this many test images, "
         "so no bin pins down one image's score.",
     )
+    allow_alignment_without_dp: bool = Field(
+        True, description="Release the (exact) intensity histogram for alignment in a run without DP too "
+        "(a deployed site's default: false).")
+    max_evaluations_per_run: int = Field(
+        1, ge=0, le=100, description="Evaluations of a server's classifier this site answers per run (each one is a "
+        "ledger entry); 0 refuses every evaluation.")
+    evaluation_epsilon: float | None = Field(
+        None, gt=0, le=1000, description="Answer evaluations only with Gaussian noise on the score histograms and "
+        "confusion counts at this epsilon (composed into the site's budget); no fidelity or utility figures then.")
+    evaluate_unsigned_synthetic: bool = Field(
+        True, description="Measure fidelity and utility on a synthetic sample whose images cannot be traced to a "
+        "release signed by a consortium member for the run (e.g. sampled by the server in federated mode); a "
+        "deployed site's default: false.")
+
+
+DEPLOYMENT_POLICY = {"require_dp": True, "require_gate": True, "max_epsilon": 10.0,
+                     "allow_alignment_without_dp": False, "evaluate_unsigned_synthetic": False}
+"""What a deployed site insists on when its site.yaml says nothing: a hospital's data is never
+released without DP or the gate, nor at more than epsilon 10, no exact statistic leaves it, and
+fidelity is measured only on signed releases, unless its own config relaxes it. (A simulation's
+``sites.policy`` keeps the permissive defaults above: one researcher plays every role.)"""
 
 
 class SitesSection(_Section):
@@ -322,7 +380,7 @@ class GateSection(_Section):
     quantile: float = Field(
         0.01, ge=0, lt=0.5, description="Threshold: this quantile of real-to-real nearest-neighbour distances."
     )
-    max_rounds: int = Field(5, ge=1, description="Rounds of re-sampling to replace dropped images.")
+    max_rounds: int = Field(5, ge=1, le=1000, description="Rounds of re-sampling to replace dropped images.")
     membership_audit: bool = Field(True, description="Measure a membership-inference attack's AUC on the release.")
 
 
@@ -336,16 +394,18 @@ class AlignmentSection(_Section):
     )
     bins: int = Field(64, ge=8, le=1024)
     epsilon: float = Field(
-        0.5, gt=0, description="Under DP: the histogram's own epsilon (Gaussian mechanism), on top of training."
+        0.5, gt=0, le=MAX_EPSILON, description="Under DP: the histogram's own epsilon (Gaussian mechanism), on top "
+        "of training."
     )
 
 
 class ReleaseSection(_Section):
     n_per_class: int = Field(
-        400, ge=1, description="Synthetic images each site releases per class (normal, pneumonia)."
+        400, ge=1, le=MAX_GENERATED, description="Synthetic images each site releases per class (normal, pneumonia)."
     )
     min_class_images: int = Field(
-        10, ge=1, description="A site releases a class only if it trained on at least this many images of it."
+        10, ge=1, le=MAX_IMAGES, description="A site releases a class only if it trained on at least this many "
+        "images of it."
     )
 
 
@@ -353,10 +413,10 @@ class ClassifierSection(_Section):
     arch: Literal["auto", "small-cnn", "resnet18"] = Field(
         "auto", description="auto: small-cnn up to 32 px, resnet18 above."
     )
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=2)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(64, ge=2, le=MAX_BATCH)
+    lr: float = Field(1e-3, gt=0, le=MAX_LR)
+    weight_decay: float = Field(1e-4, ge=0, le=MAX_LR)
     val_fraction: float = Field(
         0.2, gt=0, lt=1, description="Share of the pooled synthetic data held out for model selection."
     )
@@ -367,21 +427,23 @@ class ClassifierSection(_Section):
 
 
 class EvaluationSection(_Section):
-    bootstrap: int = Field(1000, ge=0, description="Stratified bootstrap resamples for confidence intervals (0: off).")
+    bootstrap: int = Field(
+        1000, ge=0, le=100_000, description="Stratified bootstrap resamples for confidence intervals (0: off)."
+    )
     ci_level: float = Field(0.95, gt=0, lt=1)
     histogram_bins: int = Field(
-        2000, ge=10, description="Score-histogram bins a site returns so the server can pool metrics "
+        2000, ge=10, le=100_000, description="Score-histogram bins a site returns so the server can pool metrics "
         "without per-image scores.",
     )
     grid_images: int = Field(8, ge=1, le=64, description="Images per row in the real-vs-synthetic grids.")
     fidelity: bool = Field(True, description="Sites measure the synthetic images' fidelity against their real ones.")
     fidelity_samples: int = Field(
-        300, ge=10, description="Pooled synthetic images sent to each site for fidelity and utility."
+        300, ge=10, le=MAX_GENERATED, description="Pooled synthetic images sent to each site for fidelity and utility."
     )
     inception_weights: str = Field(
         "", description="Inception-v3 ImageNet weights (.pth) for FID; empty: a CXR encoder trained at each site."
     )
-    encoder_epochs: int = Field(5, ge=1, description="Epochs of the CXR fidelity encoder.")
+    encoder_epochs: int = Field(5, ge=1, le=MAX_EPOCHS, description="Epochs of the CXR fidelity encoder.")
     site_baselines: bool = Field(
         True, description="Sites also train on their own real images (train-real-test-real) and on real plus "
         "synthetic (augmentation), for comparison.",
@@ -492,6 +554,51 @@ def _validate(model: type[RunConfig], data: Any, origin: str) -> RunConfig:
         raise ConfigError(_format_errors(err, origin)) from None
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader without anchors and aliases: fedsynth configs never need them, and nested
+    aliases let a few hundred bytes expand to gigabytes ("billion laughs")."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, f"YAML aliases (*{event.anchor}) are not allowed in fedsynth configs", event.start_mark
+            )
+        if getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, f"YAML anchors (&{event.anchor}) are not allowed in fedsynth configs", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str, origin: str) -> Any:
+    """Parse one YAML document as fedsynth reads configs: safe types only, no anchors or aliases.
+    Raises ConfigError naming ``origin``; never anything else."""
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader subclass: no Python objects
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{origin} is not valid YAML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{origin} is not a usable config: its YAML is nested too deeply") from None
+    except ValueError as err:  # e.g. an integer with more digits than Python converts
+        raise ConfigError(f"{origin} is not a usable config: {err}") from None
+
+
+def _read_config_text(p: Path, kind: str) -> str:
+    """The text of a config file: at most MAX_CONFIG_BYTES, UTF-8; ConfigError otherwise."""
+    try:
+        with p.open("rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"{kind} {p} cannot be read ({err.strerror or err})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{kind} {p} is larger than {MAX_CONFIG_BYTES // 2**10} KiB; a config is a few KB of YAML")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{kind} {p} is not UTF-8 text") from None
+
+
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = tree
@@ -510,10 +617,12 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, raw = item.split("=", 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"override {key.strip()!r}: the value is longer than {MAX_CONFIG_BYTES // 2**10} KiB")
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML ({err})") from None
+            value = load_yaml(raw, "the value")
+        except ConfigError as err:
+            raise ConfigError(f"override {item[:200]!r}: {err}") from None
         _set_dotted(tree, key.strip(), value)
     return tree
 
@@ -537,12 +646,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         origin = str(p)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise ConfigError(f"config file {p} is not UTF-8 text") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {p} is not valid YAML: {err}") from None
+        loaded = load_yaml(_read_config_text(p, "config file"), f"config file {p}")
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"invalid run config ({p}): the top level must be a mapping of sections")
         data = loaded or {}
@@ -565,19 +669,46 @@ class SiteConfig(_Section):
     output_dir: str = Field("", description="Site-local outputs (grids, generator); default state_dir/outputs.")
     device: Device = "auto"
     generator: GeneratorConfig | None = Field(None, description="This site's generator; default: the run's.")
-    policy: SitePolicy = Field(default_factory=SitePolicy)
+    policy: SitePolicy = Field(
+        default_factory=lambda: SitePolicy(**DEPLOYMENT_POLICY),
+        description="This site's rules. Keys it does not set take the deployment defaults (require_dp, "
+        "require_gate, max_epsilon 10), not the simulation's.",
+    )
+    consortium_keys: dict[str, str] = Field(
+        default_factory=dict, description="The other sites' public key files (site name -> path): the site measures "
+        "fidelity and utility only on synthetic images it can trace to a release one of them signed.",
+    )
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _deployment_defaults(cls, v: Any) -> Any:
+        # a site.yaml that sets some policy keys keeps the deployment defaults for the others
+        return {**DEPLOYMENT_POLICY, **v} if isinstance(v, dict) else v
+
+    def unsafe_policy(self) -> list[str]:
+        """What a hospital's security review would flag in this site's policy."""
+        pol = self.policy
+        out = []
+        if not pol.require_dp:
+            out.append("policy.require_dp is false: a request without a privacy block gets a plain release")
+        if not pol.require_gate:
+            out.append("policy.require_gate is false: releases may skip the memorization gate")
+        if pol.max_epsilon is None:
+            out.append("policy.max_epsilon is not set: any epsilon the server asks for is accepted")
+        if pol.allow_alignment_without_dp:
+            out.append("policy.allow_alignment_without_dp is true: an exact intensity histogram may leave the site")
+        if pol.evaluate_unsigned_synthetic:
+            out.append("policy.evaluate_unsigned_synthetic is true: the server may query fidelity on any images")
+        return out
 
 
 def load_site_config(path: str | Path) -> SiteConfig:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"site config not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError:
-        raise ConfigError(f"site config {p} is not UTF-8 text") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"site config {p} is not valid YAML: {err}") from None
+    data = load_yaml(_read_config_text(p, "site config"), f"site config {p}") or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid site config ({p}): the top level must be a mapping of settings")
     try:
         return SiteConfig.model_validate(data)
     except ValidationError as err:

@@ -71,6 +71,12 @@ class EvaluateRequest:
     synthetic_labels: np.ndarray | None = None
     synthetic_origin: np.ndarray | None = None  # per row: index into origin_names
     origin_names: list[str] = field(default_factory=list)
+    # per origin: its signed release entry and per-image digests, so a site can check that every
+    # sampled image came from a signed release of the consortium before scoring it against real ones
+    provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the intensity mapping the classifier's training images went through (alignment), applied at the
+    # site to the verified sample: {"by_class": bool, "cdfs": {class: cdf}} or None
+    alignment: dict[str, Any] | None = None
 
 
 @dataclass
@@ -132,6 +138,8 @@ def encode_evaluate_request(req: EvaluateRequest) -> RecordDict:
             config=req.config.to_json(),
             classifier=json.dumps(req.classifier_header),
             origin_names=json.dumps(req.origin_names),
+            provenance=json.dumps(req.provenance),
+            alignment=json.dumps(req.alignment),
         ),
     }
     if req.synthetic_images is not None:
@@ -155,6 +163,8 @@ def decode_evaluate_request(content: RecordDict) -> EvaluateRequest:
         synthetic_labels=synthetic["labels"].numpy() if synthetic is not None else None,
         synthetic_origin=synthetic["origin"].numpy() if synthetic is not None else None,
         origin_names=json.loads(str(rec["origin_names"])),
+        provenance=json.loads(str(rec.get("provenance", "{}"))),
+        alignment=json.loads(str(rec.get("alignment", "null"))),
     )
 
 

@@ -32,11 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from pydantic import ValidationError
 
-from fedsynth.config import RunConfig
-from fedsynth.errors import FedsynthError
+from fedsynth.config import RunConfig, load_yaml
+from fedsynth.errors import ConfigError, FedsynthError
 from fedsynth.metrics_schema import SCHEMA_VERSION, RunMetrics
 
 CONFIG_FILE = "config.yaml"
@@ -206,8 +205,8 @@ class RunDir:
     def read_config(self) -> dict[str, Any]:
         """The resolved config as a mapping (the run's own record, not re-validated)."""
         try:
-            data = yaml.safe_load((self.path / CONFIG_FILE).read_text())
-        except (OSError, yaml.YAMLError) as err:
+            data = load_yaml((self.path / CONFIG_FILE).read_text(), CONFIG_FILE)  # bounded: no aliases
+        except (OSError, UnicodeDecodeError, ConfigError) as err:
             raise RunDirError(f"{CONFIG_FILE} could not be read ({err})") from None
         return data if isinstance(data, dict) else {}
 

@@ -149,7 +149,28 @@ def test_example_deployment_configs_are_valid():
     cfg = load_config(folder / "run.yaml")
     assert cfg.federation.site_keys and cfg.federation.num_sites == len(cfg.federation.site_keys)
     for site_file in sorted(folder.glob("site-*.yaml")):
-        assert load_site_config(site_file).name == site_file.stem
+        site = load_site_config(site_file)
+        assert site.name == site_file.stem
+        # the shipped hospital configs are safe as they are: DP, the gate, a ceiling, no exact statistic
+        assert site.unsafe_policy() == [], site.unsafe_policy()
+        assert site.policy.require_dp and site.policy.require_gate and site.policy.max_epsilon == 10
+        assert not site.policy.allow_alignment_without_dp and site.consortium_keys
+
+
+def test_a_deployed_site_without_a_policy_gets_the_safe_defaults_and_a_warning(tmp_path):
+    minimal = tmp_path / "site.yaml"
+    minimal.write_text("name: site-z\ndata_path: x.npz\nstate_dir: state\n")
+    site = load_site_config(minimal)
+    assert site.policy.require_dp and site.policy.require_gate and site.policy.max_epsilon == 10
+    assert site.unsafe_policy() == []
+    relaxed = tmp_path / "relaxed.yaml"
+    relaxed.write_text("name: site-z\ndata_path: x.npz\nstate_dir: state\npolicy:\n  require_dp: false\n")
+    site = load_site_config(relaxed)
+    assert site.policy.require_gate, "keys the site does not set keep the deployment defaults"
+    assert any("require_dp" in w for w in site.unsafe_policy())
+    result = CliRunner().invoke(app, ["deploy", "check-site", str(relaxed)])
+    assert result.exit_code == 1 and "require_dp" in result.output
+    assert CliRunner().invoke(app, ["deploy", "check-site", str(minimal)]).exit_code == 0
 
 
 # ---- a real deployment on 127.0.0.1 -----------------------------------------------------------
@@ -309,6 +330,8 @@ def _write_site(root: Path, name: str, seed: int) -> tuple[Path, Path]:
     site_yaml.write_text(yaml.safe_dump({
         "name": name, "data_path": str(site_dir / "images.npz"), "state_dir": str(site_dir / "state"),
         "device": "cpu", "budget": {"epsilon": 30.0, "delta": 1e-5},
+        # a test federation on phantoms, without DP: the sites relax the deployment defaults explicitly
+        "policy": {"require_dp": False, "require_gate": False, "max_epsilon": None},
     }))
     return site_yaml, ledger_pub
 

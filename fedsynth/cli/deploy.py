@@ -69,3 +69,24 @@ def deploy_connection(
     home = flwr_home or Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr")
     path = write_flower_connection(home, name, address, root_certificates)
     console.print(f"wrote connection {name!r} ({address}, trusting {root_certificates}) to {path}", highlight=False)
+
+
+@deploy_app.command("check-site")
+@friendly
+def deploy_check_site(
+    site_config: Path = typer.Argument(..., help="A hospital's site.yaml."),
+) -> None:
+    """Say what a hospital's security review would flag in its site config (exit 1 if anything)."""
+    from fedsynth.config import load_site_config
+
+    site = load_site_config(site_config)
+    warnings = site.unsafe_policy()
+    if not site.consortium_keys:
+        warnings.append("consortium_keys is empty: fidelity and utility are measured only on this site's own release")
+    for w in warnings:
+        console.print(f"[yellow]warning:[/] {site.name}: {w}", highlight=False)
+    if site.unsafe_policy():
+        raise typer.Exit(1)
+    console.print(f"{site.name}: DP required, release gate required, epsilon at most {site.policy.max_epsilon:g}, "
+                  f"{site.policy.max_evaluations_per_run} evaluation(s) per run", highlight=False)
+

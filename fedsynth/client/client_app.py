@@ -27,6 +27,7 @@ from fedsynth.client.deployment import deployed_site, site_config_from_node
 from fedsynth.client.site import Site
 from fedsynth.client.site_data import simulated_site, simulated_site_state
 from fedsynth.config import RunConfig
+from fedsynth.data.partition import site_name
 from fedsynth.errors import public_reason
 from fedsynth.protocol import (
     SITE_ERROR,
@@ -56,7 +57,8 @@ def site_for(context: Context, config: RunConfig, run_id: str, sites_root: Path 
     if "site-config" in node:
         data, state, site = deployed_site(node, config)
         out = site.output_dir or str(Path(site.state_dir) / "outputs")
-        return Site(data, state, out, device=site.device, generator=site.generator, policy=site.policy)
+        return Site(data, state, out, device=site.device, generator=site.generator, policy=site.policy,
+                    consortium_keys={name: Path(p) for name, p in site.consortium_keys.items()})
     if "partition-id" in node:
         if int(node.get("num-partitions", config.federation.num_sites)) != config.federation.num_sites:
             raise RuntimeError(
@@ -68,7 +70,10 @@ def site_for(context: Context, config: RunConfig, run_id: str, sites_root: Path 
         state = simulated_site_state(config, root, data.name)
         state.ensure_keys()
         # a simulation plays every role: its sites' policy comes with the run config
-        return Site(data, state, root / data.name, device=config.run.device, policy=config.sites.policy)
+        peers = {site_name(i): simulated_site_state(config, root, site_name(i)).public_key_path
+                 for i in range(config.federation.num_sites)}
+        return Site(data, state, root / data.name, device=config.run.device, policy=config.sites.policy,
+                    consortium_keys=peers)
     raise RuntimeError("node config has neither 'site-config' (deployment) nor 'partition-id' (simulation)")
 
 

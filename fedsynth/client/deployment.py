@@ -43,6 +43,8 @@ def site_config_from_node(node_config: dict) -> SiteConfig:
 
 def deployed_site(node_config: dict, config: RunConfig) -> tuple[SiteSplit, SiteState, SiteConfig]:
     site = site_config_from_node(node_config)
+    for warning in site.unsafe_policy():  # the site's own log: its operator decides, the review reads it
+        log.warning("%s: %s", site.name, warning)
     data = _load(site.data_path, site.name, config.data.resolution, config.run.seed, config.data.test_fraction)
     state = SiteState(site.name, Path(site.state_dir), Budget(site.budget.epsilon, site.budget.delta))
     return data, state, site

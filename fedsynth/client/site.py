@@ -27,21 +27,21 @@ from typing import Any
 import numpy as np
 
 from fedsynth import __version__
-from fedsynth.classifier.metrics import ScoreHistogram, evaluate_scores
+from fedsynth.classifier.metrics import ScoreHistogram
 from fedsynth.classifier.train import Classifier, build_trainable, train_local
+from fedsynth.client.evaluation import evaluate_at_site
 from fedsynth.config import RunConfig, SitePolicy
-from fedsynth.data.dataset import CLASS_NAMES, from_uint8, to_uint8
+from fedsynth.data.dataset import CLASS_NAMES, to_uint8
 from fedsynth.data.partition import SiteSplit
-from fedsynth.errors import DataError, FedsynthError, public_reason
+from fedsynth.errors import DataError, FedsynthError
 from fedsynth.evaluation.alignment import add_gaussian_noise, class_intensity_histograms, intensity_histogram
 from fedsynth.evaluation.grids import image_grid
-from fedsynth.evaluation.site_evaluation import site_extras
 from fedsynth.generators import FAMILIES, build_generator
 from fedsynth.privacy.accounting import Mechanism, default_delta, epsilon
 from fedsynth.privacy.dp import BudgetCheck, DPPlan, check_budget, plan_training, statistic_mechanism
 from fedsynth.privacy.gate import membership_audit, release_gate
 from fedsynth.privacy.ledger import DP_STATISTIC, DP_TRAINING, RELEASE, TRAINING, spent_epsilon
-from fedsynth.privacy.release import arrays_hash, content_hash
+from fedsynth.privacy.release import arrays_hash, content_hash, digests_hash, image_digests
 from fedsynth.privacy.state import SiteState
 from fedsynth.protocol import (
     CLASSIFIER_ROUND,
@@ -69,9 +69,12 @@ class PolicyRefusal(FedsynthError):
 
 class Site:
     def __init__(self, data: SiteSplit, state: SiteState, output_dir: str | Path | None = None, device: str = "auto",
-                 generator: Any = None, policy: SitePolicy | None = None):
+                 generator: Any = None, policy: SitePolicy | None = None,
+                 consortium_keys: dict[str, Path] | None = None):
         if state.name != data.name:
             raise ValueError(f"site state {state.name!r} does not belong to site {data.name!r}")
+        # the consortium members' public keys this site trusts, to check where a synthetic sample came from
+        self.consortium_keys = {**(consortium_keys or {}), data.name: state.public_key_path}
         self.generator_choice = generator  # a deployed site's own choice (its site.yaml), if any
         self.policy = policy or SitePolicy()  # the site's own rules; the server's request cannot relax them
         self.data = data
@@ -162,6 +165,7 @@ class Site:
                 "run_id": run_id,
                 "dataset_fingerprint": fingerprint,
                 "content_hash": content_hash(images_u8, labels_u8),
+                "image_digests_sha256": digests_hash(image_digests(images_u8)),
                 "n_images": int(len(labels_u8)),
                 "per_class": {CLASS_NAMES[c]: int((labels_u8 == c).sum()) for c in per_class},
                 "training_entry": training_entry["hash"],
@@ -218,17 +222,24 @@ class Site:
                                 f"policy.min_gate_quantile={pol.min_gate_quantile:g}")
         if releasing and config.alignment.enabled and not pol.allow_alignment:
             raise PolicyRefusal(f"{name}: this site does not release intensity histograms (policy.allow_alignment)")
+        if releasing and config.alignment.enabled and config.privacy is None and not pol.allow_alignment_without_dp:
+            raise PolicyRefusal(f"{name}: this site releases an intensity histogram only under DP "
+                                "(policy.allow_alignment_without_dp)")
 
-    def _score_histogram(self, labels: np.ndarray, probs: np.ndarray, edges: np.ndarray) -> ScoreHistogram:
-        """A score histogram as the site's policy lets it leave: bounded bins, none holding fewer
-        than ``policy.min_bin_count`` images."""
+    def checked_edges(self, edges: np.ndarray) -> np.ndarray:
+        """The classifier's score bin edges, if the site's policy lets that many bins leave it."""
         edges = np.asarray(edges, dtype=np.float64)
         if edges.ndim != 1 or len(edges) < 3 or not np.all(np.diff(edges) > 0):
             raise PolicyRefusal(f"{self.name}: the classifier's score bin edges are malformed")
         if len(edges) - 1 > self.policy.max_score_bins:
             raise PolicyRefusal(f"{self.name}: {len(edges) - 1} score bins requested; this site's "
                                 f"policy.max_score_bins is {self.policy.max_score_bins}")
-        return ScoreHistogram.from_scores(labels, probs, edges).coarsened(self.policy.min_bin_count)
+        return edges
+
+    def score_histogram(self, labels: np.ndarray, probs: np.ndarray, edges: np.ndarray) -> ScoreHistogram:
+        """A score histogram as the site's policy lets it leave: bounded bins, none holding fewer
+        than ``policy.min_bin_count`` images."""
+        return ScoreHistogram.from_scores(labels, probs, self.checked_edges(edges)).coarsened(self.policy.min_bin_count)
 
     def _plan(self, config: RunConfig, make_plan: Callable[[Any, int], DPPlan],
               extra: tuple[Mechanism, ...] = ()) -> DPPlan | None:
@@ -386,37 +397,8 @@ class Site:
 
     # ---- evaluation ------------------------------------------------------------------------
     def evaluate(self, classifier: Classifier, config: RunConfig, request: EvaluateRequest | None = None) -> EvalResult:
-        """Metrics of the server's classifier on the real test split; with a synthetic
-        sample in ``request``, also fidelity and the site's own utility baselines."""
-        test = self.data.test
-        if len(test) == 0:
-            raise DataError(f"{self.name}: no local test images to evaluate on")
-        if classifier.resolution != test.resolution:
-            raise DataError(
-                f"{self.name}: classifier expects {classifier.resolution} px, test images are {test.resolution} px"
-            )
-        probs = classifier.predict_proba(test.images)
-        ev = config.evaluation
-        seed = site_seed(config.run.seed, self.name)
-        metrics = evaluate_scores(test.labels, probs, classifier.threshold, n_boot=ev.bootstrap, level=ev.ci_level,
-                                  seed=seed)
-        extra, hists = {}, {}
-        if request is not None and request.synthetic_images is not None and len(request.synthetic_images):
-            synthetic = from_uint8(request.synthetic_images)
-            own = None
-            if self.name in request.origin_names:
-                own = request.synthetic_origin == request.origin_names.index(self.name)
-            try:
-                extra, hists = site_extras(self.data, synthetic, request.synthetic_labels.astype(np.int64), own,
-                                           config, seed, self.device, self._score_histogram)
-            except Exception as err:  # the extras must not cost the run its main evaluation
-                log.exception("%s: fidelity/utility evaluation failed", self.name)
-                extra = {"error": public_reason(err)}
-        return EvalResult(
-            site=self.name,
-            metrics=metrics.to_dict(),
-            histogram=self._score_histogram(test.labels, probs, classifier.score_edges(ev.histogram_bins)),
-            meta={"phantom": bool(test.phantom), "n_test": len(test)},
-            extra=extra,
-            extra_histograms=hists,
-        )
+        """The server's classifier on the real test split, metered and bound by the site's policy
+        (:mod:`fedsynth.client.evaluation`); with a verifiable synthetic sample in ``request``,
+        also fidelity and the site's own utility baselines."""
+        with self.state.exclusive():  # the metering count and the ledger entry as one step
+            return evaluate_at_site(self, classifier, config, request)

@@ -194,14 +194,17 @@ def check_budget(
     plan: DPPlan,
     budget: Budget,
     extra: tuple[Mechanism, ...] = (),
+    on_training_data: bool = True,
 ) -> BudgetCheck:
     """Refuse (BudgetExceeded) before training if ``plan`` (and ``extra`` mechanisms the
-    same request will run, e.g. a noisy statistic) would overspend the budget."""
+    same request will run, e.g. a noisy statistic) would overspend the budget.
+    ``on_training_data=False`` (a noisy evaluation of the held-out test split): a non-private
+    training in the ledger does not void it, since it never saw those patients."""
     if plan.delta > budget.delta:
         raise BudgetExceeded(
             f"{site}: the request's delta {plan.delta:g} exceeds the site's budget delta {budget.delta:g}"
         )
-    tainted = non_private(entries)
+    tainted = non_private(entries) if on_training_data else []
     if tainted:
         raise BudgetExceeded(
             f"{site}: ledger entry {tainted[0]['index']} trained without DP on this site's data; no DP guarantee "

@@ -39,8 +39,9 @@ GENESIS = "0" * 64
 DP_TRAINING = "dp-training"
 TRAINING = "training"  # not private: recorded so the officer sees it
 RELEASE = "release"
-DP_STATISTIC = "dp-statistic"  # a noisy statistic of the real images (the alignment histogram)
-ENTRY_TYPES = (DP_TRAINING, TRAINING, RELEASE, DP_STATISTIC)
+DP_STATISTIC = "dp-statistic"  # a noisy statistic of the real images (the alignment histogram, noisy evaluations)
+EVALUATION = "evaluation"  # figures of the server's classifier on the real test split, outside DP (recorded, metered)
+ENTRY_TYPES = (DP_TRAINING, TRAINING, RELEASE, DP_STATISTIC, EVALUATION)
 
 
 class LedgerError(FedsynthError):

@@ -32,6 +32,18 @@ def content_hash(images: np.ndarray, labels: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def image_digests(images: np.ndarray) -> list[str]:
+    """One short SHA-256 digest per released image (uint8 pixels): what lets a site check that a
+    synthetic sample it is asked to score against its real images came from a signed release."""
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    return [hashlib.sha256(img.tobytes()).hexdigest()[:32] for img in images]
+
+
+def digests_hash(digests: list[str]) -> str:
+    """The SHA-256 a release entry signs over its per-image digests, in release order."""
+    return hashlib.sha256("".join(digests).encode("ascii")).hexdigest()
+
+
 def arrays_hash(arrays: dict[str, np.ndarray]) -> str:
     """SHA-256 over named arrays (a model update), independent of their order."""
     h = hashlib.sha256()

@@ -70,13 +70,16 @@ def evaluate_and_report(
     record: RunRecord,
     synthetic: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     registry: dict | None = None,
+    provenance: dict[str, dict] | None = None,
+    alignment: dict | None = None,
 ) -> RunMetrics:
     """Every site evaluates ``clf`` on its real test split (and, given the pooled
     ``synthetic`` images by origin, measures fidelity and its own utility baselines);
     pool, write metrics.json, the score histograms behind the curves and the report. Every
     reply is checked as hostile; with ``registry``, only registered sites may evaluate."""
     t2 = time.perf_counter()
-    request = EvaluateRequest(run_dir.run_id, config, clf.header(), clf.state_dict())
+    request = EvaluateRequest(run_dir.run_id, config, clf.header(), clf.state_dict(),
+                              provenance=dict(provenance or {}), alignment=alignment)
     if synthetic and (config.evaluation.fidelity or config.evaluation.site_baselines):
         request.origin_names = sorted(synthetic)
         request.synthetic_images, request.synthetic_labels, request.synthetic_origin = _synthetic_sample(

@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 
 from fedsynth.config import RunConfig
-from fedsynth.data.dataset import CLASS_NAMES, from_uint8, to_uint8
+from fedsynth.data.dataset import CLASS_NAMES, from_uint8
 from fedsynth.errors import FederationError
 from fedsynth.evaluation.alignment import match_by_class, match_histograms, reference_cdf
 from fedsynth.evaluation.grids import image_grid
 from fedsynth.metrics_schema import RunMetrics
-from fedsynth.privacy.release import signed_privacy
+from fedsynth.privacy.release import image_digests, signed_privacy
 from fedsynth.progress import ProgressFactory, no_progress
 from fedsynth.protocol import Release, TrainRequest
 from fedsynth.rundir import RunDir
@@ -73,23 +73,25 @@ def run_substitution(
     _synthetic_grids(accepted, run_dir, config, phantom)
     for rel in accepted:
         run_dir.save_release(rel.site, rel.images, rel.labels, phantom)
+    # the sites judge what the classifier trained on: the released images (which they can check
+    # against the signed releases) and the intensity mapping applied to them, if any
     synthetic = {r.site: (r.images, r.labels) for r in accepted}
+    provenance = {r.site: {"entry": r.meta["ledger"][-1], "digests": image_digests(r.images)} for r in accepted}
+    mapping = None
     if config.alignment.enabled:
-        images, record.extra["alignment"] = _align(images, labels, accepted, config)
-        if record.extra["alignment"].get("applied"):
-            # the sites judge what the classifier trained on: the aligned images, per origin
-            ends = np.cumsum([len(r.labels) for r in accepted])
-            synthetic = {r.site: (to_uint8(part), r.labels)
-                         for r, part in zip(accepted, np.split(images, ends[:-1]))}
+        images, record.extra["alignment"], mapping = _align(images, labels, accepted, config)
     clf = train_on_pool(config, images, labels, "synthetic", phantom, [r.site for r in accepted], run_dir,
                         record, progress)
-    return evaluate_and_report(config, transport, run_dir, clf, record, synthetic=synthetic, registry=registry)
+    return evaluate_and_report(config, transport, run_dir, clf, record, synthetic=synthetic, registry=registry,
+                               provenance=provenance, alignment=mapping)
 
 
 def _accept(rel: Release, config: RunConfig, registry: dict[str, Path], run_dir: RunDir, record: RunRecord,
             seen: set[str]) -> str | None:
     """Why a release cannot be pooled, or None after recording its contribution and filing its
     ledger (only then: a rejected reply never replaces the stored copy of an accepted one)."""
+    if not isinstance(rel.site, str) or not rel.site:
+        return "the release names no site"
     if rel.site in seen:
         return "a second release from the same site"
     problem = verify_release(rel, config, registry, run_dir.run_id)
@@ -104,19 +106,20 @@ def _accept(rel: Release, config: RunConfig, registry: dict[str, Path], run_dir:
 
 
 def _align(images: np.ndarray, labels: np.ndarray, releases: list[Release],
-           config: RunConfig) -> tuple[np.ndarray, dict]:
+           config: RunConfig) -> tuple[np.ndarray, dict, dict | None]:
     """Match the pooled synthetic intensities to the sites' pooled real histograms (class by
-    class with ``alignment.by_class``)."""
+    class with ``alignment.by_class``): (aligned images, what metrics.json says, the mapping
+    the sites apply to the sample they evaluate, or None when nothing was aligned)."""
     al = config.alignment
     shape = (2, al.bins) if al.by_class else (al.bins,)
     hists = {r.site: np.asarray(r.meta["intensity_histogram"], dtype=np.float64) for r in releases
              if r.meta.get("intensity_histogram") is not None}
-    bad = [s for s, h in hists.items() if h.shape != shape or not np.isfinite(h).all()]
+    bad = [s for s, h in hists.items() if h.shape != shape or not np.isfinite(h).all() or (np.abs(h) > 1e12).any()]
     for site in bad:
         log.warning("alignment: %s's histogram is malformed (expected shape %s); not used", site, shape)
         hists.pop(site)
     if not hists:
-        return images, {"applied": False, "reason": "no site released a usable intensity histogram"}
+        return images, {"applied": False, "reason": "no site released a usable intensity histogram"}, None
     info: dict[str, Any] = {"applied": True, "bins": al.bins, "by_class": al.by_class, "sites": sorted(hists),
                             "epsilon_per_site": al.epsilon if config.privacy is not None else None}
     if al.by_class:
@@ -127,12 +130,15 @@ def _align(images: np.ndarray, labels: np.ndarray, releases: list[Release],
             except ValueError:  # no site had images of this class: leave it as generated
                 skipped.append(CLASS_NAMES[c])
         aligned = match_by_class(images, labels, cdfs)
+        mapping = {"by_class": True, "cdfs": {str(c): cdf.tolist() for c, cdf in cdfs.items()}}
         if skipped:
             info["classes_not_aligned"] = skipped
     else:
-        aligned = match_histograms(images, reference_cdf(list(hists.values())))
+        cdf = reference_cdf(list(hists.values()))
+        aligned = match_histograms(images, cdf)
+        mapping = {"by_class": False, "cdf": cdf.tolist()}
     info.update(mean_intensity_before=float(images.mean()), mean_intensity_after=float(aligned.mean()))
-    return aligned, info
+    return aligned, info, mapping
 
 
 def _synthetic_grids(releases: list[Release], run_dir: RunDir, config: RunConfig, phantom: bool) -> None:
