@@ -1,6 +1,7 @@
 """The release gate drops near-copies of training images; the membership audit sees leaks."""
 
 import numpy as np
+import pytest
 
 from fedsynth.data.phantom import make_phantoms
 from fedsynth.privacy.gate import membership_auc, release_gate, thresholds
@@ -60,3 +61,14 @@ def test_membership_audit_reports_the_low_false_positive_regime_and_a_control():
     # the control pits members against members: whatever the release, it cannot beat chance by much
     for audit in (copying, independent):
         assert audit["control_auc"] is not None and 0.3 < audit["control_auc"] < 0.7
+
+
+def test_duplicated_training_images_do_not_open_the_gate_to_near_copies():
+    real = make_phantoms(80, 16, seed=6).images
+    with_dupes = np.concatenate([real, real[:40]])  # half the site's images twice (a re-scanned patient)
+    t_dupes, t_clean = thresholds(with_dupes, 0.01), thresholds(real, 0.01)
+    assert t_dupes.pixel == pytest.approx(t_clean.pixel) and t_dupes.feature == pytest.approx(t_clean.feature)
+    near_copy = np.clip(real[:5] + np.random.default_rng(0).normal(0, 1e-3, real[:5].shape), 0, 1).astype(np.float32)
+    from fedsynth.privacy.gate import too_close
+
+    assert too_close(near_copy, with_dupes, t_dupes).all()

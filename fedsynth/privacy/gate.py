@@ -94,12 +94,19 @@ class Thresholds:
 
 
 def thresholds(real: np.ndarray, quantile: float) -> Thresholds:
-    """The ``quantile`` of real-to-real nearest-neighbour distances, per space."""
+    """The ``quantile`` of real-to-real nearest-neighbour distances, per space. Exact duplicates
+    in the real data say nothing about closeness, so each image counts once: they are removed
+    by their bytes, not by a distance tolerance (cdist's float error near 0 is up to 1e-3,
+    which no tolerance tells apart from a near-copy)."""
+    real = np.asarray(real)
+    flat = np.ascontiguousarray(real.reshape(len(real), -1))
+    _, first = np.unique(flat.view(np.dtype((np.void, flat.dtype.itemsize * flat.shape[1]))).ravel(),
+                         return_index=True)
+    unique = real[np.sort(first)]
     out = []
     for embed in (pixels, features):
-        e = embed(real)
-        d = nearest_distances(e, e, exclude_self=True)
-        d = d[d > 1e-6]  # exact duplicates in the real data say nothing about closeness
+        e = embed(unique)
+        d = nearest_distances(e, e, exclude_self=True) if len(e) > 1 else np.zeros(0)
         out.append(float(np.quantile(d, quantile)) if d.size else 0.0)
     return Thresholds(pixel=out[0], feature=out[1], quantile=quantile)
 
