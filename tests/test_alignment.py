@@ -113,12 +113,16 @@ def test_alignment_is_for_substitution_runs():
 
 
 @pytest.mark.parametrize("aligned,by_class", [(True, True), (True, False), (False, True)])
-def test_the_sites_evaluate_what_the_classifier_trained_on(tiny_config, aligned, by_class):
+def test_the_sites_evaluate_what_the_classifier_trained_on(tiny_config, aligned, by_class, monkeypatch):
     """Fidelity and the augmentation baseline at the sites use the pooled images the
-    classifier saw: after alignment, the aligned ones, not the raw releases."""
+    classifier saw: after alignment, the aligned ones, not the raw releases. The sample
+    travels as released (so each site can trace it to the signed releases) with the
+    intensity mapping, which the site applies before measuring."""
     from flwr.clientapp import ClientApp
 
+    import fedsynth.client.evaluation as site_evaluation
     from fedsynth.client import client_app as real_app
+    from fedsynth.data.dataset import to_uint8
     from fedsynth.protocol import decode_evaluate_request
     from fedsynth.rundir import RunDir, load_releases
     from fedsynth.simulation.engine import serve_simulation
@@ -127,8 +131,15 @@ def test_the_sites_evaluate_what_the_classifier_trained_on(tiny_config, aligned,
     cfg = tiny_config
     cfg.alignment.enabled = aligned
     cfg.alignment.by_class = by_class
-    seen = []
+    wire, measured = [], []
     app = ClientApp()
+    real_extras = site_evaluation.site_extras
+
+    def recording_extras(data, synthetic, *args, **kwargs):
+        measured.append(to_uint8(synthetic))
+        return real_extras(data, synthetic, *args, **kwargs)
+
+    monkeypatch.setattr(site_evaluation, "site_extras", recording_extras)
 
     @app.train()
     def train(msg, ctx):
@@ -136,7 +147,7 @@ def test_the_sites_evaluate_what_the_classifier_trained_on(tiny_config, aligned,
 
     @app.evaluate()
     def evaluate(msg, ctx):
-        seen.append(decode_evaluate_request(msg.content).synthetic_images)
+        wire.append(decode_evaluate_request(msg.content).synthetic_images)
         return real_app.evaluate(msg, ctx)
 
     run_dir = RunDir.create(cfg)
@@ -149,9 +160,9 @@ def test_the_sites_evaluate_what_the_classifier_trained_on(tiny_config, aligned,
     if aligned:
         assert m["alignment"]["by_class"] is by_class
     released = {img.tobytes() for images, _ in load_releases(run_dir.path).values() for img in images}
-    sample = seen[0]
-    as_released = np.mean([img.tobytes() in released for img in sample])
+    assert np.mean([img.tobytes() in released for img in wire[0]]) == 1.0, "the sample travels as released"
+    as_released = np.mean([img.tobytes() in released for img in measured[0]])
     if aligned:
-        assert as_released < 0.5, "the sites got the raw releases, not what the classifier trained on"
+        assert as_released < 0.5, "the sites measured the raw releases, not what the classifier trained on"
     else:
         assert as_released == 1.0
