@@ -137,3 +137,12 @@ def test_a_damaged_optional_section_is_left_out_with_a_note(tmp_path):
         run.read_metrics()
     metrics, notes = run.read_metrics_salvaged()
     assert metrics.fidelity.pooled is None and len(notes) == 1 and "fidelity" in notes[0]
+
+
+def test_a_privacy_block_without_a_generator_section_gets_the_private_default():
+    assert load_config(None, ["privacy.epsilon=3"]).generator.family == "dp-merf"
+    assert load_config(None).generator.family == "gan", "without privacy: the GAN"
+    assert load_config(None, ["privacy.epsilon=3", "generator.epochs=5"]).generator.family == "gan", \
+        "a generator section the user wrote is theirs"
+    resolved = load_config(None, ["privacy.epsilon=3"]).to_dict()
+    assert resolved["generator"]["family"] == "dp-merf", "the resolved config records the choice"

@@ -355,7 +355,8 @@ entry_like = st.fixed_dictionaries({}, optional={
     "signature": json_values})
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(entry_like, max_size=4) | json_values)
 def test_the_verifier_never_raises(site_ledger, entries):
     _, _, pub = site_ledger
@@ -367,7 +368,7 @@ def _good_figures():
     return evaluate_scores(np.array([1, 0, 0, 1]), np.array([0.9, 0.2, 0.6, 0.4]), 0.5, n_boot=0).to_dict()
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
 @given(st.dictionaries(st.sampled_from(list(_good_figures())), json_values, max_size=6),
        st.dictionaries(st.sampled_from(["fidelity", "utility", "error", "other"]), json_values, max_size=3))
 def test_the_evaluation_check_never_raises(override, extra):

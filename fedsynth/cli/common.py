@@ -29,14 +29,23 @@ def friendly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def setup_logging(verbose: bool) -> None:
-    from rich.logging import RichHandler
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
-        force=True,
-    )
+
+def setup_logging(verbose: bool) -> None:
+    """Rich, wrapped lines on a terminal; plain, unwrapped, uncoloured lines with a time stamp
+    when the output goes to a file or a pipe (and Ray's worker lines without colour codes)."""
+    import os
+
+    if console.is_terminal:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=console, show_path=False, show_time=False)
+        fmt = "%(message)s"
+    else:
+        handler = logging.StreamHandler()
+        fmt = PLAIN_FORMAT
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, handlers=[handler], force=True)
     for noisy in ("flwr", "ray", "alembic", "matplotlib", "PIL", "filelock", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)

@@ -1,0 +1,29 @@
+"""The CLI's output off a terminal: plain lines a log file can hold (no colour codes, no wrapping)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+
+def test_log_lines_are_plain_when_not_a_terminal(tmp_path):
+    code = ("import logging; from fedsynth.cli.common import setup_logging; setup_logging(False); "
+            "logging.getLogger('fedsynth.site').info('site-0: ' + 'x' * 300)")
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "40"}
+    env.pop("FORCE_COLOR", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr  # one line, not wrapped at 40 columns
+    assert "\x1b[" not in out.stderr and "fedsynth.site: site-0: " + "x" * 300 in lines[0]
+    assert lines[0][:4].isdigit(), "a time stamp first"
+
+
+def test_ray_lines_lose_their_colour_codes_off_a_terminal(monkeypatch):
+    from fedsynth.cli.common import setup_logging
+
+    monkeypatch.delenv("RAY_COLOR_PREFIX", raising=False)
+    setup_logging(False)  # pytest captures the output: not a terminal
+    assert os.environ.get("RAY_COLOR_PREFIX") == "0"
+    logging.getLogger().handlers.clear()
