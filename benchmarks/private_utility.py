@@ -119,14 +119,31 @@ def schedule(run_dir: RunDir) -> list[dict]:
             for e in entries if e.get("run_id") == run_dir.run_id and e.get("mechanism")]
 
 
+def server_release_audit(run_dir: RunDir, config) -> dict[str, dict]:
+    """Federated modes release no site's images: the server samples the global generator. Audit
+    that release per site, with the same attack the sites run on their own releases (their
+    training images against their held-out ones), from the benchmark's side of the simulation."""
+    from fedsynth.client.site_data import simulated_sites
+    from fedsynth.privacy.gate import membership_audit
+
+    released = run_dir.load_releases().get("global")
+    if released is None:
+        return {}
+    images = released[0].astype(np.float32) / 255
+    return {s.name: membership_audit(s.train.images, s.test.images, images, seed=0) or {}
+            for s in simulated_sites(config)}
+
+
 def row_of(method: str, partition: str, level: str, run_dir: RunDir, m: RunMetrics, wall: float,
-           overrides: list[str]) -> dict:
+           overrides: list[str], config=None) -> dict:
     pooled = m.pooled.model_dump() if m.pooled else {}
     sites = {}
+    server_audit = server_release_audit(run_dir, config) if config is not None else {}
     for name, p in m.privacy.sites.items():
-        audit = p.membership_audit or {}
+        audit = p.membership_audit or server_audit.get(name) or {}
         sites[name] = {"epsilon": p.epsilon, "spent_epsilon": p.spent_epsilon, "delta": p.delta,
-                       "membership_auc": p.membership_auc, "tpr_at_1pct_fpr": audit.get("tpr_at_1pct_fpr"),
+                       "membership_auc": audit.get("auc", p.membership_auc),
+                       "tpr_at_1pct_fpr": audit.get("tpr_at_1pct_fpr"),
                        "control_auc": audit.get("control_auc"), "gate_dropped": (p.gate or {}).get("dropped")}
     eps = [v["spent_epsilon"] for v in sites.values() if v["spent_epsilon"] is not None]
     mia = [v["membership_auc"] for v in sites.values() if v["membership_auc"] is not None]
@@ -208,9 +225,10 @@ def main() -> None:
                             *part_over, *method_over, *split_over, f"privacy.epsilon={eps}", *args.set]
                     t0 = time.perf_counter()
                     try:
-                        run_dir, m = simulate(load_config(args.config, over))
+                        cfg = load_config(args.config, over)
+                        run_dir, m = simulate(cfg)
                         rows.append(row_of(method, partition, level, run_dir, m, time.perf_counter() - t0,
-                                           [*method_over, *args.set]))
+                                           [*method_over, *args.set], cfg))
                     except Exception as err:  # keep going; the table says what failed
                         traceback.print_exc()
                         rows.append({"method": method, "partition": partition, "privacy": level,
