@@ -1,6 +1,7 @@
 """End to end: `fedsynth simulate` on Flower's simulation engine (Ray), tiny phantoms."""
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -47,3 +48,36 @@ def test_simulate_stops_cleanly_when_no_site_can_release(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
     assert "min_sites" in result.output and "min_class_images" in result.output
+
+
+@pytest.mark.slow
+def test_simulate_leaves_no_process_behind(tmp_path):
+    """Ray's workers, raylet and GCS go with the command: nothing keeps running after it."""
+    import os
+    import secrets
+    import subprocess
+    import sys
+    import time
+
+    mark = secrets.token_hex(8)
+    env = {**os.environ, "FEDSYNTH_TEST_MARK": mark}
+    args = [sys.executable, "-m", "fedsynth.cli", "simulate"]
+    for o in tiny_overrides(tmp_path):
+        args += ["--set", o]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    def marked() -> list[int]:
+        out = []
+        for environ in Path("/proc").glob("[0-9]*/environ"):
+            try:
+                if f"FEDSYNTH_TEST_MARK={mark}".encode() in environ.read_bytes():
+                    out.append(int(environ.parent.name))
+            except OSError:
+                continue
+        return out
+
+    deadline = time.monotonic() + 20
+    while marked() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert marked() == [], "processes of the run are still alive after the command returned"
