@@ -27,3 +27,31 @@ def test_ray_lines_lose_their_colour_codes_off_a_terminal(monkeypatch):
     setup_logging(False)  # pytest captures the output: not a terminal
     assert os.environ.get("RAY_COLOR_PREFIX") == "0"
     logging.getLogger().handlers.clear()
+
+
+def test_every_option_says_what_it_does():
+    import click
+    from typer.main import get_command
+
+    from fedsynth.cli import app
+
+    missing = []
+
+    def walk(command, path):
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                walk(sub, [*path, name])
+            return
+        missing.extend(f"{' '.join(path)} {p.name}" for p in command.params
+                       if isinstance(p, click.Option) and not p.help and p.name != "help")
+
+    walk(get_command(app), [])
+    assert missing == []
+
+
+def test_help_answers_without_importing_torch_or_flower():
+    out = subprocess.run([sys.executable, "-c", "import sys; from fedsynth.cli import app\n"
+                          "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
+                          "print(sorted(m for m in ('torch', 'flwr', 'ray') if m in sys.modules))"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr

@@ -66,7 +66,8 @@ def _writable(option: str, path: Path) -> None:
 @data_app.command("fetch")
 @friendly
 def data_fetch(
-    dataset: str = typer.Argument(..., help="Dataset name: pneumoniamnist."),
+    dataset: str = typer.Argument(..., help="The dataset to download. Available: pneumoniamnist (MedMNIST's "
+                                  "PneumoniaMNIST, the Kermany pediatric set; sizes 28, 64, 128, 224)."),
     size: int = typer.Option(64, "--size", help="Image size: 28, 64, 128 or 224."),
     out: Path = typer.Option(Path("data"), "--out", "-o", help="Folder to download into."),
     url: Optional[str] = typer.Option(None, "--url", help="Mirror URL (the checksum is still verified)."),
@@ -87,9 +88,9 @@ def data_fetch(
 def data_phantom(
     out: Path = typer.Option(..., "--out", "-o", help="npz bundle to write."),
     n: int = typer.Option(200, "--n", help="Number of images."),
-    resolution: int = typer.Option(64, "--resolution", "-r"),
-    prevalence: float = typer.Option(0.5, "--prevalence"),
-    seed: int = typer.Option(0, "--seed"),
+    resolution: int = typer.Option(64, "--resolution", "-r", help="Image size in pixels (square)."),
+    prevalence: float = typer.Option(0.5, "--prevalence", help="Share of phantoms drawn with pneumonia."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the drawing (the same seed draws the same phantoms)."),
 ) -> None:
     """Write procedural phantom CXRs (not medical images) as an npz bundle."""
     from fedsynth.data.dataset import save_npz

@@ -103,7 +103,9 @@ def simulate(
     )
     run_dir, metrics = run(cfg, run_dir=run_dir, verbose=verbose, progress=epoch_bar, engine=engine)
     print_results(metrics)
-    console.print(f"outputs: {run_dir.path}")
+    console.print(f"outputs: {run_dir.path}", highlight=False, soft_wrap=True)
+    console.print(f"open {run_dir.file('report.html')} in a browser: the whole run on one page", highlight=False,
+                  soft_wrap=True)
 
 
 # ---- report --------------------------------------------------------------------------------------

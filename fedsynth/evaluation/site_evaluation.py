@@ -58,6 +58,9 @@ def site_extras(
         extra["fidelity"] = {"pooled": fidelity(encoder, real, synthetic, seed=seed).to_dict()}
         if own is not None and own.sum() >= 10:
             extra["fidelity"]["own_release"] = fidelity(encoder, real, synthetic[own], seed=seed).to_dict()
+        if len(data.test) >= 10:  # the scale: two sets of real images of this site, in the same encoder
+            extra["fidelity"]["real_reference"] = fidelity(encoder, data.train.images, data.test.images,
+                                                           seed=seed).to_dict()
     if ev.site_baselines and len(np.unique(data.train.labels)) == 2 and len(data.test):
         test = data.test
         arch, res = config.classifier_arch(), config.data.resolution

@@ -104,8 +104,8 @@ def _histogram_problem(h: ScoreHistogram, bins: int, figures: dict, what: str) -
 
 
 def _fidelity_problem(block: Any) -> str | None:
-    if not isinstance(block, dict) or not block or set(block) - {"pooled", "own_release"}:
-        return "fidelity must hold 'pooled' (and optionally 'own_release') figures"
+    if not isinstance(block, dict) or "pooled" not in block or set(block) - {"pooled", "own_release", "real_reference"}:
+        return "fidelity must hold 'pooled' (and optionally 'own_release', 'real_reference') figures"
     for which, f in block.items():
         if not isinstance(f, dict):
             return f"fidelity.{which} must be an object"

@@ -28,7 +28,9 @@ def section_privacy(data: RunData) -> str:
             eps_text = "NOT PRIVATE" if eps is None else fmt_g(eps, 4)
         budget = p.budget or (st.budget if st else None) or {}
         spent_reported = as_number(p.spent_epsilon)
-        if budget:
+        if not m.privacy.requested and not spent_reported:
+            spent = "– (no DP in this run)"  # a budget figure here would suggest a protection the run did not give
+        elif budget:
             spent = (f"{fmt_g(spent_reported, 4)} / {fmt_g(budget.get('epsilon'), 4)} at delta "
                      f"{fmt_g(budget.get('delta'), 2)}")
         else:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fedsynth.evaluation.report.figures import _curve_sets, curves_png
-from fedsynth.evaluation.report.format import BASELINES, MAIN_LABEL, explain, fmt_ci, fmt_g, img, table
+from fedsynth.evaluation.report.format import BASELINES, MAIN_LABEL, explain, fmt, fmt_ci, img, table
 from fedsynth.evaluation.report.overview import metrics_row
 from fedsynth.evaluation.report.run_data import RunData
 
@@ -67,23 +67,27 @@ def section_fidelity(data: RunData) -> str:
     rows = []
     keys = ("frechet_distance", "precision", "recall", "density", "coverage")
     for site, d in sorted(f.sites.items()):
-        for which, label in (("pooled", "pooled synthetic sample"), ("own_release", "its own release")):
+        for which, label in (("pooled", "pooled synthetic sample"), ("own_release", "its own release"),
+                             ("real_reference", "reference: its real test images against its real training "
+                                                "images")):
             r = d.get(which)
             if r is not None:
                 rows.append([site, label, r.encoder or "?", f"{r.n_real if r.n_real is not None else '–'} / "
                              f"{r.n_synthetic if r.n_synthetic is not None else '–'}"]
-                            + [fmt_g(getattr(r, k), 4) for k in keys])
+                            + [fmt(getattr(r, k), 2 if k == "frechet_distance" else 3) for k in keys])
     p = f.pooled
     if p is not None:
         rows.append(["pooled", "average over sites (weighted by real images)", p.encoder or "?", "–"]
-                    + [fmt_g(getattr(p, k), 4) for k in keys])
+                    + [fmt(getattr(p, k), 2 if k == "frechet_distance" else 3) for k in keys])
     return ("<section id='fidelity'><h2>Fidelity: how real the synthetic images look</h2>"
             + explain("Measured at each hospital, against its own real X-rays, in an encoder's feature space (the "
                       "encoder is named: Inception-v3 when its weights are available, else a small X-ray encoder "
                       "trained at the site; figures from different encoders cannot be compared).",
                       "Fréchet distance: how far apart the real and synthetic feature distributions are (lower is "
-                      "closer; 0 is identical). Precision: share of synthetic images that look like some real "
-                      "image (realism). Recall: share of the real images' variety the synthetic ones cover "
+                      "closer; 0 is identical). Its scale depends on the encoder: read it against the reference "
+                      "row, two sets of one site's real images (its test against its training images), which no "
+                      "generator can be expected to beat. Precision: share of synthetic images that look like "
+                      "some real image (realism). Recall: share of the real images' variety the synthetic ones cover "
                       "(diversity). Density and coverage: sturdier versions of precision and recall (density can "
                       "exceed 1).")
             + table(["site", "synthetic images", "encoder", "real / synthetic n", "Fréchet distance", "precision",
