@@ -428,6 +428,20 @@ class ClassifierSection(_Section):
     )
 
 
+class CalibrationSection(_Section):
+    """Calibrating the server's classifier on real images the sites keep apart for it: each site
+    holds out ``fraction`` of its training patients (never trained on, never its test split) and
+    returns class-wise score histograms of them (noisy and in its budget under DP); the server
+    fits a temperature and the decision threshold on the pooled histograms."""
+
+    enabled: bool = Field(False, description="Calibrate the classifier before the sites evaluate it.")
+    fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of each site's training patients held out.")
+    epsilon: float = Field(0.5, gt=0, le=1000, description="Under DP: the calibration histograms' own epsilon "
+                           "(Gaussian mechanism), on top of training.")
+    refit_threshold: bool = Field(True, description="Choose the decision threshold again on the calibrated pooled "
+                                  "histograms (classifier.threshold_rule).")
+
+
 class EvaluationSection(_Section):
     bootstrap: int = Field(
         1000, ge=0, le=100_000, description="Stratified bootstrap resamples for confidence intervals (0: off)."
@@ -476,6 +490,7 @@ class RunConfig(_Section):
     alignment: AlignmentSection = Field(default_factory=AlignmentSection)
     release: ReleaseSection = Field(default_factory=ReleaseSection)
     classifier: ClassifierSection = Field(default_factory=ClassifierSection)
+    calibration: CalibrationSection = Field(default_factory=CalibrationSection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
 
     @model_validator(mode="after")

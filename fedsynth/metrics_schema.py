@@ -155,6 +155,7 @@ class RunMetrics(_Strict):
     utility: Utility = Field(default_factory=Utility)
     fidelity: Fidelity = Field(default_factory=Fidelity)
     alignment: dict[str, Any] | None = None  # substitution with alignment.enabled
+    calibration: dict[str, Any] | None = None  # calibration.enabled: temperature, thresholds, ECE before/after
     rounds: list[dict[str, Any]] | None = None  # federated modes: one entry per round
     resumed_from: int | None = None
 

@@ -91,6 +91,16 @@ class EvalResult:
     extra_histograms: dict[str, ScoreHistogram] = field(default_factory=dict)
 
 
+@dataclass
+class CalibrationResult:
+    """Class-wise histograms of the server's classifier's logits on a site's calibration split
+    (in the fixed calibration bins; noisy under DP) -- never a per-image score."""
+
+    site: str
+    histogram: ScoreHistogram
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
 # ---- encoding ---------------------------------------------------------------------------
 
 
@@ -192,6 +202,34 @@ def decode_eval_result(content: RecordDict) -> EvalResult:
         extra=json.loads(str(rec["extra"])),
         extra_histograms=hists,
     )
+
+
+def encode_calibrate_request(req: EvaluateRequest) -> RecordDict:
+    """A calibration query carries the classifier only (no synthetic sample)."""
+    return RecordDict({
+        "classifier": ArrayRecord(req.classifier_state),
+        "calibrate": _config_record(run_id=req.run_id, config=req.config.to_json(),
+                                    classifier=json.dumps(req.classifier_header)),
+    })
+
+
+def decode_calibrate_request(content: RecordDict) -> EvaluateRequest:
+    rec = content.config_records["calibrate"]
+    return EvaluateRequest(run_id=str(rec["run_id"]), config=RunConfig.from_json(str(rec["config"])),
+                           classifier_header=json.loads(str(rec["classifier"])),
+                           classifier_state=content.array_records["classifier"].to_torch_state_dict())
+
+
+def encode_calibration(res: CalibrationResult) -> RecordDict:
+    return RecordDict({"calibration": _config_record(
+        site=res.site, meta=json.dumps(res.meta), positive=[int(v) for v in res.histogram.positive],
+        negative=[int(v) for v in res.histogram.negative])})
+
+
+def decode_calibration(content: RecordDict) -> CalibrationResult:
+    rec = content.config_records["calibration"]
+    return CalibrationResult(site=str(rec["site"]), meta=json.loads(str(rec["meta"])),
+                             histogram=ScoreHistogram(np.asarray(rec["positive"]), np.asarray(rec["negative"])))
 
 
 # ---- federated rounds (Flower strategies put weights under "arrays", settings under "config";

@@ -31,10 +31,12 @@ from fedsynth.data.partition import site_name
 from fedsynth.errors import public_reason
 from fedsynth.protocol import (
     SITE_ERROR,
+    decode_calibrate_request,
     decode_evaluate_request,
     decode_round_request,
     decode_secure_round,
     decode_train_request,
+    encode_calibration,
     encode_eval_result,
     encode_release,
     encode_secure_update,
@@ -177,6 +179,18 @@ def evaluate(msg: Message, context: Context, sites_root: Path | None = None) -> 
         return _error_reply(msg, context, err)
 
 
+def calibrate(msg: Message, context: Context, sites_root: Path | None = None) -> Message:
+    """A calibration query: histograms of the classifier's scores on this site's calibration split."""
+    try:
+        req = decode_calibrate_request(msg.content)
+        _prepare_worker(req.config, context)
+        site = site_for(context, req.config, req.run_id, sites_root)
+        clf = Classifier.from_state(req.classifier_header, req.classifier_state, device=req.config.run.device)
+        return Message(encode_calibration(site.calibrate(clf, req.config, req)), reply_to=msg)
+    except Exception as err:
+        return _error_reply(msg, context, err)
+
+
 def make_client_app(sites_root: Path | None = None) -> ClientApp:
     """The ClientApp; ``sites_root`` as for :func:`site_for` (a simulation passes its run's)."""
     client = ClientApp()
@@ -188,6 +202,10 @@ def make_client_app(sites_root: Path | None = None) -> ClientApp:
     @client.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
         return evaluate(msg, context, sites_root)
+
+    @client.query()
+    def _calibrate(msg: Message, context: Context) -> Message:
+        return calibrate(msg, context, sites_root)
 
     return client
 

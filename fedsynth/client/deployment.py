@@ -26,12 +26,14 @@ log = logging.getLogger("fedsynth.client")
 
 
 @functools.lru_cache(maxsize=2)
-def _load(path: str, name: str, resolution: int, seed: int, test_fraction: float) -> SiteSplit:
+def _load(path: str, name: str, resolution: int, seed: int, test_fraction: float,
+          calibration: float = 0.0) -> SiteSplit:
     ds, report = load_source(path, resolution)
     log.info("%s: %s", name, report.summary())
     for skipped in report.skipped:
         log.warning("%s: skipped %s: %s", name, skipped.path, skipped.reason)
-    (split,) = partition(ds, 1, seed=seed, test_fraction=test_fraction, min_site_images=2)
+    (split,) = partition(ds, 1, seed=seed, test_fraction=test_fraction, min_site_images=2,
+                         calibration_fraction=calibration)
     return replace(split, name=name)
 
 
@@ -45,6 +47,8 @@ def deployed_site(node_config: dict, config: RunConfig) -> tuple[SiteSplit, Site
     site = site_config_from_node(node_config)
     for warning in site.unsafe_policy():  # the site's own log: its operator decides, the review reads it
         log.warning("%s: %s", site.name, warning)
-    data = _load(site.data_path, site.name, config.data.resolution, config.run.seed, config.data.test_fraction)
+    cal = config.calibration
+    data = _load(site.data_path, site.name, config.data.resolution, config.run.seed, config.data.test_fraction,
+                 cal.fraction if cal.enabled else 0.0)
     state = SiteState(site.name, Path(site.state_dir), Budget(site.budget.epsilon, site.budget.delta))
     return data, state, site

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedsynth.classifier.metrics import ScoreHistogram, evaluate_scores, pooled_metrics
+from fedsynth.classifier.temperature import calibration_edges
 from fedsynth.classifier.train import Classifier
 from fedsynth.config import PrivacySection, RunConfig
 from fedsynth.data.dataset import from_uint8
@@ -44,7 +45,7 @@ from fedsynth.privacy.keys import load_public_key
 from fedsynth.privacy.keys import verify as verify_signature
 from fedsynth.privacy.ledger import DP_STATISTIC, EVALUATION, RELEASE, entry_hash
 from fedsynth.privacy.release import digests_hash, image_digests
-from fedsynth.protocol import EvalResult, EvaluateRequest
+from fedsynth.protocol import CalibrationResult, EvalResult, EvaluateRequest
 
 if TYPE_CHECKING:
     from fedsynth.client.site import Site
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fedsynth.site")
 
 EVALUATION_STATISTIC = "evaluation counts (score histograms and confusion counts of the real test split)"
+CALIBRATION_STATISTIC = "calibration counts (score histograms of the held-out calibration split)"
 EVALUATION_SENSITIVITY = math.sqrt(2.0)
 
 
@@ -66,10 +68,13 @@ def classifier_hash(classifier: Classifier) -> str:
     return h.hexdigest()
 
 
-def _evaluations_in_run(entries: list[dict], run_id: str) -> int:
-    return sum(1 for e in entries if e.get("run_id") == run_id and (
-        e.get("type") == EVALUATION or (e.get("type") == DP_STATISTIC and (e.get("details") or {}).get("statistic")
-                                        == EVALUATION_STATISTIC)))
+def _queries_in_run(entries: list[dict], run_id: str, statistic: str) -> int:
+    """Evaluations (or calibrations) this site already answered in ``run_id``, by its ledger."""
+    def kind(e: dict) -> str:
+        return (e.get("details") or {}).get("statistic") or EVALUATION_STATISTIC
+
+    return sum(1 for e in entries if e.get("run_id") == run_id and e.get("type") in (EVALUATION, DP_STATISTIC)
+               and kind(e) == statistic)
 
 
 def sample_problem(site: Site, request: EvaluateRequest) -> str | None:
@@ -145,7 +150,7 @@ def evaluate_at_site(site: Site, classifier: Classifier, config: RunConfig,
     pol = site.policy
     run_id = request.run_id if request is not None else "local"
     entries = site.state.checked_entries()
-    if _evaluations_in_run(entries, run_id) >= pol.max_evaluations_per_run:
+    if _queries_in_run(entries, run_id, EVALUATION_STATISTIC) >= pol.max_evaluations_per_run:
         raise EvaluationRefused(f"{site.name}: this run has had its {pol.max_evaluations_per_run} evaluation(s) "
                                 "(policy.max_evaluations_per_run)")
     probs = classifier.predict_proba(test.images)
@@ -173,15 +178,57 @@ def evaluate_at_site(site: Site, classifier: Classifier, config: RunConfig,
             extra, hists = _extras(site, config, request, seed)
             returned += [k for k in ("fidelity", "utility") if k in extra]
     body = {"run_id": run_id, "classifier_sha256": classifier_hash(classifier), "n_test": len(test),
-            "dataset_fingerprint": test.fingerprint(), "details": {"returned": returned}}
+            "dataset_fingerprint": test.fingerprint(),
+            "details": {"returned": returned, "statistic": EVALUATION_STATISTIC}}
     if dp is None:
         site.state.ledger().append({"type": EVALUATION, **body, "mechanism": None, "epsilon": None},
                                    site.state.signing_key())
     else:
-        body["details"]["statistic"] = EVALUATION_STATISTIC
         site.state.ledger().append({"type": DP_STATISTIC, **body, **dp}, site.state.signing_key())
     return EvalResult(site=site.name, metrics=metrics.to_dict(), histogram=histogram,
                       meta={"phantom": bool(test.phantom), "n_test": len(test)}, extra=extra, extra_histograms=hists)
+
+
+def calibrate_at_site(site: Site, classifier: Classifier, config: RunConfig,
+                      request: EvaluateRequest) -> CalibrationResult:
+    """Class-wise histograms of the classifier's logits on the site's calibration split (patients it
+    never trained on and never tests on), in the fixed calibration bins: with Gaussian noise and a
+    budgeted ledger entry when the run is private or the site's policy asks for noise, merged to
+    ``min_bin_count`` otherwise. Once per run."""
+    cal = site.data.calibration
+    if cal is None or len(cal) == 0:
+        raise DataError(f"{site.name}: no calibration split (the run's calibration.enabled keeps one)")
+    if classifier.resolution != cal.resolution:
+        raise DataError(f"{site.name}: classifier expects {classifier.resolution} px, images are {cal.resolution} px")
+    entries = site.state.checked_entries()
+    if _queries_in_run(entries, request.run_id, CALIBRATION_STATISTIC) >= 1:
+        raise EvaluationRefused(f"{site.name}: this run's classifier was calibrated here already (once per run)")
+    probs = classifier.predict_proba(cal.images)
+    raw = ScoreHistogram.from_scores(cal.labels, probs, calibration_edges())
+    body = {"run_id": request.run_id, "classifier_sha256": classifier_hash(classifier), "n_calibration": len(cal),
+            "dataset_fingerprint": cal.fingerprint(),
+            "details": {"returned": ["calibration histogram"], "statistic": CALIBRATION_STATISTIC}}
+    eps = [e for e in (config.calibration.epsilon if config.privacy is not None else None,
+                       site.policy.evaluation_epsilon) if e is not None]
+    if eps:
+        privacy = PrivacySection(epsilon=min(eps), delta=default_delta(len(cal)),
+                                 accountant=config.privacy.accountant if config.privacy else "rdp")
+        plan = plan_statistic(privacy, len(cal), sensitivity=1.0)  # one image: one count of one bin
+        check_budget(site.name, entries, plan, site.state.budget, on_training_data=False)
+        mechanism = GaussianStatistic(plan, "gaussian (calibration score histograms, sensitivity 1)")
+        import torch
+
+        vector = np.concatenate([raw.positive, raw.negative]).astype(np.float64)
+        noisy = np.clip(np.rint(mechanism.noisy(torch.from_numpy(vector)).numpy()), 0, None).astype(np.int64)
+        hist = ScoreHistogram(noisy[:len(raw.positive)], noisy[len(raw.positive):])
+        site.state.ledger().append({"type": DP_STATISTIC, **body, **mechanism.result()}, site.state.signing_key())
+        noisy_flag = True
+    else:
+        hist = raw.coarsened(site.policy.min_bin_count)
+        site.state.ledger().append({"type": EVALUATION, **body, "mechanism": None, "epsilon": None},
+                                   site.state.signing_key())
+        noisy_flag = False
+    return CalibrationResult(site.name, hist, {"n": len(cal), "noisy": noisy_flag})
 
 
 def _extras(site: Site, config: RunConfig, request: EvaluateRequest, seed: int) -> tuple[dict, dict]:
@@ -207,4 +254,4 @@ def _extras(site: Site, config: RunConfig, request: EvaluateRequest, seed: int) 
         return {"error": public_reason(err)}, {}
 
 
-__all__ = ["EvaluationRefused", "evaluate_at_site", "sample_problem"]
+__all__ = ["EvaluationRefused", "calibrate_at_site", "evaluate_at_site", "sample_problem"]

@@ -29,7 +29,7 @@ import numpy as np
 from fedsynth import __version__
 from fedsynth.classifier.metrics import ScoreHistogram
 from fedsynth.classifier.train import Classifier, build_trainable, train_local
-from fedsynth.client.evaluation import evaluate_at_site
+from fedsynth.client.evaluation import calibrate_at_site, evaluate_at_site
 from fedsynth.config import RunConfig, SitePolicy
 from fedsynth.data.dataset import CLASS_NAMES, to_uint8
 from fedsynth.data.partition import SiteSplit
@@ -46,6 +46,7 @@ from fedsynth.privacy.state import SiteState
 from fedsynth.protocol import (
     CLASSIFIER_ROUND,
     GENERATOR_ROUND,
+    CalibrationResult,
     EvalResult,
     EvaluateRequest,
     ModelUpdate,
@@ -402,3 +403,8 @@ class Site:
         also fidelity and the site's own utility baselines."""
         with self.state.exclusive():  # the metering count and the ledger entry as one step
             return evaluate_at_site(self, classifier, config, request)
+
+    def calibrate(self, classifier: Classifier, config: RunConfig, request: EvaluateRequest) -> CalibrationResult:
+        """Score histograms of the classifier on the site's calibration split, once per run."""
+        with self.state.exclusive():
+            return calibrate_at_site(self, classifier, config, request)

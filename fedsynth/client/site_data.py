@@ -37,7 +37,7 @@ def load_dataset(data: DataSection, seed: int) -> ImageSet:
 
 
 @functools.lru_cache(maxsize=4)
-def _partitioned(data_json: str, federation_json: str, seed: int) -> tuple[SiteSplit, ...]:
+def _partitioned(data_json: str, federation_json: str, seed: int, calibration: float = 0.0) -> tuple[SiteSplit, ...]:
     data = DataSection.model_validate(json.loads(data_json))
     fed = FederationSection.model_validate(json.loads(federation_json))
     ds = load_dataset(data, seed)
@@ -50,13 +50,16 @@ def _partitioned(data_json: str, federation_json: str, seed: int) -> tuple[SiteS
             seed=seed,
             test_fraction=data.test_fraction,
             min_site_images=fed.min_site_images,
+            calibration_fraction=calibration,
         )
     )
 
 
 def simulated_sites(config: RunConfig) -> tuple[SiteSplit, ...]:
     """All simulated sites of a run (each process computes the same split)."""
-    return _partitioned(config.data.model_dump_json(), config.federation.model_dump_json(), config.run.seed)
+    cal = config.calibration
+    return _partitioned(config.data.model_dump_json(), config.federation.model_dump_json(), config.run.seed,
+                        cal.fraction if cal.enabled else 0.0)
 
 
 def simulated_site(config: RunConfig, partition_id: int) -> SiteSplit:

@@ -26,9 +26,14 @@ class SiteSplit:
     name: str
     train: ImageSet
     test: ImageSet
+    # patients held out of training for calibrating the server's classifier (never trained on, never the test)
+    calibration: ImageSet | None = None
 
     def summary(self) -> dict:
-        return {"site": self.name, "train": self.train.class_counts(), "test": self.test.class_counts()}
+        out = {"site": self.name, "train": self.train.class_counts(), "test": self.test.class_counts()}
+        if self.calibration is not None:
+            out["calibration"] = self.calibration.class_counts()
+        return out
 
 
 def site_name(index: int) -> str:
@@ -104,7 +109,10 @@ def partition(
     test_fraction: float = 0.25,
     min_site_images: int = 10,
     max_tries: int = 200,
+    calibration_fraction: float = 0.0,
 ) -> list[SiteSplit]:
+    """``calibration_fraction`` > 0: each site also holds out that share of its training patients
+    (stratified, patient-disjoint) as a calibration split; with 0 the splits are exactly as before."""
     if num_sites < 1:
         raise DataError("num_sites must be at least 1")
     if scheme not in ("iid", "dirichlet"):
@@ -150,7 +158,14 @@ def partition(
             held = _holdout(sub, test_fraction, rng)
             train_idx = _members(sub, ~held)
             test_idx = _members(sub, held)
-        sites.append(SiteSplit(site_name(s), ds.subset(train_idx), ds.subset(test_idx)))
+        calibration = None
+        if calibration_fraction > 0:
+            # its own generator, so that the train/test assignment is the same with and without it
+            train_groups = _groups(ds, train_idx)
+            held = _holdout(train_groups, calibration_fraction, np.random.default_rng([seed, 1, s]))
+            calibration = ds.subset(_members(train_groups, held))
+            train_idx = _members(train_groups, ~held)
+        sites.append(SiteSplit(site_name(s), ds.subset(train_idx), ds.subset(test_idx), calibration))
     return sites
 
 

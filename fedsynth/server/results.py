@@ -16,6 +16,12 @@ import numpy as np
 
 from fedsynth import __version__
 from fedsynth.classifier.metrics import BinaryMetrics, pooled_metrics, uniform_edges
+from fedsynth.classifier.temperature import (
+    calibration_edges,
+    expected_calibration_error,
+    fit_temperature,
+    threshold_after,
+)
 from fedsynth.classifier.train import Classifier, train_classifier
 from fedsynth.config import RunConfig
 from fedsynth.evaluation.report import write_report
@@ -77,6 +83,9 @@ def evaluate_and_report(
     ``synthetic`` images by origin, measures fidelity and its own utility baselines);
     pool, write metrics.json, the score histograms behind the curves and the report. Every
     reply is checked as hostile; with ``registry``, only registered sites may evaluate."""
+    if config.calibration.enabled:
+        with record.timed("calibrate"):
+            record.extra["calibration"] = calibrate_classifier(config, transport, run_dir, clf, record, registry)
     t2 = time.perf_counter()
     request = EvaluateRequest(run_dir.run_id, config, clf.header(), clf.state_dict(),
                               provenance=dict(provenance or {}), alignment=alignment)
@@ -106,12 +115,63 @@ def evaluate_and_report(
     require_sites(len(results), config, "an evaluation", record.failures)
     record.timings["evaluate_s"] = time.perf_counter() - t2
     pooled = _pool(results, lambda r: (r.histogram, r.metrics), clf.threshold, config)
+    if "calibration" in record.extra and results:  # on the test splits: the classifier as trained and as calibrated
+        t, edges = float(clf.meta.get("temperature", 1.0)), clf.score_edges(bins)
+        hists = [r.histogram for r in results]
+        record.extra["calibration"].update(test_ece_before=expected_calibration_error(hists, edges, rescale=t),
+                                           test_ece_after=expected_calibration_error(hists, edges))
     record.mark("total")
     metrics = _metrics_document(config, run_dir, record, results, pooled, clf)
     run_dir.write_histograms(_histograms(results, clf, bins))
     run_dir.write_metrics(metrics)
     write_report(run_dir.path)  # report.html; a part it cannot build is logged and noted on the page
     return metrics
+
+
+MAX_CALIBRATION_COUNT = 10**6  # per bin: far above any site's calibration split
+
+
+def calibrate_classifier(config: RunConfig, transport: Transport, run_dir: RunDir, clf: Classifier,
+                         record: RunRecord, registry: dict | None) -> dict[str, Any]:
+    """Ask every site for its calibration histograms, fit a temperature (and the threshold) on the
+    pooled ones, and calibrate ``clf`` in place (saved again); returns what metrics.json records.
+    A site whose reply is unusable is dropped from the calibration with the reason."""
+    request = EvaluateRequest(run_dir.run_id, config, clf.header(), clf.state_dict())
+    edges = calibration_edges()
+    hists, sites, noisy = [], [], False
+    for r in sorted(transport.calibrate(request, record), key=lambda r: str(r.site)):
+        h = r.histogram
+        problem = None
+        if registry is not None and r.site not in registry:
+            problem = f"unknown site {r.site!r}: no public key is registered for it"
+        elif r.site in sites:
+            problem = "a second calibration from the same site"
+        elif len(h.positive) != len(edges) - 1:
+            problem = f"calibration histogram has {len(h.positive)} bins, expected {len(edges) - 1}"
+        elif max(h.positive.max(initial=0), h.negative.max(initial=0)) > MAX_CALIBRATION_COUNT:
+            problem = "calibration counts out of range"
+        if problem:
+            record.fail(str(r.site), "calibration-check", problem)
+            continue
+        hists.append(h)
+        sites.append(r.site)
+        noisy = noisy or bool(r.meta.get("noisy")) if isinstance(r.meta, dict) else noisy
+    if not hists:
+        return {"applied": False, "reason": "no site returned a usable calibration histogram"}
+    before = clf.threshold
+    temperature = fit_temperature(hists, edges)
+    clf.meta["temperature"] = temperature
+    if config.calibration.refit_threshold:
+        clf.threshold = threshold_after(hists, edges, temperature, config.classifier.threshold_rule)
+    clf.meta["calibration"] = {"method": "temperature", "sites": sites}
+    clf.save(run_dir.file(CLASSIFIER_FILE))
+    n = int(sum(h.positive.sum() + h.negative.sum() for h in hists))
+    log.info("calibrated on %d held-out real images of %d site(s): temperature %.3f, threshold %.3f -> %.3f",
+             n, len(sites), temperature, before, clf.threshold)
+    return {"applied": True, "method": "temperature", "temperature": temperature, "sites": sites,
+            "n_images": n, "noisy": noisy, "threshold_before": before, "threshold_after": clf.threshold,
+            "ece_before": expected_calibration_error(hists, edges),
+            "ece_after": expected_calibration_error(hists, edges, rescale=1.0 / temperature)}
 
 
 def _histograms(results: list[EvalResult], clf: Classifier, bins: int) -> dict[str, Any]:

@@ -19,13 +19,16 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedsynth.protocol import (
+    CalibrationResult,
     EvalResult,
     EvaluateRequest,
     Release,
     TrainRequest,
     content_bytes,
+    decode_calibration,
     decode_eval_result,
     decode_release,
+    encode_calibrate_request,
     encode_evaluate_request,
     encode_train_request,
     error_origin,
@@ -39,6 +42,8 @@ class Transport(Protocol):
     def release(self, request: TrainRequest, record: RunRecord) -> list[Release]: ...
 
     def evaluate(self, request: EvaluateRequest, record: RunRecord) -> list[EvalResult]: ...
+
+    def calibrate(self, request: EvaluateRequest, record: RunRecord) -> list[CalibrationResult]: ...
 
 
 class GridTransport:
@@ -107,6 +112,23 @@ class GridTransport:
                 continue
             if node in self.names and res.site != known:  # a node answers for the site it released as
                 record.fail(known, "evaluate", f"the evaluation claims to come from {res.site!r}")
+                continue
+            record.count_bytes(res.site, content_bytes(content))
+            out.append(res)
+        return out
+
+    def calibrate(self, request: EvaluateRequest, record: RunRecord) -> list[CalibrationResult]:
+        out = []
+        for node, content in self._broadcast(lambda: encode_calibrate_request(request), MessageType.QUERY,
+                                             "calibrate", record):
+            known = self.names.get(node, f"node-{node}")
+            try:
+                res = decode_calibration(content)
+            except Exception as err:
+                record.fail(known, "calibrate", f"malformed reply: {err}")
+                continue
+            if node in self.names and res.site != known:
+                record.fail(known, "calibrate", f"the calibration claims to come from {res.site!r}")
                 continue
             record.count_bytes(res.site, content_bytes(content))
             out.append(res)

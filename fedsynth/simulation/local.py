@@ -12,11 +12,13 @@ import traceback
 from fedsynth.classifier.train import Classifier
 from fedsynth.client.site import Site
 from fedsynth.protocol import (
+    CalibrationResult,
     EvalResult,
     EvaluateRequest,
     Release,
     TrainRequest,
     content_bytes,
+    encode_calibration,
     encode_eval_result,
     encode_release,
 )
@@ -54,5 +56,18 @@ class LocalTransport:
                 record.fail(site.name, "evaluate", f"{type(err).__name__}: {err}")
                 continue
             record.count_bytes(site.name, content_bytes(encode_eval_result(res)))
+            out.append(res)
+        return out
+
+    def calibrate(self, request: EvaluateRequest, record: RunRecord) -> list[CalibrationResult]:
+        clf = Classifier.from_state(request.classifier_header, request.classifier_state)
+        out = []
+        for site in self.sites:
+            try:
+                res = site.calibrate(clf, request.config, request)
+            except Exception as err:
+                record.fail(site.name, "calibrate", f"{type(err).__name__}: {err}")
+                continue
+            record.count_bytes(site.name, content_bytes(encode_calibration(res)))
             out.append(res)
         return out
