@@ -15,6 +15,10 @@ run. Methods (``METHODS``; each row records the overrides it ran with):
 * ``fedavg-classifier``: the baseline a consortium would otherwise pick, classic FL of the
   classifier on real images with DP-SGD at every site (4 rounds of 3 local epochs).
 
+Candidates measured on the tuning split only (``--only`` names them): a large-batch GAN
+(batch 256, learning rates 5e-4: few steps, less noise per step), and warm starts from public
+phantoms (``generator.init``) for the GAN and the federated mean embedding.
+
 Two splits, so no choice looks at the test set:
 
 * ``--split tune``: the official *train* split only; each site holds out 15% of its patients
