@@ -101,6 +101,12 @@ def run_epochs(family: str, epochs: int, loader: DataLoader, step: StepFn, progr
     return FitReport(family, epochs, steps, time.perf_counter() - start, seen, history)
 
 
+def check_strength(strength: Any) -> float:
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+        raise ValueError(f"strength must be a number in [0, 1]; got {strength!r}")
+    return float(strength)
+
+
 def check_sample_request(n: Any, labels: Any) -> np.ndarray:
     if not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n must be a non-negative integer; got {n!r}")
@@ -165,6 +171,13 @@ class Generator(ABC):
 
     @abstractmethod
     def sample(self, n: int, labels: int | np.ndarray, seed: int | None = None) -> np.ndarray: ...
+
+    def edit(self, n: int, source: int, target: int, strength: float,
+             seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` synthetic images of class ``source`` and the same images changed towards class
+        ``target`` by ``strength`` in [0, 1] (0: unchanged), keeping what the family can keep of
+        their anatomy. Synthetic only: no family edits a real image."""
+        raise NotImplementedError(f"the {self.family} generator does not edit images")
 
     def config_dict(self) -> dict[str, Any]:
         """Everything needed to rebuild the model before loading weights."""

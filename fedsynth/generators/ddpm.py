@@ -29,6 +29,7 @@ from fedsynth.generators.base import (
     FitReport,
     Generator,
     check_sample_request,
+    check_strength,
     run_epochs,
 )
 from fedsynth.privacy.dp import DPPlan, PrivateTraining
@@ -167,26 +168,57 @@ class DiffusionGenerator(Generator):
     def sample(self, n: int, labels: int | np.ndarray, seed: int | None = None) -> np.ndarray:
         self._require_fitted()
         y_all = check_sample_request(n, labels)
-        cfg = self.config
         net = self._sampling_net()
         gen = torch.Generator().manual_seed(self.seed + 7 if seed is None else seed)
-        self.sampler.set_timesteps(cfg.sampling_steps)
-        batch = cfg.sample_batch_size or (256 if self.device.type == "cuda" else 32)
+        self.sampler.set_timesteps(self.config.sampling_steps)
         out = np.empty((len(y_all), self.resolution, self.resolution), dtype=np.float32)
-        for start in range(0, len(y_all), batch):
-            y = torch.from_numpy(y_all[start : start + batch]).to(self.device)
-            b = len(y)
-            x = torch.randn((b, 1, self.resolution, self.resolution), generator=gen).to(self.device)
-            y_both = torch.cat([y, torch.full_like(y, NULL_CLASS)])
-            for t in self.sampler.timesteps:
-                tt = torch.full((2 * b,), int(t), device=self.device)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._fast):
-                    eps = net(torch.cat([x, x]).contiguous(memory_format=torch.channels_last), tt, y_both).float()
-                cond, uncond = eps[:b], eps[b:]
-                guided = uncond + cfg.guidance_scale * (cond - uncond)
-                x = self.sampler.step(guided, t, x).prev_sample
-            out[start : start + b] = ((x[:, 0].clamp(-1, 1) + 1) / 2).float().cpu().numpy()
+        for start in range(0, len(y_all), self._batch()):
+            y = torch.from_numpy(y_all[start : start + self._batch()]).to(self.device)
+            x = torch.randn((len(y), 1, self.resolution, self.resolution), generator=gen).to(self.device)
+            x = self._denoise(net, x, y, self.sampler.timesteps)
+            out[start : start + len(y)] = ((x[:, 0].clamp(-1, 1) + 1) / 2).float().cpu().numpy()
         return out
+
+    @torch.inference_mode()
+    def edit(self, n: int, source: int, target: int, strength: float,
+             seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """SDEdit (Meng et al. 2022): sample ``n`` images of class ``source``, noise them back to the
+        fraction ``strength`` of the sampling schedule and denoise them as class ``target``: the
+        higher the strength, the more of the image is redrawn (0 keeps it, 1 samples anew)."""
+        self._require_fitted()
+        strength = check_strength(strength)
+        src = self.sample(n, source, seed)
+        if strength == 0 or n == 0:
+            return src, src.copy()
+        net = self._sampling_net()
+        gen = torch.Generator().manual_seed((self.seed + 11 if seed is None else seed) + 1)
+        self.sampler.set_timesteps(self.config.sampling_steps)
+        steps = self.sampler.timesteps
+        first = min(len(steps) - 1, int(round((1 - strength) * len(steps))))
+        out = np.empty_like(src)
+        for start in range(0, n, self._batch()):
+            x0 = torch.from_numpy(src[start : start + self._batch()])[:, None].to(self.device) * 2 - 1
+            noise = torch.randn(x0.shape, generator=gen).to(self.device)
+            x = self.noise_scheduler.add_noise(x0, noise, steps[first : first + 1].to(self.device))
+            y = torch.full((len(x0),), int(check_sample_request(1, target)[0]), device=self.device)
+            x = self._denoise(net, x, y, steps[first:])
+            out[start : start + len(x0)] = ((x[:, 0].clamp(-1, 1) + 1) / 2).float().cpu().numpy()
+        return src, out
+
+    def _batch(self) -> int:
+        return self.config.sample_batch_size or (256 if self.device.type == "cuda" else 32)
+
+    def _denoise(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """DDIM steps with classifier-free guidance from ``x`` at ``timesteps[0]`` down to an image."""
+        b = len(y)
+        y_both = torch.cat([y, torch.full_like(y, NULL_CLASS)])
+        for t in timesteps:
+            tt = torch.full((2 * b,), int(t), device=self.device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._fast):
+                eps = net(torch.cat([x, x]).contiguous(memory_format=torch.channels_last), tt, y_both).float()
+            cond, uncond = eps[:b], eps[b:]
+            x = self.sampler.step(uncond + self.config.guidance_scale * (cond - uncond), t, x).prev_sample
+        return x
 
     def _sampling_net(self) -> nn.Module:
         """A copy with the EMA weights, channels-last: on a CPU too, where inference at 32 px

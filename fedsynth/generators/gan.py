@@ -30,6 +30,7 @@ from fedsynth.generators.base import (
     FitReport,
     Generator,
     check_sample_request,
+    check_strength,
     run_epochs,
 )
 from fedsynth.privacy.dp import DPPlan, PrivateTraining
@@ -88,8 +89,12 @@ class ConditionalBatchNorm(nn.Module):
         nn.init.ones_(self.gain.weight)
         nn.init.zeros_(self.bias.weight)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.norm(x) * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None]
+    def forward(self, x: torch.Tensor, y: torch.Tensor, y_to: torch.Tensor | None = None,
+                mix: float = 0.0) -> torch.Tensor:
+        gain, bias = self.gain(y), self.bias(y)
+        if y_to is not None:  # an edit: the class's scale and shift moved towards another class's
+            gain, bias = torch.lerp(gain, self.gain(y_to), mix), torch.lerp(bias, self.bias(y_to), mix)
+        return self.norm(x) * gain[:, :, None, None] + bias[:, :, None, None]
 
 
 class GeneratorNet(nn.Module):
@@ -110,11 +115,12 @@ class GeneratorNet(nn.Module):
             ch = out
         self.to_image = nn.Conv2d(ch, 1, 3, 1, 1)
 
-    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, y: torch.Tensor, y_to: torch.Tensor | None = None,
+                mix: float = 0.0) -> torch.Tensor:
         h = self.project(z).view(-1, self.top, 4, 4)
-        h = F.relu(self.norms[0](h, y))
+        h = F.relu(self.norms[0](h, y, y_to, mix))
         for up, norm in zip(self.ups, self.norms[1:]):
-            h = F.relu(norm(up(h), y))
+            h = F.relu(norm(up(h), y, y_to, mix))
         return torch.tanh(self.to_image(h))
 
 
@@ -151,6 +157,22 @@ def _d_loss(logits: torch.Tensor, n_real: int, kind: str) -> torch.Tensor:
 
 def _g_loss(logits: torch.Tensor, kind: str) -> torch.Tensor:
     return -logits.mean() if kind == "hinge" else F.softplus(-logits).mean()
+
+
+def edit_with_latents(net: GeneratorNet, latent_dim: int, resolution: int, device: torch.device, n: int, source: int,
+                      target: int, strength: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(images of ``source``, the same latents with the class moved towards ``target``)."""
+    y0 = torch.from_numpy(check_sample_request(n, source)).to(device)
+    y1 = torch.from_numpy(check_sample_request(n, target)).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    src = np.empty((n, resolution, resolution), dtype=np.float32)
+    out = np.empty_like(src)
+    for start in range(0, n, 256):
+        z = torch.randn(len(y0[start:start + 256]), latent_dim, generator=gen).to(device)
+        a, b = y0[start:start + 256], y1[start:start + 256]
+        src[start:start + len(a)] = ((net(z, a)[:, 0] + 1) / 2).clamp_(0, 1).cpu().numpy()
+        out[start:start + len(a)] = ((net(z, a, b, strength)[:, 0] + 1) / 2).clamp_(0, 1).cpu().numpy()
+    return src, out
 
 
 class ConditionalGAN(Generator):
@@ -270,6 +292,16 @@ class ConditionalGAN(Generator):
             img = (net(z, y)[:, 0] + 1.0) / 2.0
             out[start : start + len(y)] = img.clamp_(0, 1).cpu().numpy()
         return out
+
+    @torch.inference_mode()
+    def edit(self, n: int, source: int, target: int, strength: float,
+             seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The same latent codes drawn as class ``source`` and with the class-conditional norms
+        moved ``strength`` of the way to class ``target`` (the anatomy the latent code sets stays)."""
+        self._require_fitted()
+        net = self.generator_ema if self.config.ema_decay > 0 else self.generator.eval()
+        return edit_with_latents(net, self.config.latent_dim, self.resolution, self.device, n, source, target,
+                                 check_strength(strength), self.seed + 7 if seed is None else seed)
 
     # ---- persistence -----------------------------------------------------------------------
     def sampling_state(self) -> dict[str, torch.Tensor]:

@@ -37,8 +37,8 @@ import torch
 
 from fedsynth.config import MeanEmbeddingSection
 from fedsynth.data.dataset import check_training_data
-from fedsynth.generators.base import FitReport, Generator, check_sample_request
-from fedsynth.generators.gan import GeneratorNet
+from fedsynth.generators.base import FitReport, Generator, check_sample_request, check_strength
+from fedsynth.generators.gan import GeneratorNet, edit_with_latents
 from fedsynth.privacy.dp import DPPlan, GaussianStatistic, plan_statistic
 from fedsynth.progress import ProgressFn
 from fedsynth.torch_utils import exchangeable, load_exchangeable, seeded
@@ -189,6 +189,14 @@ class MeanEmbeddingGenerator(Generator):
             z = torch.randn(len(y), self.config.latent_dim, generator=gen).to(self.device)
             out[start:start + len(y)] = ((self.generator(z, y)[:, 0] + 1.0) / 2.0).clamp_(0, 1).cpu().numpy()
         return out
+
+    @torch.inference_mode()
+    def edit(self, n: int, source: int, target: int, strength: float,
+             seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """As the GAN: the same latent codes, the class-conditional norms moved towards ``target``."""
+        self._require_fitted()
+        return edit_with_latents(self.generator, self.config.latent_dim, self.resolution, self.device, n, source,
+                                 target, check_strength(strength), self.seed + 7 if seed is None else seed)
 
     # ---- persistence and federated exchange -------------------------------------------------------
     def sampling_state(self) -> dict[str, torch.Tensor]:
