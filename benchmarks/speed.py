@@ -1,0 +1,122 @@
+"""How long the everyday things take, against the goals of the speed issue (an idle machine).
+
+Rows (``--only`` picks some; each is measured in a fresh subprocess where it matters):
+
+* ``help``: ``fedsynth --help``, best of 5 (goal <= 1 s);
+* ``classifier_epoch``: one epoch of the small CNN at 32 px on 1,920 images of 1,536 training
+  ones (phantoms; one thread and two), the median of 3 epochs (goal <= 1 s);
+* ``demo``: ``fedsynth simulate`` on its built-in default, wall time and the run's own timings
+  (goal <= 90 s);
+* ``quick_tests``: the documented quick subset, ``pytest -m "not slow"`` (goal <= 60 s);
+* ``tests``: the whole suite (goal <= 5 min);
+* ``kermany``: ``configs/kermany-cpu.yaml`` through benchmarks/kermany_substitution.py (goal
+  <= 12 min; needs ../shared/data).
+
+    .venv/bin/python -m benchmarks.speed [--only help,classifier_epoch,demo]
+
+Writes benchmarks/results/speed.json with the load average before and after each row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import ROOT, record_start, write_result
+
+GOALS = {"help": 1.0, "classifier_epoch": 1.0, "demo": 90.0, "quick_tests": 60.0, "tests": 300.0, "kermany": 720.0}
+BIN = Path(sys.executable).parent
+
+
+def _run(args: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:
+    t = time.perf_counter()
+    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, **kw)
+    return time.perf_counter() - t, done
+
+
+def help_time() -> dict:
+    times = [_run([str(BIN / "fedsynth"), "--help"])[0] for _ in range(5)]
+    return {"seconds": min(times), "all": times}
+
+
+def classifier_epoch() -> dict:
+    code = """
+import json, statistics, time, torch
+from fedsynth.classifier.train import train_classifier
+from fedsynth.config import ClassifierSection
+from fedsynth.data.phantom import make_phantoms
+ds = make_phantoms(1920, 32, seed=0)
+out = {}
+for threads in (1, 2):
+    torch.set_num_threads(threads)
+    epochs = []
+    cfg = ClassifierSection(epochs=3)
+    clf = train_classifier(ds.images, ds.labels, cfg, arch="small-cnn", resolution=32, device="cpu",
+                           progress=lambda e, n, row: epochs.append(time.perf_counter()))
+    out[threads] = epochs
+print(json.dumps(out))
+"""
+    _, done = _run([sys.executable, "-c", code])
+    marks = json.loads(done.stdout.strip().splitlines()[-1])
+    per = {t: [b - a for a, b in zip(m, m[1:])] for t, m in marks.items()}  # epoch 2 and 3 (epoch 1 warms up)
+    best = {t: statistics.median(v) for t, v in per.items()}
+    return {"seconds": min(best.values()), "by_threads": best, "images": 1920, "train_images": 1536}
+
+
+def demo() -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        wall, done = _run([str(BIN / "fedsynth"), "simulate", "--set", f"run.output_dir={tmp}"])
+        if done.returncode:
+            return {"error": done.stderr[-2000:]}
+        metrics = json.loads(next(Path(tmp).glob("*/metrics.json")).read_text())
+    return {"seconds": wall, "timings": metrics["timings"]}
+
+
+def tests(quick: bool) -> dict:
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"] + (["-m", "not slow"] if quick else [])
+    wall, done = _run(args)
+    return {"seconds": wall, "result": done.stdout.strip().splitlines()[-1] if done.stdout else done.stderr[-500:]}
+
+
+def kermany() -> dict:
+    wall, done = _run([sys.executable, "-m", "benchmarks.kermany_substitution", "--name", "kermany_speed",
+                       "--skip-real"])
+    return {"seconds": wall, "returncode": done.returncode}
+
+
+ROWS = {"help": help_time, "classifier_epoch": classifier_epoch, "demo": demo,
+        "quick_tests": lambda: tests(True), "tests": lambda: tests(False), "kermany": kermany}
+
+
+def markdown(rows: dict) -> str:
+    out = ["| measure | measured | goal | met |", "|---|---|---|---|"]
+    for name, r in rows.items():
+        s = r.get("seconds")
+        out.append(f"| {name} | {'failed' if s is None else f'{s:.1f} s'} | <= {GOALS[name]:g} s | "
+                   f"{'yes' if s is not None and s <= GOALS[name] else 'no'} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="help,classifier_epoch,demo,quick_tests,tests")
+    args = ap.parse_args()
+    record_start()
+    rows = {}
+    for name in args.only.split(","):
+        before = os.getloadavg()[0]
+        rows[name] = {**ROWS[name](), "load_average_1min": [before, os.getloadavg()[0]]}
+        print(name, rows[name].get("seconds"), flush=True)
+    write_result("speed", {"rows": rows, "goals_s": GOALS, "table": markdown(rows)})
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
