@@ -163,7 +163,7 @@ def row_of(method: str, partition: str, level: str, run_dir: RunDir, m: RunMetri
         "schedule": schedule(run_dir),
         "rounds": [{k: r.get(k) for k in ("round", "sites", "skipped")} for r in m.rounds or []],
         "failed_sites": m.failed_sites(), "failures": [f.model_dump() for f in m.failures],
-        "wall_s": wall, "run_id": m.run_id, "overrides": overrides,
+        "wall_s": wall, "timings_s": m.timings.model_dump(), "run_id": m.run_id, "overrides": overrides,
     }
 
 

@@ -92,3 +92,27 @@ def test_predict_on_png_folder_keeps_input_order_and_reports_bad_files(clf, tmp_
 def test_load_run_classifier_errors(tmp_path):
     with pytest.raises(DataError, match="no classifier"):
         load_run_classifier(tmp_path)
+
+
+def test_predict_flags_noise_as_out_of_distribution(clf, tmp_path):
+    from typer.testing import CliRunner
+
+    from fedsynth.cli import app
+    from fedsynth.data.dataset import to_uint8
+
+    images = np.concatenate([make_phantoms(4, 16, seed=6).images,
+                             np.random.default_rng(0).random((2, 16, 16), dtype=np.float32), np.zeros((1, 16, 16))])
+    path = tmp_path / "mixed.npz"
+    np.savez(path, images=to_uint8(images))
+    rows, _ = predict(clf, path)
+    assert [r.ood for r in rows[4:]] == [True, True, True]
+    assert all(isinstance(r.ood, bool) and r.ood_score >= 0 for r in rows)
+    with write_csv(rows, tmp_path / "s.csv").open() as fh:
+        table = list(csv.DictReader(fh))
+    assert [t["ood"] for t in table[4:]] == ["true"] * 3 and float(table[5]["ood_score"]) > clf.ood["threshold"]
+    clf.save(tmp_path / "c.safetensors")
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "c.safetensors"), str(path), "--out",
+                                      str(tmp_path / "cli.csv")])
+    assert result.exit_code == 0, result.output
+    n_ood = sum(r.ood for r in rows)
+    assert f"{n_ood} of 7 image(s) look out of distribution" in " ".join(result.output.split())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -198,6 +199,63 @@ def test_npz_split_and_patient_carried(tmp_path):
     assert list(ds.split) == ["train", "train", "test", "val"]
     assert list(ds.patient) == ["p1", "p1", "p2", "p3"]
     assert list(ds.sources) == ["b.npz[0]", "b.npz[1]", "b.npz[2]", "b.npz[3]"]
+
+
+def test_npz_metadata_columns_carried_through_skips_subset_concat_and_save(tmp_path):
+    from fedsynth.data.dataset import concat
+
+    imgs = rng().random((4, 16, 16)).astype(np.float32)
+    imgs[1, 0, 0] = np.nan  # skipped: the columns stay aligned with the images kept
+    src = save_npz_bundle(
+        tmp_path / "b.npz", images=imgs, labels=np.array([0, 1, 0, 1]),
+        sex=np.array(["F", "M", "F", "M"]), age=np.array([5, 40.5, 70, np.nan]),
+        view=np.array([b"PA", b"AP", b"AP", b"PA"]), other=np.array([1, 2, 3, 4]),
+    )
+    ds, rep = load_source(src, 16)
+    assert len(ds) == 3 and len(rep.skipped) == 1
+    assert set(ds.meta) == {"sex", "age", "view"}  # other arrays are not metadata
+    assert list(ds.meta["sex"]) == ["F", "F", "M"] and list(ds.meta["view"]) == ["PA", "AP", "PA"]
+    np.testing.assert_array_equal(ds.meta["age"], [5, 70, np.nan])
+    part = ds.subset(np.array([2, 0]))
+    assert list(part.meta["sex"]) == ["M", "F"]
+    both = concat([part, ds.subset(np.array([1]))])
+    assert list(both.meta["view"]) == ["PA", "PA", "AP"]
+    plain = ImageSet(images=ds.images[:1], labels=ds.labels[:1])
+    assert concat([plain, part]).meta == {}  # a column survives only where every part has it
+    save_npz(ds, str(tmp_path / "again.npz"))
+    again, _ = load_source(tmp_path / "again.npz", 16)
+    assert list(again.meta["sex"]) == ["F", "F", "M"] and np.isnan(again.meta["age"][2])
+    with pytest.raises(DataError, match="metadata column 'sex'"):
+        ImageSet(images=ds.images, labels=ds.labels, meta={"sex": np.array(["F"])})
+
+
+@pytest.mark.parametrize("arrays, needle", [
+    ({"age": np.array([object(), 3, 4], dtype=object)}, "'age' holds Python objects"),
+    ({"sex": np.array(["F", "M"])}, "'sex' has 2 entries for 3 images"),
+    ({"view": np.array([["PA"], ["AP"], ["PA"]])}, "'view' must be a 1-D array"),
+    ({"source": np.zeros(3, dtype=[("a", "i4")])}, "'source' has unsupported dtype"),
+])
+def test_npz_metadata_columns_are_checked_like_every_array(tmp_path, arrays, needle):
+    src = save_npz_bundle(tmp_path / "b.npz", images=np.zeros((3, 16, 16), np.uint8), labels=np.array([0, 1, 0]),
+                          **arrays)
+    with pytest.raises(DataError, match=re.escape(needle)):
+        load_source(src, 16)
+
+
+def test_labels_csv_metadata_columns(tmp_path):
+    root = tmp_path / "site"
+    for i, name in enumerate(("a.png", "b.png", "c.png")):
+        write_png(root / name, gray8(i))
+    (root / "labels.csv").write_text("path,label,Sex,age,view\na.png,0,F,34,PA\nb.png,1,,70, AP \n"
+                                     "missing.png,0,M,1,PA\nc.png,1,M,,AP\n")
+    ds, rep = load_source(root, 16)
+    assert len(ds) == 3 and [Path(s.path).name for s in rep.skipped] == ["missing.png"]
+    assert set(ds.meta) == {"sex", "age", "view"}  # headers matched case-insensitively; no source column
+    assert list(ds.meta["sex"]) == ["F", "", "M"] and list(ds.meta["age"]) == ["34", "70", ""]
+    assert list(ds.meta["view"]) == ["PA", "AP", "AP"]
+    write_png(tmp_path / "tree" / "NORMAL" / "n.png", gray8(5))
+    write_png(tmp_path / "tree" / "PNEUMONIA" / "p.png", gray8(6))
+    assert load_source(tmp_path / "tree", 16)[0].meta == {}
 
 
 def test_npz_medmnist_format(tmp_path):

@@ -11,13 +11,25 @@ LAYERS = ["data", "privacy", "generators", "classifier", "evaluation", "client",
 GROUND = {"config", "errors", "rundir", "metrics_schema", "torch_utils", "progress"}
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node but those under ``if TYPE_CHECKING:`` (imports for annotations only run nowhere)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            stack.extend(node.orelse)
+            continue
+        yield node
+        stack.extend(ast.iter_child_nodes(node))
+
+
 def _imports() -> dict[str, set[str]]:
     """Module -> the fedsynth modules it imports (at the top or lazily inside a function)."""
     out: dict[str, set[str]] = {}
     for f in sorted(PACKAGE.rglob("*.py")):
         mod = ".".join(f.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
         deps = set()
-        for node in ast.walk(ast.parse(f.read_text())):
+        for node in _runtime_nodes(ast.parse(f.read_text())):
             if isinstance(node, ast.Import):
                 deps |= {a.name for a in node.names if a.name.startswith("fedsynth.")}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("fedsynth."):

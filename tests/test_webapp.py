@@ -394,6 +394,27 @@ def test_score_form_bad_file_shows_the_reason(client):
     assert 'id="probability"' not in r.text
 
 
+def test_out_of_distribution_uploads_are_flagged_on_the_page_and_in_the_api(client, clf, xray, tmp_path, uploads):
+    import fedsynth.webapp.pages as pages
+
+    noise = np.random.default_rng(0).random((RES, RES)).astype(np.float32)
+    body = client.post("/api/score", files={"file": ("noise.png", png(noise), "image/png")}).json()
+    assert body["out_of_distribution"] is True and body["ood_score"] > body["ood_threshold"]
+    assert body["ood_threshold"] == pytest.approx(clf.ood["threshold"])
+    r = client.post("/score", params={"csrf": score_csrf(client)},
+                    files={"file": ("noise.png", png(noise), "image/png")})
+    assert r.status_code == 200 and 'id="ood-warning"' in r.text and "Out of distribution." in r.text
+    # an X-ray-like upload: the flag is the classifier's own verdict on the preprocessed image
+    path = tmp_path / "chest.png"
+    path.write_bytes(png(xray))
+    body = client.post("/api/score", files={"file": ("chest.png", path.read_bytes(), "image/png")}).json()
+    expected = clf.is_ood(prepare(read_image_file(path), RES)[None])[0]
+    assert body["out_of_distribution"] is bool(expected) and isinstance(body["ood_score"], float)
+    # a classifier without a reference (saved before fedsynth made one) says so, and flags nothing
+    assert 'id="ood-unknown"' in pages.ood_notice({"out_of_distribution": None})
+    assert pages.ood_notice({"out_of_distribution": False}) == ""
+
+
 def test_non_phantom_run_says_nothing_about_phantoms(run_dir, tmp_path, xray):
     import shutil
 

@@ -54,6 +54,20 @@ class ResNet18(nn.Module):
         return self.net(x).squeeze(1)
 
 
+def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The penultimate-layer features (N, D) of a classifier built here: SmallCNN's pooled conv
+    features, ResNet-18's pooled features before ``fc`` (the same for the DP-compatible copies,
+    whose norm layers differ but not their structure)."""
+    if isinstance(model, SmallCNN):
+        return model.features(x).flatten(1)
+    if isinstance(model, ResNet18):
+        net = model.net
+        h = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        h = net.layer4(net.layer3(net.layer2(net.layer1(h))))
+        return net.avgpool(h).flatten(1)
+    raise TypeError(f"no feature embedding for a {type(model).__name__}")
+
+
 def build_classifier(arch: str, resolution: int) -> nn.Module:
     if arch == "small-cnn":
         return SmallCNN()

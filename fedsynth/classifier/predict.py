@@ -1,4 +1,9 @@
-"""Score new images with a run's classifier, preprocessed exactly as in training."""
+"""Score new images with a run's classifier, preprocessed exactly as in training.
+
+Each row also says whether the image is out of distribution (``ood``: unlike the classifier's
+training images, so its score is unreliable) and its OOD score; both are empty for a classifier
+saved without an OOD reference (:attr:`Classifier.ood` is None) and for skipped inputs.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from fedsynth.data.ingest import IngestReport, load_source
 from fedsynth.errors import DataError
 from fedsynth.rundir import CLASSIFIER_FILE
 
-COLUMNS = ("index", "source", "probability", "prediction", "status")
+COLUMNS = ("index", "source", "probability", "prediction", "status", "ood", "ood_score")
 
 
 @dataclass
@@ -21,6 +26,8 @@ class PredictionRow:
     probability: float | None
     prediction: str
     status: str
+    ood: bool | None = None  # None: skipped, or the classifier has no OOD reference
+    ood_score: float | None = None
 
 
 def load_run_classifier(run_dir: str | Path, device: str = "cpu") -> Classifier:
@@ -44,10 +51,15 @@ def predict(classifier: Classifier, source: str | Path) -> tuple[list[Prediction
     """
     ds, report = load_source(source, classifier.resolution, labeled=False)
     probs = classifier.predict_proba(ds.images)
+    try:
+        distances = classifier.ood_scores(ds.images)
+    except ValueError as err:  # a header whose OOD statistics do not fit the model
+        raise DataError(str(err)) from None
+    ood_threshold = float(classifier.ood["threshold"]) if distances is not None else None
     skipped = {s.position: s for s in report.skipped if s.position is not None}
     unplaced = [s for s in report.skipped if s.position is None]
     sources = list(ds.sources) if ds.sources is not None else [""] * len(ds)
-    loaded = iter(zip(sources, probs))
+    loaded = iter(zip(sources, probs, distances if distances is not None else [None] * len(ds)))
     rows: list[PredictionRow] = []
     for _ in range(len(ds) + len(skipped)):
         index = len(rows)
@@ -58,9 +70,10 @@ def predict(classifier: Classifier, source: str | Path) -> tuple[list[Prediction
         item = next(loaded, None)
         if item is None:  # positions with a gap: the rest are skips, in position order
             break
-        src, p = item
+        src, p, d = item
         label = "pneumonia" if p >= classifier.threshold else "normal"
-        rows.append(PredictionRow(index, str(src), float(p), label, "ok"))
+        ood = None if d is None else bool(d > ood_threshold)
+        rows.append(PredictionRow(index, str(src), float(p), label, "ok", ood, None if d is None else float(d)))
     for s in [*(skipped[k] for k in sorted(skipped)), *unplaced]:
         rows.append(PredictionRow(len(rows), s.path, None, "", f"skipped: {s.reason}"))
     return rows, report
@@ -89,7 +102,8 @@ def write_csv(rows: list[PredictionRow], path: str | Path) -> Path:
             w.writerow(COLUMNS)
             for r in rows:
                 w.writerow([r.index, r.source, "" if r.probability is None else f"{r.probability:.6f}",
-                            r.prediction, r.status])
+                            r.prediction, r.status, "" if r.ood is None else str(r.ood).lower(),
+                            "" if r.ood_score is None else f"{r.ood_score:.4f}"])
     except OSError as err:
         raise DataError(f"--out {path}: cannot write the scores ({err.strerror or err})") from None
     return path

@@ -11,9 +11,9 @@ import typer
 from fedsynth import __version__
 from fedsynth.cli.data import data_app
 from fedsynth.cli.deploy import deploy_app
-from fedsynth.cli.generator import generator_app
+from fedsynth.cli.generator import generate, generator_app
 from fedsynth.cli.privacy import audit_app, keys_app
-from fedsynth.cli.run import compare, predict, report, show_config, simulate
+from fedsynth.cli.run import compare, evaluate, predict, report, show_config, simulate
 from fedsynth.cli.serve import serve
 from fedsynth.cli.study import study_app
 
@@ -46,6 +46,8 @@ app.command()(simulate)
 app.command()(report)
 app.command()(compare)
 app.command()(predict)
+app.command()(generate)
+app.command()(evaluate)
 app.command("config")(show_config)
 app.command()(serve)
 app.add_typer(data_app, name="data")

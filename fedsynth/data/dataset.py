@@ -4,7 +4,9 @@ Images are float32 in [0, 1], shape (N, H, W), square, one channel, 0 = black.
 Labels are 0 (normal) or 1 (pneumonia). ``patient`` and ``split`` are optional
 per-image string arrays; ``origin`` names where the images came from, and
 ``phantom`` marks procedurally generated images so every output made from them can
-say so.
+say so. ``meta`` holds optional per-image metadata columns (:data:`META_COLUMNS`:
+acquisition source, view, sex, age) as 1-D arrays, for subgroup evaluation; it travels
+through :meth:`ImageSet.subset`, :func:`concat` and :func:`save_npz`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from fedsynth.errors import DataError
 
 CLASS_NAMES = ("normal", "pneumonia")
+META_COLUMNS = ("source", "view", "sex", "age")  # per-image metadata read from npz arrays or labels.csv columns
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class ImageSet:
     origin: str = ""
     phantom: bool = False
     sources: np.ndarray | None = field(default=None, repr=False)  # per-image file path, where known
+    meta: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # per-image metadata columns
 
     def __post_init__(self) -> None:
         imgs, labels = self.images, self.labels
@@ -45,6 +49,10 @@ class ImageSet:
             arr = getattr(self, name)
             if arr is not None and arr.shape != (imgs.shape[0],):
                 raise DataError(f"{name} must have one entry per image ({imgs.shape[0]}), got {arr.shape}")
+        for key, arr in self.meta.items():
+            if not isinstance(key, str) or np.shape(arr) != (imgs.shape[0],):
+                raise DataError(f"metadata column {key!r} must have one entry per image ({imgs.shape[0]}), "
+                                f"got {np.shape(arr)}")
 
     # ---- basic facts ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -83,6 +91,7 @@ class ImageSet:
             patient=pick(self.patient),
             split=pick(self.split),
             sources=pick(self.sources),
+            meta={k: v[index] for k, v in self.meta.items()},
         )
 
     def fingerprint(self) -> str:
@@ -119,6 +128,8 @@ def concat(sets: list[ImageSet], origin: str = "") -> ImageSet:
         patient=cat("patient"),
         split=cat("split"),
         sources=cat("sources"),
+        # a metadata column survives where every part has it
+        meta={k: np.concatenate([s.meta[k] for s in sets]) for k in sets[0].meta if all(k in s.meta for s in sets)},
         origin=origin or "+".join(sorted({s.origin for s in sets})),
         phantom=any(s.phantom for s in sets),
     )
@@ -131,6 +142,9 @@ def save_npz(ds: ImageSet, path: str) -> None:
         arrays["patient"] = ds.patient.astype(str)
     if ds.split is not None:
         arrays["split"] = ds.split.astype(str)
+    for key, column in ds.meta.items():
+        if key in META_COLUMNS:
+            arrays[key] = column if column.dtype.kind in "biuf" else column.astype(str)
     arrays["phantom"] = np.array(ds.phantom)
     np.savez_compressed(path, **arrays)
 

@@ -2,11 +2,12 @@
 
 Sources:
 
-* an ``.npz`` bundle with ``images`` and ``labels`` (optional ``split``, ``patient``),
-  or a MedMNIST file (``train_images``, ``train_labels``, ...);
+* an ``.npz`` bundle with ``images`` and ``labels`` (optional ``split``, ``patient``, and
+  the metadata columns ``source``, ``view``, ``sex``, ``age``), or a MedMNIST file
+  (``train_images``, ``train_labels``, ...);
 * a folder of PNG/JPEG/DICOM with labels from a ``labels.csv`` (columns ``path,label``,
-  optional ``patient``, ``split``) or from class-named folders (``NORMAL/``,
-  ``PNEUMONIA/``, at any depth; ``train/``/``test/`` ancestors give the split);
+  optional ``patient``, ``split`` and the metadata columns) or from class-named folders
+  (``NORMAL/``, ``PNEUMONIA/``, at any depth; ``train/``/``test/`` ancestors give the split);
 * a single image file (for prediction).
 
 A file that cannot be used (corrupt, truncated, not an image, multi-frame, no pixel
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from fedsynth.data.dataset import CLASS_NAMES, ImageSet
+from fedsynth.data.dataset import CLASS_NAMES, META_COLUMNS, ImageSet
 from fedsynth.data.dicom import is_dicom_file, read_dicom
 from fedsynth.data.errors import (
     MAX_NPZ_BYTES,
@@ -178,6 +179,7 @@ class _Entry:
     patient: str | None = None
     split: str | None = None
     skip: str | None = None  # why this input is skipped before any file is opened
+    meta: dict[str, str] = field(default_factory=dict)  # labels.csv's metadata columns (META_COLUMNS)
 
 
 def _inside(root: Path, rel: str) -> tuple[Path, str | None]:
@@ -208,6 +210,7 @@ def _entries_from_csv(csv_path: Path, report: IngestReport, labeled: bool) -> li
             )
         patient_col = _find_column(header, _PATIENT_COLUMNS)
         split_col = _find_column(header, ("split",))
+        meta_cols = {name: col for name in META_COLUMNS if (col := _find_column(header, (name,))) is not None}
         entries = []
         # A bad row is skipped with its reason, as a bad label always was: labels.csv is a list of
         # files, each examined on its own (an npz bundle, by contrast, is one unit and fails whole).
@@ -237,6 +240,7 @@ def _entries_from_csv(csv_path: Path, report: IngestReport, labeled: bool) -> li
                     label=label,
                     patient=(row.get(patient_col) or None) if patient_col else None,
                     split=_SPLIT_NAMES[split.lower()] if split else None,
+                    meta={name: (row.get(col) or "").strip() for name, col in meta_cols.items()},
                 )
             )
     return entries
@@ -267,7 +271,7 @@ def _load_entries(entries: list[_Entry], resolution: int, report: IngestReport, 
                   max_pixels: int | None = None):
     """Every entry is examined once, in order: loaded, or skipped with its reason and its
     position (prediction writes one row per input, in this order)."""
-    images, labels, patients, splits, sources = [], [], [], [], []
+    images, labels, patients, splits, sources, metas = [], [], [], [], [], []
     for position, e in enumerate(entries):
         report.n_found += 1
         if e.skip is not None:
@@ -292,7 +296,8 @@ def _load_entries(entries: list[_Entry], resolution: int, report: IngestReport, 
         patients.append(e.patient)
         splits.append(e.split)
         sources.append(str(path))
-    return images, labels, patients, splits, sources
+        metas.append(e.meta)
+    return images, labels, patients, splits, sources, metas
 
 
 def _load_folder(root: Path, resolution: int, report: IngestReport, labeled: bool, max_pixels: int | None = None):
@@ -331,7 +336,7 @@ def _npz_to_float(images: np.ndarray, path: Path) -> np.ndarray:
     raise DataError(f"{path}: 'images' has unsupported dtype {images.dtype} (use uint8, uint16 or float in [0, 1])")
 
 
-_NPZ_ARRAYS = ("images", "labels", "split", "patient")
+_NPZ_ARRAYS = ("images", "labels", "split", "patient", *META_COLUMNS)
 _NPY_KINDS = "biufUS"  # bool, integers, floats, strings: nothing that needs pickle or a structure
 
 
@@ -422,7 +427,8 @@ def _read_npz_arrays(path: Path, labeled: bool, max_bytes: int | None = None,
             found = ", ".join(sorted(keys)[:20]) + (", ..." if len(keys) > 20 else "")
             raise DataError(f"{path}: an npz bundle needs an 'images' array (found: {found or 'no arrays'})")
     if labeled and "labels" not in out:
-        raise DataError(f"{path}: an npz bundle for training needs a 'labels' array")
+        raise DataError(f"{path}: an npz bundle for training or evaluation needs a 'labels' array "
+                        "(0 normal, 1 pneumonia)")
     return out
 
 
@@ -463,11 +469,16 @@ def _load_npz(path: Path, resolution: int, report: IngestReport, labeled: bool,
             raise DataError(f"{path}: 'labels' must be 0 (normal) or 1 (pneumonia); found {bad}")
     else:
         labels = np.full(n, -1)
-    for name in ("split", "patient"):
+    for name in ("split", "patient", *META_COLUMNS):
         if name in arrays and arrays[name].reshape(-1).shape[0] != n:
             raise DataError(f"{path}: '{name}' has {arrays[name].size} entries for {n} images")
+    for name in META_COLUMNS:
+        if name in arrays and arrays[name].ndim != 1:
+            raise DataError(f"{path}: '{name}' must be a 1-D array (one entry per image); got shape "
+                            f"{arrays[name].shape}")
     split = _npz_splits(arrays["split"], path) if "split" in arrays else None
     patient = _as_text(arrays["patient"], "patient", path) if "patient" in arrays else None
+    meta = {name: _npz_meta(arrays[name], name, path) for name in META_COLUMNS if name in arrays}
     finite = np.isfinite(images).all(axis=(1, 2))
     for i in np.flatnonzero(~finite):
         report.skip(f"{path}[{i}]", "non-finite pixel values", int(i))
@@ -481,10 +492,19 @@ def _load_npz(path: Path, resolution: int, report: IngestReport, labeled: bool,
         origin=str(path),
         report=report,
         labeled=labeled,
+        meta={k: v[keep] for k, v in meta.items()},
     )
 
 
-def _assemble(images, labels, patient, split, sources, origin, report, labeled) -> ImageSet:
+def _npz_meta(arr: np.ndarray, key: str, path: Path) -> np.ndarray:
+    """A metadata column of an npz bundle: numbers stay numbers (an age), anything else is text."""
+    arr = arr.reshape(-1)
+    if arr.dtype.kind in "biuf":
+        return arr.astype(np.float64) if arr.dtype.kind == "f" else arr.astype(np.int64)
+    return _as_text(arr, key, path).astype(object)
+
+
+def _assemble(images, labels, patient, split, sources, origin, report, labeled, meta=None) -> ImageSet:
     labels = np.asarray(labels, dtype=np.int64)
     report.n_loaded = int(len(labels))
     if report.n_loaded == 0:
@@ -500,6 +520,7 @@ def _assemble(images, labels, patient, split, sources, origin, report, labeled) 
         split=split,
         origin=origin,
         sources=sources,
+        meta=meta or {},
     )
     return ds
 
@@ -519,11 +540,11 @@ def load_source(source: str | Path, resolution: int, *, labeled: bool = True, ma
     if path.is_file() and path.suffix.lower() == ".npz":
         return _load_npz(path, resolution, report, labeled, max_npz_bytes, max_pixels), report
     if path.is_dir():
-        images, labels, patients, splits, sources = _load_folder(path, resolution, report, labeled, max_pixels)
+        images, labels, patients, splits, sources, metas = _load_folder(path, resolution, report, labeled, max_pixels)
     else:
         if labeled:
             raise DataError(f"{path}: a single file has no label; give a folder or an npz bundle")
-        images, labels, patients, splits, sources = _load_entries(
+        images, labels, patients, splits, sources, metas = _load_entries(
             [_Entry(path=path, label=None)], resolution, report, labeled, max_pixels
         )
     has_patient = any(p for p in patients)
@@ -537,5 +558,7 @@ def load_source(source: str | Path, resolution: int, *, labeled: bool = True, ma
         origin=str(path),
         report=report,
         labeled=labeled,
+        # labels.csv's metadata columns: every row of one file has the same ones
+        meta={k: np.array([m.get(k, "") for m in metas], dtype=object) for k in (metas[0] if metas else {})},
     )
     return ds, report

@@ -8,6 +8,12 @@ pose (rotation, scale, shift), contrast (gamma, window) and noise vary per image
 Pneumonia is drawn as patchy opacities inside the lungs: a few blobs of varying size
 and density, modulated by low-frequency noise, from faint to dense.
 
+With ``markers`` > 0 a share of the images also carry what real X-rays carry near their
+borders and what generators copy: a burned-in laterality letter (L or R) or a short
+text-like bar of blocks in a corner, or a bright round ECG lead over the chest
+(``fedsynth.data.markers`` finds and removes them). The markers are drawn from their own
+random stream, so the images under them are exactly the images drawn with ``markers=0``.
+
 Nothing here is a medical image: outputs made from phantoms say so (``phantom=True``).
 """
 
@@ -127,6 +133,106 @@ def _render(
     return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 
+# Burned-in marker glyphs on a 5x4 cell grid (1 = ink), rendered antialiased at any size.
+_GLYPHS = {
+    "L": ("1000", "1000", "1000", "1000", "1111"),
+    "R": ("1110", "1001", "1110", "1010", "1001"),
+}
+_MARKER_STREAM = 0x6D61726B  # "mark": the markers' random stream, apart from the anatomy's
+_SUPERSAMPLE = 8  # sub-pixel samples per pixel side when stamping a marker (antialiasing)
+
+
+def _stamp(img: np.ndarray, inside, top: float, left: float, h: float, w: float, value: float) -> None:
+    """Paint ``value`` over the box (top, left, h, w) in pixels where ``inside(u, v)`` (u, v in [0, 1)) holds.
+
+    Coverage is averaged over sub-pixel samples, so small markers are antialiased like a
+    downsampled real one; the paint replaces the image in proportion to the coverage.
+    """
+    size = img.shape[0]
+    r0, r1 = max(int(np.floor(top)), 0), min(int(np.ceil(top + h)), size)
+    c0, c1 = max(int(np.floor(left)), 0), min(int(np.ceil(left + w)), size)
+    if r1 <= r0 or c1 <= c0:
+        return
+    f = _SUPERSAMPLE
+    rows = r0 + (np.arange((r1 - r0) * f) + 0.5) / f
+    cols = c0 + (np.arange((c1 - c0) * f) + 0.5) / f
+    u = (rows[:, None] - top) / h
+    v = (cols[None, :] - left) / w
+    hit = (u >= 0) & (u < 1) & (v >= 0) & (v < 1)
+    hit &= inside(np.clip(u, 0, 0.999), np.clip(v, 0, 0.999))
+    cover = hit.reshape(r1 - r0, f, c1 - c0, f).mean(axis=(1, 3))
+    patch = img[r0:r1, c0:c1]
+    img[r0:r1, c0:c1] = patch * (1.0 - cover) + value * cover
+
+
+def _glyph(letter: str):
+    cells = np.array([[c == "1" for c in row] for row in _GLYPHS[letter]])
+
+    def inside(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return cells[(u * cells.shape[0]).astype(int), (v * cells.shape[1]).astype(int)]
+
+    return inside
+
+
+def _blocks(count: int, fill: float):
+    def inside(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return (v * count) % 1.0 < fill
+
+    return inside
+
+
+def _disc(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return (u - 0.5) ** 2 + (v - 0.5) ** 2 < 0.25
+
+
+_MARKER_CONTRAST = 0.3  # a planted marker is at least this much brighter than the pixels it covers
+_MARKER_TRIES = 20  # positions tried for a visible marker; the darkest one is kept otherwise
+
+
+def _plant_marker(rng: np.random.Generator, img: np.ndarray) -> None:
+    """One marker on ``img`` (in place): a letter or a text bar in a corner, or an ECG lead on the chest.
+
+    Markers are made to be seen, as real ones are (white on air, metal over the lungs): the
+    position is redrawn until the marker is ``_MARKER_CONTRAST`` brighter than the median of
+    the pixels under it (a marker painted over saturated tissue is invisible to anyone).
+    """
+    size = img.shape[0]
+    u = rng.uniform
+    kind = rng.integers(3)
+    value = u(0.9, 1.0) if kind == 2 else u(0.85, 1.0)
+    if kind == 2:  # ECG lead: a bright disc over the upper chest or the shoulders
+        h = w = max(3.0, u(0.04, 0.07) * size)
+        shape = _disc
+    elif kind == 0:  # laterality letter
+        h = max(4.0, u(0.07, 0.12) * size)
+        w = 0.8 * h
+        shape = _glyph("LR"[rng.integers(2)])
+    else:  # a short line of burned-in text, drawn as blocks
+        h = max(2.0, u(0.035, 0.06) * size)
+        pitch = max(2.0, u(0.03, 0.05) * size)
+        count = int(min(rng.integers(3, 7), max(2, 0.25 * size // pitch)))  # at most a quarter of the side
+        w = pitch * count
+        shape = _blocks(count, u(0.55, 0.75))
+    best, best_under = (0.0, 0.0), np.inf
+    for _ in range(_MARKER_TRIES):
+        if kind == 2:
+            top = (u(-0.6, 0.3) + 1) / 2 * size - h / 2
+            left = (u(-0.65, 0.65) + 1) / 2 * size - w / 2
+        else:
+            top, left = u(0.02, 0.08) * size, u(0.02, 0.08) * size
+            if rng.random() < 0.5:
+                top = size - top - h
+            if rng.random() < 0.5:
+                left = size - left - w
+        r0, c0 = max(int(top), 0), max(int(left), 0)
+        under = float(np.median(img[r0:int(np.ceil(top + h)), c0:int(np.ceil(left + w))]))
+        if under < best_under:
+            best, best_under = (top, left), under
+        if under <= value - _MARKER_CONTRAST:
+            break
+    _stamp(img, shape, best[0], best[1], h, w, value)
+
+
 def make_phantoms(
     n: int,
     resolution: int = 32,
@@ -134,12 +240,20 @@ def make_phantoms(
     prevalence: float = 0.5,
     images_per_patient: int = 2,
     seed: int = 0,
+    markers: float = 0.0,
 ) -> ImageSet:
-    """``n`` phantom CXRs with labels and patient ids, deterministic by ``seed``."""
+    """``n`` phantom CXRs with labels and patient ids, deterministic by ``seed``.
+
+    ``markers``: the share of images (rounded to a count, chosen at random) that get one
+    burned-in marker; the others, and the anatomy under the markers, are the same as with
+    ``markers=0``.
+    """
     if n < 1:
         raise ValueError("n must be at least 1")
     if not 0 < prevalence < 1:
         raise ValueError("prevalence must be in (0, 1)")
+    if not 0 <= markers <= 1:
+        raise ValueError("markers must be in [0, 1]")
     rng = np.random.default_rng(seed)
     images = np.empty((n, resolution, resolution), dtype=np.float32)
     labels = np.empty(n, dtype=np.int64)
@@ -157,10 +271,17 @@ def make_phantoms(
             patients[i] = f"phantom-{p:05d}"
             i += 1
         p += 1
+    origin = f"phantom(n={n}, seed={seed})"
+    if markers > 0:
+        marker_rng = np.random.default_rng([seed, _MARKER_STREAM])
+        for j in marker_rng.choice(n, size=int(round(markers * n)), replace=False):
+            _plant_marker(marker_rng, images[j])
+        np.clip(images, 0.0, 1.0, out=images)
+        origin = f"phantom(n={n}, seed={seed}, markers={markers:g})"
     return ImageSet(
         images=images,
         labels=labels,
         patient=patients,
-        origin=f"phantom(n={n}, seed={seed})",
+        origin=origin,
         phantom=True,
     )

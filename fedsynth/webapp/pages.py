@@ -92,7 +92,7 @@ def score_page(*, info: dict, accept: str, max_bytes: int, csrf: str, result: di
     out = ""
     if result is not None:
         positive = result["prediction"] == "pneumonia"
-        out = f"""
+        out = ood_notice(result) + f"""
 <div class="card" id="result">
   <h2>Result{' for ' + escape(filename) if filename else ''}</h2>
   <div class="row">
@@ -127,6 +127,20 @@ def score_page(*, info: dict, accept: str, max_bytes: int, csrf: str, result: di
 <p><small>JSON API: <code>curl -F file=@xray.png http://HOST:PORT/api/score</code></small></p>
 </div>
 {out}"""
+
+
+def ood_notice(result: dict) -> str:
+    """The out-of-distribution warning above a result (a quiet note when the classifier cannot tell)."""
+    flag = result.get("out_of_distribution")
+    if flag:
+        return ('<div class="warn" id="ood-warning"><b>Out of distribution.</b> This image is unlike the '
+                "classifier's training images (out-of-distribution score "
+                f"{fmt(result.get('ood_score'), 2)} &gt; {fmt(result.get('ood_threshold'), 2)}): it may not be a "
+                "chest X-ray of the kind the classifier knows, and its score is unreliable.</div>")
+    if flag is None:
+        return ('<p class="muted" id="ood-unknown"><small>This classifier has no out-of-distribution reference '
+                "(saved before fedsynth made one): an image unlike its training data is not flagged.</small></p>")
+    return ""
 
 
 # ---- reader study ------------------------------------------------------------------------------

@@ -41,6 +41,10 @@ def score_router(ctx: AppContext) -> APIRouter:
             "threshold": score.threshold,
             "prediction": score.prediction,
             "resolution": score.resolution,
+            # null when the run's classifier has no out-of-distribution reference (saved before fedsynth made one)
+            "out_of_distribution": score.out_of_distribution,
+            "ood_score": score.ood_score,
+            "ood_threshold": score.ood_threshold,
             "heatmap_png_base64": b64(png_bytes(heat_rgb(score.heatmap))),
             "overlay_png_base64": b64(png_bytes(overlay_rgb(score.image, score.heatmap))),
             "image_png_base64": b64(png_bytes(upscale(score.image))),

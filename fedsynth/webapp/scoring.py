@@ -53,6 +53,10 @@ class Score:
     resolution: int
     image: np.ndarray  # the preprocessed model input (S, S) in [0, 1]
     heatmap: np.ndarray  # Grad-CAM (S, S) in [0, 1]
+    # unlike the classifier's training images (Classifier.is_ood); None: the classifier has no OOD reference
+    out_of_distribution: bool | None = None
+    ood_score: float | None = None
+    ood_threshold: float | None = None
 
 
 class Scorer:
@@ -80,9 +84,12 @@ class Scorer:
         prepared = prepare(image, clf.resolution)  # the one preprocessing path, as in training
         with self._lock:
             prob = float(clf.predict_proba(prepared[None])[0])
+            distances = clf.ood_scores(prepared[None])
             heat = grad_cam(clf, prepared)
+        ood = None if distances is None else float(distances[0])
+        limit = None if distances is None else float(clf.ood["threshold"])
         return Score(prob, clf.threshold, "pneumonia" if prob >= clf.threshold else "normal", clf.resolution,
-                     prepared, heat)
+                     prepared, heat, None if ood is None else ood > limit, ood, limit)
 
 
 class UploadSink:
