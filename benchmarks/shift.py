@@ -21,44 +21,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from benchmarks.common import KERMANY_64, ROOT, record_start, require, with_ci, write_result
 from fedsynth.classifier.metrics import auroc, stratified_bootstrap
-from fedsynth.classifier.train import Classifier, blur, train_classifier
+from fedsynth.classifier.train import Classifier, train_classifier
 from fedsynth.client.site_data import simulated_sites
 from fedsynth.config import load_config
 from fedsynth.data.dataset import concat
+from fedsynth.evaluation.shifts import SHIFTS, shifted
 from fedsynth.rundir import CLASSIFIER_FILE
-
-SHIFTS = {
-    "contrast": (0.8, 0.6, 0.4),  # contrast kept around the image mean
-    "gamma": (0.7, 1.5, 2.0),
-    "noise": (0.02, 0.05, 0.1),  # std of added Gaussian noise, pixels in [0, 1]
-    "blur": (0.7, 1.2, 2.0),  # Gaussian sigma, pixels
-    "resolution": (24, 16, 12),  # down-sampled to this side, then back to 32
-}
-
-
-def shifted(images: np.ndarray, kind: str, level: float, seed: int = 0) -> np.ndarray:
-    x = torch.from_numpy(images.astype(np.float32))[:, None]
-    if kind == "contrast":
-        mean = x.mean(dim=(2, 3), keepdim=True)
-        x = (x - mean) * level + mean
-    elif kind == "gamma":
-        x = x.clamp(0, 1) ** level
-    elif kind == "noise":
-        x = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)) * level
-    elif kind == "blur":
-        x = blur(x, torch.full((len(x),), float(level)))
-    elif kind == "resolution":
-        side = x.shape[-1]
-        x = F.interpolate(F.interpolate(x, size=(int(level), int(level)), mode="bilinear", antialias=True),
-                          size=(side, side), mode="bilinear")
-    else:
-        raise ValueError(f"unknown shift {kind!r}")
-    return x.clamp(0, 1)[:, 0].numpy()
 
 
 def score(clf: Classifier, images: np.ndarray, labels: np.ndarray, n_boot: int) -> dict:

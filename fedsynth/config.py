@@ -69,6 +69,29 @@ class PhantomSection(_Section):
     )
     prevalence: float = Field(0.5, gt=0, lt=1, description="Fraction of phantoms with pneumonia.")
     images_per_patient: int = Field(2, ge=1, le=10, description="Upper bound of images per phantom patient.")
+    markers: float = Field(
+        0.0, ge=0, le=1, description="Share of phantoms with one burned-in marker (a letter, text or an ECG lead)."
+    )
+
+
+class MarkersSection(_Section):
+    """Burned-in laterality letters, text and ECG leads (``fedsynth.data.markers``): what a
+    site does with them before a generator sees its images, and what it checks in a release.
+    Detection is classical image processing and costs seconds per thousand images on a CPU,
+    so both are off unless asked for."""
+
+    training: Literal["keep", "inpaint", "drop"] = Field(
+        "keep", description="The site's real training images with a marker: keep them, paint the marker out "
+        "(harmonic inpainting), or leave the image out of generator training.",
+    )
+    release: Literal["off", "report", "drop"] = Field(
+        "off", description="Synthetic images about to be released: 'report' the share with a marker (on up to "
+        "check_images of them), or 'drop' every flagged image from the release (all are checked).",
+    )
+    check_images: int = Field(500, ge=10, le=MAX_GENERATED, description="Released images 'report' checks "
+                              "(a random subset; the share is reported with its Wilson 95% interval).")
+    grid: bool = Field(True, description="Write a before/after grid of flagged training images into the site's "
+                       "own output folder (real pixels: it never leaves the site).")
 
 
 class DataSection(_Section):
@@ -82,6 +105,7 @@ class DataSection(_Section):
         0.25, gt=0, lt=1, description="Share of each site's patients kept as its local real test split "
         "when the source has no official split.",
     )
+    markers: MarkersSection = Field(default_factory=MarkersSection)
 
     @field_validator("resolution")
     @classmethod
@@ -423,6 +447,10 @@ class ClassifierSection(_Section):
         0.2, gt=0, lt=1, description="Share of the pooled synthetic data held out for model selection."
     )
     augment: bool = Field(True, description="Random affine, contrast and noise augmentation while training.")
+    intensity: Literal["none", "equalize", "clahe"] = Field(
+        "none", description="Per-image intensity normalization before training and scoring (histogram "
+        "equalization or CLAHE); saved with the classifier, so prediction applies the same.",
+    )
     threshold_rule: Literal["youden", "sensitivity-0.9"] = Field(
         "youden", description="How the decision threshold is chosen on the synthetic validation split."
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsynth.data.markers import clean_markers, detect_markers, marker_rate, remove_markers
+from fedsynth.data.markers import RELEASE_MAX_RATE, clean_markers, detect_markers, marker_rate, remove_markers
 from fedsynth.data.phantom import make_phantoms
 
 
@@ -24,13 +24,14 @@ def test_markers_leave_the_anatomy_under_them_unchanged(planted):
     assert changed.mean() < 0.05
 
 
-def test_planted_markers_are_found_and_clean_images_mostly_are_not(planted):
-    clean, marked = planted
+@pytest.mark.parametrize("resolution", [32, 64])
+def test_planted_markers_are_found_and_clean_images_are_not(resolution):
+    clean = make_phantoms(300, resolution=resolution, seed=3).images
+    marked = make_phantoms(300, resolution=resolution, seed=3, markers=1.0).images
     recall = detect_markers(marked).touched.mean()
     false_alarms = marker_rate(clean)
-    assert recall >= 0.7, recall
-    assert false_alarms <= 0.15, false_alarms
-    assert recall - false_alarms >= 0.6
+    assert recall >= 0.8, recall  # measured: 0.84 at 32 px, 0.93 at 64 px
+    assert false_alarms <= RELEASE_MAX_RATE, false_alarms  # measured: 0.01 and 0.0
 
 
 def test_removal_changes_only_masked_pixels_and_stays_in_range(planted):
@@ -77,3 +78,68 @@ def test_mask_of_another_shape_is_refused():
 def test_markers_share_is_validated():
     with pytest.raises(ValueError, match="markers"):
         make_phantoms(4, markers=1.5)
+
+
+def _marked_site(tmp_path, training, release):
+    from fedsynth.client.site import Site
+    from fedsynth.client.site_data import simulated_site_state, simulated_sites
+    from fedsynth.config import load_config
+    from tests.conftest import tiny_overrides
+
+    cfg = load_config(None, [*tiny_overrides(tmp_path), "data.resolution=32", "data.phantom.markers=0.5",
+                             f"data.markers.training={training}", f"data.markers.release={release}",
+                             "data.markers.check_images=20"])
+    data = simulated_sites(cfg)[0]
+    state = simulated_site_state(cfg, tmp_path / "state", data.name)
+    state.ensure_keys()
+    return cfg, Site(data, state, tmp_path / "site-out", device="cpu")
+
+
+@pytest.mark.parametrize("training", ["inpaint", "drop"])
+def test_a_site_cleans_its_training_images_and_checks_its_release(tmp_path, training):
+    cfg, site = _marked_site(tmp_path, training, "report")
+    rel = site.release(cfg, "r")
+    summary = rel.meta["markers"]
+    n_train = len(site.data.train)
+    assert summary["training"]["images"] == n_train
+    assert summary["training"]["images_touched"] > 0
+    expected_kept = n_train - summary["training"]["images_touched"] if training == "drop" else n_train
+    assert summary["training"]["kept"] == expected_kept
+    assert summary["release"]["checked"] == 20 and summary["release"]["dropped"] == 0
+    lo, hi = summary["release"]["share_ci"]
+    assert lo <= summary["release"]["share"] <= hi
+    # the before/after grid of real images stays in the site's own folder; the reply carries counts only
+    assert (tmp_path / "site-out" / "markers_before_after.png").is_file()
+    assert all(isinstance(v, (int, float, str)) for v in summary["training"].values())
+
+
+def test_drop_leaves_flagged_synthetic_images_out_of_the_release(tmp_path, monkeypatch):
+    import fedsynth.client.site as site_module
+
+    cfg, site = _marked_site(tmp_path, "keep", "drop")
+    # a generator that copies markers: every other image it samples carries one
+    marked = make_phantoms(200, resolution=32, seed=9, markers=1.0).images
+    clean = make_phantoms(200, resolution=32, seed=9).images
+
+    class Copying:
+        family, init_info = "gan", None
+
+        def fit(self, *a, **k):
+            from fedsynth.generators.base import FitReport
+            return FitReport(family="gan", epochs=1, steps=1, seconds=0.0, images_seen=0)
+
+        def sample(self, n, c, seed=0):
+            return np.where(np.arange(n)[:, None, None] % 2 == 0, marked[:n], clean[:n])
+
+        def save(self, path):
+            pass
+
+    monkeypatch.setattr(site_module, "build_generator", lambda *a, **k: Copying())
+    cfg.gate.enabled = False
+    cfg.gate.membership_audit = False
+    rel = site.release(cfg, "r")
+    check = rel.meta["markers"]["release"]
+    assert check["action"] == "drop" and check["checked"] == 48
+    assert check["dropped"] >= 18  # 24 of the 48 carry one; the detector finds most
+    assert len(rel.labels) == 48 - check["dropped"]
+    assert "training" not in rel.meta["markers"]

@@ -26,6 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fedsynth import __version__
+from fedsynth.classifier.intensity import METHODS as INTENSITY_METHODS
+from fedsynth.classifier.intensity import normalize_intensity
 from fedsynth.classifier.metrics import adaptive_edges, auroc, choose_threshold, uniform_edges
 from fedsynth.classifier.models import build_classifier, embed
 from fedsynth.config import ClassifierSection
@@ -104,6 +106,7 @@ class Classifier:
             raise ValueError(
                 f"images must have shape (N, {self.resolution}, {self.resolution}); got {images.shape}"
             )
+        images = normalize_intensity(images, self.intensity)
         self.model.eval()
         dev = next(self.model.parameters()).device
         out = []
@@ -112,6 +115,11 @@ class Classifier:
             # a calibrated classifier divides its logits by the temperature fitted at the sites (calibration)
             out.append(torch.sigmoid(self.model(x) / float(self.meta.get("temperature", 1.0))).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+    @property
+    def intensity(self) -> str:
+        """The intensity normalization applied to every input (``fedsynth.classifier.intensity``)."""
+        return self.meta.get("intensity", "none")
 
     @property
     def ood(self) -> dict[str, Any] | None:
@@ -131,6 +139,7 @@ class Classifier:
             raise ValueError(
                 f"images must have shape (N, {self.resolution}, {self.resolution}); got {images.shape}"
             )
+        images = normalize_intensity(images, self.intensity)
         self.model.eval()
         dev = next(self.model.parameters()).device
         x = torch.from_numpy(images)[:, None] * 2 - 1
@@ -179,6 +188,9 @@ class Classifier:
             raise ValueError(f"classifier weights do not fit a {arch} at {resolution} px ({first})") from None
         model.to(resolve_device(device)).eval()
         meta = {k: v for k, v in header.items() if k not in ("arch", "resolution", "threshold")}
+        if meta.get("intensity", "none") not in INTENSITY_METHODS:
+            raise ValueError(f"the classifier header's intensity {repr(meta['intensity'])[:40]} is not one of "
+                             f"{', '.join(INTENSITY_METHODS)}")
         if meta.get("ood") is not None:
             _check_ood(meta["ood"])
         return cls(model, arch, resolution, threshold, meta)
@@ -305,6 +317,7 @@ def train_classifier(
     histogram_bins: int = 2000,
 ) -> Classifier:
     images, labels = check_training_data(images, labels, resolution)
+    images = normalize_intensity(images, config.intensity)
     dev = resolve_device(device)
     rng = np.random.default_rng(seed)
     train_idx, val_idx = _stratified_split(labels, config.val_fraction, rng)
@@ -374,6 +387,7 @@ def train_classifier(
             "best_epoch": best[1],
             "val_auroc": best[0],
             "threshold_rule": config.threshold_rule,
+            "intensity": config.intensity,
             "score_edges": score_edges.tolist(),
             "ood": ood,
             "seconds": time.perf_counter() - start,
@@ -414,6 +428,7 @@ def train_local(
     from fedsynth.privacy.dp import PrivateTraining
 
     images, labels = check_training_data(images, labels, int(images.shape[-1]))
+    images = normalize_intensity(images, config.intensity)
     if privacy is not None and (privacy.n != len(images) or privacy.epochs != epochs):
         raise ValueError(f"privacy: the plan was made for {privacy.n} images and {privacy.epochs} epochs; "
                          f"got {len(images)} images and {epochs} epochs")

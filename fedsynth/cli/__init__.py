@@ -11,7 +11,7 @@ import typer
 from fedsynth import __version__
 from fedsynth.cli.data import data_app
 from fedsynth.cli.deploy import deploy_app
-from fedsynth.cli.generator import generate, generator_app
+from fedsynth.cli.generator import generate, generator_app, stress
 from fedsynth.cli.privacy import audit_app, keys_app
 from fedsynth.cli.run import compare, evaluate, predict, report, show_config, simulate
 from fedsynth.cli.serve import serve
@@ -47,6 +47,7 @@ app.command()(report)
 app.command()(compare)
 app.command()(predict)
 app.command()(generate)
+app.command()(stress)
 app.command()(evaluate)
 app.command("config")(show_config)
 app.command()(serve)

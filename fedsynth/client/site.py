@@ -31,7 +31,8 @@ from fedsynth.classifier.metrics import ScoreHistogram
 from fedsynth.classifier.train import Classifier, build_trainable, train_local
 from fedsynth.client.evaluation import calibrate_at_site, evaluate_at_site
 from fedsynth.config import RunConfig, SitePolicy
-from fedsynth.data.dataset import CLASS_NAMES, to_uint8
+from fedsynth.data.dataset import CLASS_NAMES, ImageSet, to_uint8
+from fedsynth.data.markers import check_release, clean_training_set
 from fedsynth.data.partition import SiteSplit
 from fedsynth.errors import DataError, FedsynthError
 from fedsynth.evaluation.alignment import add_gaussian_noise, class_intensity_histograms, intensity_histogram
@@ -90,9 +91,11 @@ class Site:
             return self._release(config, run_id)
 
     def _release(self, config: RunConfig, run_id: str) -> Release:
-        train = self.data.train
-        if len(train) == 0:
+        if len(self.data.train) == 0:
             raise DataError(f"{self.name}: no training images")
+        train, markers = self._generator_training_set(config)
+        if len(train) == 0:
+            raise DataError(f"{self.name}: no training images left after data.markers.training=drop")
         seed = site_seed(config.run.seed, self.name)
         counts = train.class_counts()
         min_class = config.release.min_class_images
@@ -107,7 +110,7 @@ class Site:
 
         # privacy first: refuse before any training step if the policy or the budget forbids it
         self.check_policy(config, releasing=True)
-        fingerprint = train.fingerprint()
+        fingerprint = self.data.train.fingerprint()  # the site's data, whatever preprocessing made of it
         ledger, key = self.state.ledger(), self.state.signing_key()
         gen_cfg = self.generator_choice or config.generator_for(self.name)
         statistic = None
@@ -153,6 +156,16 @@ class Site:
         else:
             labels = np.concatenate([np.full(n, c, dtype=np.int64) for c, n in per_class.items()])
             images, gate_summary = timed_sample(len(labels), labels, seed + 1), {"enabled": False}
+        if config.data.markers.release != "off":
+            kept, check = check_release(images[:, 0] if images.ndim == 4 else images, config.data.markers.release,
+                                        config.data.markers.check_images, seed + 3)
+            images, labels = images[kept], labels[kept]
+            markers = {**(markers or {}), "release": check}
+            if check["dropped"]:
+                log.info("%s: %d synthetic image(s) with a burned-in marker left out of the release",
+                         self.name, check["dropped"])
+        if len(labels) == 0:
+            raise DataError(f"{self.name}: every synthetic image was flagged by the marker check; nothing to release")
         images_u8, labels_u8 = to_uint8(images), labels.astype(np.uint8)
         audit = None
         if config.gate.membership_audit:
@@ -200,6 +213,7 @@ class Site:
                 "budget": release_entry["budget"],
             },
             "gate": gate_summary,
+            "markers": markers,
             "membership_auc": mia,
             "membership_audit": audit,
             "seconds": time.perf_counter() - started,
@@ -301,6 +315,24 @@ class Site:
                 "delta": budget.delta, "accountant": accountant}
 
     # ---- federated rounds ------------------------------------------------------------------
+    def _generator_training_set(self, config: RunConfig) -> tuple[ImageSet, dict[str, Any] | None]:
+        """The real training images a generator is trained on (``data.markers.training``) and a
+        counts-only summary of what the marker step did (None when it kept everything). The
+        before/after grid of flagged images stays in the site's own output folder."""
+        cfg = config.data.markers
+        train, report = clean_training_set(self.data.train, cfg.training)
+        if report is None:
+            return train, None
+        summary = {"training": {"action": cfg.training, **report.summary(), "kept": len(train)}}
+        log.info("%s: burned-in markers in %d of %d training images (%s)", self.name, report.images_touched,
+                 report.n_images, cfg.training)
+        if cfg.grid and self.output_dir is not None and report.images_touched:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            image_grid(report.before_after(self.data.train.images), self.output_dir / "markers_before_after.png",
+                       f"{self.name}: burned-in markers found and removed (real images: stay at the site)",
+                       phantom=self.data.train.phantom)
+        return train, summary
+
     def train_round(self, request: RoundRequest) -> ModelUpdate:
         """One round of federated averaging: start from the global weights, train for
         ``federation.local_epochs`` (DP-SGD when asked), sign the update."""
@@ -314,6 +346,10 @@ class Site:
             raise DataError(f"{self.name}: no training images")
         self.check_policy(config, releasing=False)
         fingerprint = train.fingerprint()
+        if request.stage == GENERATOR_ROUND:  # a classifier learns from the images as they are
+            train, _ = self._generator_training_set(config)
+            if len(train) == 0:
+                raise DataError(f"{self.name}: no training images left after data.markers.training=drop")
         ledger, key = self.state.ledger(), self.state.signing_key()
         epochs = config.federation.local_epochs
         seed = site_seed(config.run.seed, self.name) + 7919 * request.round

@@ -31,6 +31,7 @@ def load_dataset(data: DataSection, seed: int) -> ImageSet:
             prevalence=p.prevalence,
             images_per_patient=p.images_per_patient,
             seed=seed,
+            markers=p.markers,
         )
     ds, _report = load_source(data.source, data.resolution)
     return ds

@@ -128,6 +128,7 @@ def run_fedavg_classifier(config, grid, transport, run_dir, registry, on_round) 
         "arch": arch, "resolution": res, "threshold": 0.5, "dp_compatible": private,
         "trained_on": "real (federated averaging)", "threshold_rule": "fixed 0.5 (the server holds no validation "
         "data in classic FL)", "phantom": any(c.phantom for c in record.contributions),
+        "intensity": config.classifier.intensity,
     }
     model = build_trainable(arch, res, private)
     load_exchangeable(model, weights)

@@ -199,6 +199,10 @@ def section_config(data: RunData) -> str:
                                       if gate.get("enabled") else "off")
                      + ("; membership-inference audit on" if gate.get("membership_audit") else "")])
         rows.append(["Release", f"{dig(c, 'release', 'n_per_class')} synthetic images per class and site"])
+        mk = d.get("markers") or {}
+        if mk.get("training", "keep") != "keep" or mk.get("release", "off") != "off":
+            rows.append(["Burned-in markers", f"training images: {mk.get('training')}; release check: "
+                                              f"{mk.get('release')}" + _marker_counts(data)])
     align = c.get("alignment")
     if isinstance(align, dict):
         rows.append(["Domain alignment", "on: " + ", ".join(f"{k} {v}" for k, v in align.items() if k != "enabled")
@@ -318,3 +322,21 @@ def section_pooled(data: RunData) -> str:
             + explain(EXPLAIN["auroc"], EXPLAIN["aupr"], EXPLAIN["sens"], EXPLAIN["ci"].format(level=data.level),
                       detail, *note)
             + "</section>")
+
+
+def _marker_counts(data) -> str:
+    """Each site's marker figures from its release statistics (counts only), as one clause."""
+    parts = []
+    for name, site in sorted(data.sites.items()):
+        mk = (getattr(site, "release", None) or {}).get("markers") or {}
+        tr, rel = mk.get("training") or {}, mk.get("release") or {}
+        bits = []
+        if tr:
+            bits.append(f"{tr.get('images_touched')} of {tr.get('images')} training images touched")
+        if rel:
+            ci = rel.get("share_ci") or [None, None]
+            bits.append(f"{fmt(rel.get('share'))} of {rel.get('checked')} released images flagged "
+                        f"[{fmt(ci[0])}, {fmt(ci[1])}], {rel.get('dropped')} dropped")
+        if bits:
+            parts.append(f"{name}: " + ", ".join(bits))
+    return (" (" + "; ".join(parts) + ")") if parts else ""
