@@ -39,6 +39,7 @@ from fedsynth import __version__
 from fedsynth.errors import DataError
 from fedsynth.rundir import RunDir, RunDirError
 from fedsynth.webapp.context import CROSS_SITE, PHANTOM_WARNING, SECURITY_HEADERS, AppContext, Denied
+from fedsynth.webapp.generate_routes import generate_router
 from fedsynth.webapp.invitations import TokenStore
 from fedsynth.webapp.score_routes import score_router
 from fedsynth.webapp.scoring import Scorer
@@ -149,5 +150,6 @@ def create_app(
         return PlainTextResponse(pages.SCRIPT, media_type="text/javascript")
 
     app.include_router(score_router(ctx))
+    app.include_router(generate_router(ctx, run_dir))
     app.include_router(study_router(ctx))
     return app

@@ -73,7 +73,8 @@ def layout(title: str, body: str, *, phantom_warning: str | None, run_id: str) -
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>{escape(title)} – fedsynth</title><link rel="stylesheet" href="{CSS_URL}">
 <script src="{SCRIPT_URL}" defer></script></head>
-<body><header><b>fedsynth</b><a href="/">Score an X-ray</a><a href="/study">Reader study</a>
+<body><header><b>fedsynth</b><a href="/">Score an X-ray</a><a href="/generate">Generate</a>
+<a href="/study">Reader study</a>
 <a href="/study/results">Study results</a><a href="/api/health">API</a>
 <span class="muted run">run {escape(run_id)}</span></header>
 <main>{banner}{body}<p><small>{escape(DISCLAIMER)}</small></p></main></body></html>"""
