@@ -29,15 +29,13 @@ from fedsynth import __version__
 from fedsynth.classifier.intensity import METHODS as INTENSITY_METHODS
 from fedsynth.classifier.intensity import normalize_intensity
 from fedsynth.classifier.metrics import adaptive_edges, auroc, choose_threshold, uniform_edges
-from fedsynth.classifier.models import build_classifier, embed
+from fedsynth.classifier.models import build_classifier
+from fedsynth.classifier.ood import check_ood, embed_all, ood_distance, ood_reference
 from fedsynth.config import ClassifierSection
 from fedsynth.data.dataset import check_training_data
 from fedsynth.progress import ProgressFn
 from fedsynth.torch_utils import resolve_device, seeded
 
-OOD_QUANTILE = 0.99
-OOD_REFERENCE = "the classifier's synthetic validation split"
-OOD_VAR_FLOOR = 1e-2  # times the mean variance: a feature that barely varies in training cannot dominate
 BLUR_SIGMA_MAX = 1.5  # pixels; chosen on the tuning split (README, Privacy: it keeps a classifier from keying
 # on the pixel-level texture a DP generator leaves in one class, and is the blur of an acquisition shift)
 
@@ -143,7 +141,7 @@ class Classifier:
         self.model.eval()
         dev = next(self.model.parameters()).device
         x = torch.from_numpy(images)[:, None] * 2 - 1
-        features = _embed_all(self.model, x, dev, batch_size)
+        features = embed_all(self.model, x, dev, batch_size)
         if features.shape[1] != len(ref["mean"]):
             raise ValueError(f"the classifier header's ood statistics have {len(ref['mean'])} dimensions; "
                              f"its {self.arch} has {features.shape[1]}")
@@ -192,7 +190,7 @@ class Classifier:
             raise ValueError(f"the classifier header's intensity {repr(meta['intensity'])[:40]} is not one of "
                              f"{', '.join(INTENSITY_METHODS)}")
         if meta.get("ood") is not None:
-            _check_ood(meta["ood"])
+            check_ood(meta["ood"])
         return cls(model, arch, resolution, threshold, meta)
 
     @classmethod
@@ -249,58 +247,6 @@ def _check_header(header: Any) -> tuple[str, int, float, bool]:
     if not isinstance(private, (bool, np.bool_)):
         raise ValueError(f"the classifier header's dp_compatible {repr(private)[:40]} is not true or false")
     return arch, int(resolution), float(threshold), bool(private)
-
-
-def _check_ood(ood: Any) -> None:
-    """ValueError unless ``ood`` is the OOD reference :func:`ood_reference` writes."""
-    def numbers_list(v: Any) -> bool:
-        return isinstance(v, list) and bool(v) and all(
-            isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x) for x in v)
-
-    if not isinstance(ood, dict):
-        raise ValueError("the classifier header's ood statistics must be a JSON object")
-    mean, var, t = ood.get("mean"), ood.get("var"), ood.get("threshold")
-    if not numbers_list(mean) or not numbers_list(var) or len(mean) != len(var) or min(var) <= 0:
-        raise ValueError("the classifier header's ood statistics need 'mean' and 'var' lists of equal length "
-                         "(finite numbers, variances above 0)")
-    if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t < 0:
-        raise ValueError(f"the classifier header's ood threshold {repr(t)[:40]} is not a finite number >= 0")
-
-
-def _sig6(x: float) -> float:
-    return float(f"{float(x):.6g}")
-
-
-@torch.inference_mode()
-def _embed_all(model: nn.Module, x: torch.Tensor, dev: torch.device | str, batch_size: int = 512) -> np.ndarray:
-    model.eval()
-    out = [embed(model, x[i : i + batch_size].to(dev)).double().cpu().numpy() for i in range(0, len(x), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, 0))
-
-
-def ood_distance(features: np.ndarray, mean: Any, var: Any) -> np.ndarray:
-    """Diagonal Mahalanobis distance of each row of ``features`` (N, D), as the root mean square
-    over dimensions of the standardised deviations (about 1 for a typical reference row)."""
-    mean = np.asarray(mean, dtype=np.float64)
-    var = np.asarray(var, dtype=np.float64)
-    z2 = (np.asarray(features, dtype=np.float64) - mean) ** 2 / var
-    return np.sqrt(z2.mean(axis=1))
-
-
-def ood_reference(model: nn.Module, x_train: torch.Tensor, x_val: torch.Tensor,
-                  dev: torch.device | str) -> dict[str, Any]:
-    """The header's ``ood`` entry: per-dimension mean and variance of the penultimate features on
-    the training split (variances floored at OOD_VAR_FLOOR times their mean), and the threshold,
-    the OOD_QUANTILE quantile of the validation split's distances. Floats to 6 significant digits
-    (the distances are computed from the rounded statistics, as a loaded classifier computes them)."""
-    feats = _embed_all(model, x_train, dev)
-    var = feats.var(axis=0)
-    var = np.maximum(var, max(OOD_VAR_FLOOR * float(var.mean()), 1e-12))
-    mean = [_sig6(v) for v in feats.mean(axis=0)]
-    var_r = [_sig6(v) for v in var]
-    val = ood_distance(_embed_all(model, x_val, dev), mean, var_r)
-    return {"mean": mean, "var": var_r, "threshold": _sig6(np.quantile(val, OOD_QUANTILE)),
-            "quantile": OOD_QUANTILE, "reference": OOD_REFERENCE}
 
 
 def train_classifier(
