@@ -54,13 +54,13 @@ def test_score_histograms_respect_the_policy(tiny_config, tmp_path):
     site = _site(tiny_config, tmp_path, SitePolicy(max_score_bins=50, min_bin_count=4))
     labels = np.array([0, 1] * 20)
     probs = np.linspace(0.01, 0.99, 40)
-    h = site._score_histogram(labels, probs, np.linspace(-16, 16, 51))
+    h = site.score_histogram(labels, probs, np.linspace(-16, 16, 51))
     occupied = (h.positive + h.negative)[(h.positive + h.negative) > 0]
     assert occupied.sum() == 40 and occupied.min() >= 4
     with pytest.raises(PolicyRefusal, match="max_score_bins"):
-        site._score_histogram(labels, probs, np.linspace(-16, 16, 2001))
+        site.score_histogram(labels, probs, np.linspace(-16, 16, 2001))
     with pytest.raises(PolicyRefusal, match="malformed"):
-        site._score_histogram(labels, probs, np.array([0.0, 1.0, 0.5, 2.0]))
+        site.score_histogram(labels, probs, np.array([0.0, 1.0, 0.5, 2.0]))
 
 
 def test_dp_noise_is_not_reproducible_from_the_run_config(phantoms16):

@@ -10,8 +10,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fedsynth.cli import app
 from fedsynth.classifier.train import train_classifier
+from fedsynth.cli import app
 from fedsynth.config import ClassifierSection, GANSection
 from fedsynth.data.phantom import make_phantoms
 from fedsynth.errors import DataError
