@@ -191,7 +191,8 @@ def section_config(data: RunData) -> str:
     text = f"epsilon {budget.get('epsilon')} at delta {budget.get('delta')} per site (over its whole ledger)"
     for site, b in sorted((dig(c, "sites", "budgets") or {}).items()):
         text += f"; {site}: epsilon {b.get('epsilon')} at delta {b.get('delta')}"
-    rows.append(["Privacy budgets", text])
+    # without DP no budget is spent; a budget figure would suggest a protection the run did not give
+    rows.append(["Privacy budgets", text if priv else "– (no DP in this run)"])
     if mode == "substitution":
         gate = c.get("gate") or {}
         rows.append(["Release gate", (f"on: drops synthetic images closer to a training image than the "
