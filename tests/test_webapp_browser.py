@@ -129,7 +129,8 @@ def test_browser_uploads_an_xray_and_reads_the_probability(site):
         shown = float(page.inner_text("#probability"))
         assert shown == pytest.approx(expected, abs=5e-4)
         assert page.inner_text("#threshold") == f"{clf.threshold:.3f}"
-        assert page.inner_text("#prediction") == ("pneumonia" if shown >= clf.threshold else "normal")
+        # the prediction of the unrounded probability (the page shows 3 digits: 0.50079 reads 0.501 < 0.50090)
+        assert page.inner_text("#prediction") == ("pneumonia" if expected >= clf.threshold else "normal")
         # both pictures decoded and laid out by the browser
         for sel in ("#input-image", "#overlay-image"):
             page.wait_for_function(f"() => {{ const i = document.querySelector('{sel}');"
@@ -190,6 +191,54 @@ def test_browser_reader_completes_a_study(site, tmp_path):
     given = ["real", "synthetic", "real", "synthetic"]
     correct = sum(t == g for t, g in zip(truth, given))
     assert re.search(rf"Dr Browser\s+4\s+{100 * correct / 4:.1f}%", table), table
+
+
+def test_browser_reader_completes_a_two_phase_study(site, tmp_path):
+    """Phase 1 (grading, nothing said about synthetic images), then phase 2 (real or synthetic)."""
+    from fedsynth.webapp import create_app
+
+    run_dir, real, _ = site
+    app = create_app(run_dir, real_data=real, db_path=tmp_path / "study2.sqlite", study_size=4, seed=0,
+                     study_phases=2)
+    invitation = app.state.tokens.invite("Dr Two").token
+    owner = app.state.tokens.issue_owner().token
+    ids = [im.id for im in app.state.study.images]
+    wait_image = ("() => { const i = document.querySelector('#study-image');"
+                  " return i && i.complete && i.naturalWidth > 0; }")
+    with serving(app) as url, browser_page() as page:
+        page.goto(url + "/study?token=" + invitation)
+        for k in range(4):
+            assert f"phase 1 of 2, image {k + 1} of 4" in page.inner_text("h1")
+            text = page.inner_text("body")
+            assert not re.search(r"synthetic|generat|\breal\b", text, re.I), text
+            page.wait_for_function(wait_image, timeout=30_000)
+            if k == 0:
+                page.check("input[name=confidence][value='4']")
+                page.fill("#comment", "dense right base\nsecond line")
+            page.click("#grade-pneumonia" if k % 2 == 0 else "#grade-normal")
+        # phase 2: told first, then the same images in the same order
+        for k in range(4):
+            assert f"phase 2 of 2, image {k + 1} of 4" in page.inner_text("h1")
+            assert "some of them were synthetic" in page.inner_text("#phase2-intro")
+            page.wait_for_function(wait_image, timeout=30_000)
+            assert page.get_attribute("input[name=image_id]", "value") == ids[k]
+            if k == 1:
+                page.fill("#comment", "=looks generated")
+            page.click("#answer-synthetic")
+        assert "graded all 4 images" in page.inner_text("#study-done")
+        page.goto(url + "/study/results?token=" + owner)
+        phase1, phase2 = page.inner_text("#phase1-table"), page.inner_text("#phase2-table")
+        comments = page.inner_text("#comments")
+        with page.expect_download() as download:
+            page.click("#export-phase1")
+        exported = Path(download.value.path()).read_text()
+        assert page.csp_violations == []
+    assert re.search(r"Dr Two\s+4\s", phase1) and re.search(r"Dr Two\s+4\s+50\.0%", phase2), (phase1, phase2)
+    assert "dense right base" in comments and "=looks generated" in comments
+    grades = {g.image_id: g for g in app.state.store.all_grades()}
+    assert [grades[i].grade for i in ids] == ["pneumonia", "normal", "pneumonia", "normal"]
+    assert grades[ids[0]].confidence == 4 and grades[ids[0]].comment == "dense right base\nsecond line"
+    assert exported.startswith("reader,image_id,") and exported.count("Dr Two") == 4
 
 
 # ---- screenshots for docs/ ------------------------------------------------------------------------

@@ -23,6 +23,9 @@ def serve(
     max_upload_mb: float = typer.Option(20, "--max-upload-mb", help="Largest upload accepted for scoring."),
     study_size: int = typer.Option(40, "--study-size", help="Reader-study images: half real, half synthetic."),
     seed: int = typer.Option(0, "--seed", help="Seed of the reader study's draw and order."),
+    study_phases: int = typer.Option(1, "--study-phases", help="1: readers answer real or synthetic. 2: they first "
+                                     "grade every image blind (normal/pneumonia, confidence, comment), then answer "
+                                     "real or synthetic on the same images."),
 ) -> None:
     """Web app: score an X-ray (probability, threshold, Grad-CAM); with --real-data, a reader study by
     invitation (prints the owner's results link once; invite readers with `fedsynth study invite`)."""
@@ -31,7 +34,7 @@ def serve(
     from fedsynth.webapp import create_app
 
     web = create_app(run_dir, real_data=real_data, db_path=db, max_upload_mb=max_upload_mb, study_size=study_size,
-                     seed=seed)
+                     seed=seed, study_phases=study_phases)
     study = web.state.study
     base = f"http://{host}:{port}"
     console.print(f"scoring: {base}/", highlight=False, soft_wrap=True)
@@ -40,7 +43,9 @@ def serve(
     else:
         # a new owner token at every start (the older one stops working): printed this once, stored hashed
         owner = web.state.tokens.issue_owner()
-        console.print(f"reader study: {len(study)} images, by invitation only. Invite each reader with\n"
+        phases = ("" if study_phases == 1 else
+                  " in two phases (blind grading, then real or synthetic)")
+        console.print(f"reader study: {len(study)} images{phases}, by invitation only. Invite each reader with\n"
                       f"  fedsynth study invite {run_dir} --reader NAME" + (f" --db {db}" if db else "")
                       + f" --url {base}\n"
                       f"results (owner only; valid until {owner.expires}, shown this once, keep it private):",

@@ -10,13 +10,17 @@ phantoms say so. Routes (R: a reader's invitation token, O: the owner's; pages t
 ``POST /api/score``                           multipart upload (field ``file``) -> JSON score
 ``GET  /api/health``                          the run, its classifier, whether the study is on
 ``GET  /study?token=T``                   R   reader study: one image at a time
-``POST /study/answer``                    R   form answer (CSRF token) -> the next image
+``POST /study/answer``                    R   form answer or grade (CSRF token) -> the next image
 ``GET  /study/image/{id}.png``            RO  a study image, scaled up for viewing
 ``GET  /study/results?token=T``           O   results per reader and the most-mistaken images
 ``GET  /api/study``                       RO  the study's size and composition
-``GET  /api/study/next``                  R   the reader's next unanswered image
-``POST /api/study/answer``                R   JSON ``{image_id, answer, pneumonia?}``
+``GET  /api/study/next``                  R   the reader's phase and next unanswered image
+``POST /api/study/answer``                R   JSON ``{image_id, answer, pneumonia?}``; two phases:
+                                              ``{image_id, grade, confidence?, comment?}`` in
+                                              phase 1, ``{image_id, answer, comment?}`` in phase 2
 ``GET  /api/study/results``               O   results as JSON
+``GET  /api/study/export/phase{1,2}.csv``  O   two phases: one phase's rows as CSV (Bearer)
+``GET  /study/export/phase{1,2}.csv``      O   the same, with the results page's cookie
 ``POST /api/study/invitations``           O   JSON ``{reader, days?, reissue?}`` -> a new token
 ``GET  /static/fedsynth.{css,js}``            the pages' stylesheet and script
 ========================================  ==  ==============================================
@@ -43,7 +47,7 @@ from fedsynth.webapp.generate_routes import generate_router
 from fedsynth.webapp.invitations import TokenStore
 from fedsynth.webapp.score_routes import score_router
 from fedsynth.webapp.scoring import Scorer
-from fedsynth.webapp.study import DB_FILE, AnswerStore, build_study_set
+from fedsynth.webapp.study import DB_FILE, STUDY_PHASES, AnswerStore, build_study_set
 from fedsynth.webapp.study_routes import STUDY_OFF, STUDY_VIEW_SIZE, study_router
 
 __all__ = ["DB_FILE", "PHANTOM_WARNING", "STUDY_OFF", "STUDY_VIEW_SIZE", "create_app"]
@@ -72,11 +76,13 @@ def create_app(
     max_upload_mb: float = 20,
     study_size: int = 40,
     seed: int = 0,
+    study_phases: int = 1,
 ) -> FastAPI:
     """The app for one finished run. The reader study is on only when ``real_data`` (the
     site's own images) is given; its answers go to ``db_path`` (default
     ``<run_dir>/reader_study.sqlite``), beside the hashes of the invitation tokens
-    (:class:`TokenStore`; ``app.state.tokens``) that alone open it."""
+    (:class:`TokenStore`; ``app.state.tokens``) that alone open it. ``study_phases``: 1 (real
+    or synthetic) or 2 (blind grading first, then real or synthetic: :mod:`fedsynth.webapp.phases`)."""
     from fedsynth.classifier.predict import load_run_classifier
 
     run_dir = Path(run_dir)
@@ -84,6 +90,8 @@ def create_app(
         raise DataError(f"run directory not found: {run_dir}")
     if not max_upload_mb > 0:
         raise DataError(f"max_upload_mb must be positive, not {max_upload_mb}")
+    if isinstance(study_phases, bool) or study_phases not in STUDY_PHASES:
+        raise DataError(f"a reader study has 1 or 2 phases (--study-phases), not {study_phases!r}")
     clf = load_run_classifier(run_dir)
     try:
         run = RunDir.open_finished(run_dir)
@@ -92,12 +100,12 @@ def create_app(
         raise DataError(f"{err} (is it a finished fedsynth run directory?)") from None
     ctx = AppContext(run_id=metrics.run_id or run_dir.name, classifier=clf, scorer=Scorer(clf),
                      phantom=bool(clf.meta.get("phantom")) or metrics.data.phantom,
-                     max_bytes=int(max_upload_mb * 2**20))
+                     max_bytes=int(max_upload_mb * 2**20), study_phases=study_phases)
     if real_data is not None:
         real_images, real_labels = _load_real(real_data, clf.resolution)
         ctx.study = build_study_set(real_images, real_labels, run.load_releases(), study_size=study_size, seed=seed)
         db = Path(db_path) if db_path is not None else run_dir / DB_FILE
-        ctx.store = AnswerStore(db)
+        ctx.store = AnswerStore(db, phases=study_phases)
         ctx.tokens = TokenStore(db)
         ctx.csrf_key = ctx.tokens.derive_key("csrf")  # a reader's open page stays valid across restarts
 
@@ -110,6 +118,7 @@ def create_app(
     app.state.study = ctx.study
     app.state.store = ctx.store
     app.state.tokens = ctx.tokens
+    app.state.study_phases = study_phases
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -124,9 +133,10 @@ def create_app(
 
     @app.exception_handler(Denied)
     async def denied(request: Request, exc: Denied) -> Response:
-        if request.url.path.startswith("/api") or request.url.path.startswith("/study/image/"):
-            return ctx.problem(str(exc), exc.status)
-        return ctx.page("Not allowed", pages.denied_page(str(exc)), exc.status)
+        blind = ctx.reader_path(request.url.path)
+        if request.url.path.startswith("/api") or request.url.path.startswith(("/study/image/", "/study/export/")):
+            return ctx.problem(str(exc), exc.status, blind=blind)
+        return ctx.page("Not allowed", pages.denied_page(str(exc)), exc.status, blind=blind)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):

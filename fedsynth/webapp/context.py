@@ -31,6 +31,9 @@ from fedsynth.webapp.study import AnswerStore, StudyError, StudySet
 
 PHANTOM_WARNING = ("This run's classifier was trained on synthetic images made from PHANTOMS (procedural drawings, "
                    "not X-rays): its scores mean nothing for real patients, and the study images are not X-rays.")
+# what a reader in phase 1 of a two-phase study sees instead: not a word about synthetic or real images
+PHANTOM_WARNING_BLIND = ("This run was made from PHANTOMS (procedural drawings, not X-rays): the study images are "
+                         "not X-rays, and grading them says nothing about patients.")
 
 READER_COOKIE = "fedsynth_reader"  # a reader's invitation token, after the first page
 OWNER_COOKIE = "fedsynth_owner"  # the owner's token, after the first results page
@@ -111,6 +114,7 @@ class AppContext:
     max_bytes: int
     study: StudySet | None = None
     store: AnswerStore | None = None
+    study_phases: int = 1  # 1: real or synthetic; 2: blind grading first (fedsynth.webapp.phases)
     tokens: TokenStore | None = None
     csrf_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))  # the study's survives restarts
     image_png: dict[str, bytes] = field(default_factory=dict)  # study images, rendered once
@@ -125,22 +129,34 @@ class AppContext:
         return {"run_id": self.run_id, "arch": clf.arch, "resolution": clf.resolution, "threshold": clf.threshold,
                 "phantom": self.phantom}
 
-    def page(self, title: str, body: str, status: int = 200) -> HTMLResponse:
-        response = HTMLResponse(pages.layout(title, body, phantom_warning=self.warning, run_id=self.run_id),
-                                status_code=status)
+    def warning_for(self, blind: bool) -> str | None:
+        """The phantom warning; ``blind``: for a reader in phase 1 of a two-phase study."""
+        return (PHANTOM_WARNING_BLIND if blind else PHANTOM_WARNING) if self.phantom else None
+
+    def page(self, title: str, body: str, status: int = 200, *, blind: bool = False) -> HTMLResponse:
+        """``blind``: a page for a reader in phase 1 of a two-phase study (no link to the generator
+        or the results, and a phantom warning that says nothing about synthetic images)."""
+        response = HTMLResponse(pages.layout(title, body, phantom_warning=self.warning_for(blind), run_id=self.run_id,
+                                             blind=blind), status_code=status)
         if status == 401:
             response.headers["WWW-Authenticate"] = AUTHENTICATE
         return response
 
-    def answer(self, data: dict[str, Any], status: int = 200) -> JSONResponse:
-        return JSONResponse({**data, **({"phantom_warning": self.warning} if self.warning else {})},
-                            status_code=status)
+    def answer(self, data: dict[str, Any], status: int = 200, *, blind: bool = False) -> JSONResponse:
+        warning = self.warning_for(blind)
+        return JSONResponse({**data, **({"phantom_warning": warning} if warning else {})}, status_code=status)
 
-    def problem(self, detail: str, status: int) -> JSONResponse:
-        response = self.answer({"detail": detail}, status)
+    def problem(self, detail: str, status: int, *, blind: bool = False) -> JSONResponse:
+        response = self.answer({"detail": detail}, status, blind=blind)
         if status == 401:
             response.headers["WWW-Authenticate"] = AUTHENTICATE
         return response
+
+    def reader_path(self, path: str) -> bool:
+        """A path a reader of a two-phase study may meet in phase 1 (its pages, their JSON): answers
+        there, refusals included, say nothing about synthetic images."""
+        return self.study_phases == 2 and (path in ("/study", "/study/answer", "/api/study", "/api/study/next",
+                                                    "/api/study/answer") or path.startswith("/study/image/"))
 
     def study_or_none(self) -> tuple[StudySet, AnswerStore] | None:
         return (self.study, self.store) if self.study is not None and self.store is not None else None

@@ -20,6 +20,16 @@ Cyrillic or Greek look-alike letters) is refused.
 
 Results count **synthetic as the positive class**: sensitivity is the share of synthetic
 images a reader called synthetic, specificity the share of real images called real.
+
+A study has one phase (the default: real or synthetic, optionally pneumonia yes/no) or two
+(``study_phases=2``, the protocol of reader studies of synthetic radiographs): phase 1 grades
+every image blind (a class of :data:`CLASS_NAMES`, a confidence 1-5, a comment), never told
+that some images are synthetic; phase 2, open once every image is graded, shows the same
+images in the same order for real or synthetic (and a comment). Grades go to a ``grades``
+table; a phase-2 answer goes to ``answers`` as before, with a row in ``phase2_answers`` (its
+comment) marking it as given in phase 2. Both tables are created only for a two-phase study,
+so a one-phase database keeps its schema and opens either way. The
+two-phase statistics are in :mod:`fedsynth.webapp.phases`.
 """
 
 from __future__ import annotations
@@ -41,6 +51,10 @@ from fedsynth.data.dataset import CLASS_NAMES, to_uint8
 from fedsynth.errors import DataError
 
 ANSWERS = ("real", "synthetic")
+STUDY_PHASES = (1, 2)  # one phase (real or synthetic) or two (blind grading, then real or synthetic)
+GRADES = CLASS_NAMES  # what a phase-1 grade may be
+CONFIDENCE_MIN, CONFIDENCE_MAX = 1, 5
+COMMENT_MAX = 1000  # characters, after NFKC normalization
 DB_FILE = "reader_study.sqlite"  # the study's database in the run directory (answers, readers, token hashes)
 READER_NAME_MAX = 40
 READER_NAME_RE = re.compile(r"^\w(?:[\w .-]*[\w.-])?$")  # \w: letters (any script), digits, "_"
@@ -56,6 +70,13 @@ class StudyError(ValueError):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
+
+
+class PhaseError(StudyError):
+    """A grade or an answer of the other phase than the one the reader is in (409)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, status=409)
 
 
 def _scripts(name: str) -> list[str]:
@@ -193,6 +214,31 @@ CREATE TABLE IF NOT EXISTS answers (
 )
 """
 
+# two-phase studies only (created when a store opens with phases=2; a one-phase database gains them then)
+PHASE_SCHEMA = (
+    f"""CREATE TABLE IF NOT EXISTS grades (
+    reader      TEXT NOT NULL,
+    image_id    TEXT NOT NULL,
+    grade       TEXT NOT NULL CHECK (grade IN ({", ".join(f"'{c}'" for c in GRADES)})),
+    confidence  INTEGER CHECK (confidence IS NULL OR (typeof(confidence) = 'integer'
+                                                      AND confidence BETWEEN {CONFIDENCE_MIN} AND {CONFIDENCE_MAX})),
+    comment     TEXT CHECK (comment IS NULL OR length(comment) BETWEEN 1 AND {COMMENT_MAX}),
+    answered_at TEXT NOT NULL,
+    PRIMARY KEY (reader, image_id)
+)""",
+    f"""CREATE TABLE IF NOT EXISTS phase2_answers (  -- the answers given in phase 2, with their comment
+    reader   TEXT NOT NULL,
+    image_id TEXT NOT NULL,
+    comment  TEXT CHECK (comment IS NULL OR length(comment) BETWEEN 1 AND {COMMENT_MAX}),
+    PRIMARY KEY (reader, image_id),
+    FOREIGN KEY (reader, image_id) REFERENCES answers (reader, image_id)
+)""",
+)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -200,6 +246,20 @@ class Answer:
     image_id: str
     answer: str
     pneumonia: bool | None
+    answered_at: str
+    comment: str | None = None  # two-phase studies: the reader's phase-2 comment
+    phase: int = 1  # 2: given in phase 2 of a two-phase study (after grading every image)
+
+
+@dataclass(frozen=True)
+class Grade:
+    """A phase-1 grade: the class the reader saw, how sure they were (1-5), a comment."""
+
+    reader: str
+    image_id: str
+    grade: str
+    confidence: int | None
+    comment: str | None
     answered_at: str
 
 
@@ -227,16 +287,23 @@ def _connect(path: Path) -> Iterator[sqlite3.Connection]:
 
 
 class AnswerStore:
-    """The answers table in a SQLite file (stdlib sqlite3; one connection per call).
+    """The answers table in a SQLite file (stdlib sqlite3; one connection per call); with
+    ``phases=2`` also the phase-1 grades and the phase-2 comments.
 
     ``reader`` is the reader's key (:func:`reader_key`), the name their invitation binds them to."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, phases: int = 1):
+        if phases not in STUDY_PHASES:
+            raise DataError(f"a reader study has 1 or 2 phases, not {phases!r}")
         self.path = Path(path)
+        self.phases = phases
         try:
             _private_db(self.path)
             with self._connect() as db:
                 db.execute(SCHEMA)
+                if phases == 2:
+                    for statement in PHASE_SCHEMA:
+                        db.execute(statement)
         except (OSError, sqlite3.Error) as err:
             raise DataError(f"cannot open the reader-study database {self.path}: {err}") from None
 
@@ -244,12 +311,16 @@ class AnswerStore:
         return _connect(self.path)
 
     def add(self, reader: str, image_id: str, answer: str, pneumonia: bool | None, *,
-            shown_as: str | None = None) -> Answer:
+            shown_as: str | None = None, comment: str | None = None, phase: int = 1) -> Answer:
         """Store a first answer; a second answer to the same image raises StudyError (409).
-        ``shown_as``: the reader's name as shown, for the message."""
+        ``shown_as``: the reader's name as shown, for the message. ``phase=2``: an answer of
+        phase 2 of a two-phase study, stored with its ``comment`` (already checked by
+        :func:`fedsynth.webapp.phases.clean_comment`) in the same transaction."""
         if answer not in ANSWERS:
             raise StudyError(f"answer must be 'real' or 'synthetic', not {answer!r}")
-        row = Answer(reader, image_id, answer, pneumonia, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        if (phase == 2 or comment is not None) and self.phases != 2:
+            raise StudyError("phase-2 answers and their comments are taken in two-phase studies only")
+        row = Answer(reader, image_id, answer, pneumonia, _now(), comment, phase)
         try:
             with self._connect() as db:
                 db.execute(
@@ -257,33 +328,89 @@ class AnswerStore:
                     (row.reader, row.image_id, row.answer, None if pneumonia is None else int(pneumonia),
                      row.answered_at),
                 )
+                if phase == 2:
+                    db.execute("INSERT INTO phase2_answers (reader, image_id, comment) VALUES (?, ?, ?)",
+                               (reader, image_id, comment))
         except sqlite3.IntegrityError:
             raise StudyError(f"{shown_as or reader} has already answered image {image_id}; the first answer is kept",
                              status=409) from None
         return row
+
+    def add_grade(self, reader: str, image_id: str, grade: str, confidence: int | None, comment: str | None, *,
+                  shown_as: str | None = None) -> Grade:
+        """Store a first phase-1 grade; a second grade of the same image raises StudyError (409)."""
+        if self.phases != 2:
+            raise StudyError("grades are taken in two-phase studies only")
+        if grade not in GRADES:
+            raise StudyError(f"grade must be one of {', '.join(GRADES)}, not {grade!r}")
+        row = Grade(reader, image_id, grade, confidence, comment, _now())
+        try:
+            with self._connect() as db:
+                db.execute("INSERT INTO grades (reader, image_id, grade, confidence, comment, answered_at) "
+                           "VALUES (?, ?, ?, ?, ?, ?)",
+                           (reader, image_id, grade, confidence, comment, row.answered_at))
+        except sqlite3.IntegrityError as err:
+            if "UNIQUE" not in str(err) and "PRIMARY KEY" not in str(err):
+                raise StudyError(f"this grade breaks a rule of the grades table ({err})") from None
+            raise StudyError(f"{shown_as or reader} has already graded image {image_id}; the first grade is kept",
+                             status=409) from None
+        return row
+
+    def graded(self, reader: str) -> set[str]:
+        if self.phases != 2:
+            return set()
+        with self._connect() as db:
+            return {r[0] for r in db.execute("SELECT image_id FROM grades WHERE reader = ?", (reader,))}
+
+    def all_grades(self) -> list[Grade]:
+        if self.phases != 2:
+            return []
+        with self._connect() as db:
+            rows = db.execute("SELECT reader, image_id, grade, confidence, comment, answered_at FROM grades "
+                              "ORDER BY reader, answered_at, image_id").fetchall()
+        return [Grade(*r) for r in rows]
 
     def answered(self, reader: str) -> set[str]:
         with self._connect() as db:
             return {r[0] for r in db.execute("SELECT image_id FROM answers WHERE reader = ?", (reader,))}
 
     def all(self) -> list[Answer]:
+        extra, join = "NULL, 1", ""
+        if self.phases == 2:
+            extra = "p.comment, CASE WHEN p.reader IS NULL THEN 1 ELSE 2 END"
+            join = "LEFT JOIN phase2_answers p ON p.reader = a.reader AND p.image_id = a.image_id"
         with self._connect() as db:
-            rows = db.execute("SELECT reader, image_id, answer, pneumonia, answered_at FROM answers "
-                              "ORDER BY reader, answered_at, image_id").fetchall()
-        return [Answer(r[0], r[1], r[2], None if r[3] is None else bool(r[3]), r[4]) for r in rows]
+            rows = db.execute(f"SELECT a.reader, a.image_id, a.answer, a.pneumonia, a.answered_at, {extra} "
+                              f"FROM answers a {join} ORDER BY a.reader, a.answered_at, a.image_id").fetchall()
+        return [Answer(r[0], r[1], r[2], None if r[3] is None else bool(r[3]), r[4], r[5], r[6]) for r in rows]
 
 
 # ---- invitations -----------------------------------------------------------------------------
 
-def next_image(study: StudySet, store: AnswerStore, reader: str) -> tuple[StudyImage | None, int]:
-    """The reader's first unanswered image in the study order (None when done), and how many
-    of the study's images they have answered."""
-    done = store.answered(reader)
+def _first_open(study: StudySet, done: set[str]) -> tuple[StudyImage | None, int]:
     n_done = sum(im.id in done for im in study.images)
     for im in study.images:
         if im.id not in done:
             return im, n_done
     return None, n_done
+
+
+def next_image(study: StudySet, store: AnswerStore, reader: str) -> tuple[StudyImage | None, int]:
+    """The reader's first unanswered image in the study order (None when done), and how many
+    of the study's images they have answered."""
+    return _first_open(study, store.answered(reader))
+
+
+def next_step(study: StudySet, store: AnswerStore, reader: str) -> tuple[int, StudyImage | None, int]:
+    """The reader's phase (1 or 2), their next image in it (None when the study is done) and how
+    many of the study's images they have done in that phase. A one-phase study is phase 1
+    throughout; a two-phase study is phase 1 until the reader has graded every image."""
+    if store.phases == 1:
+        return (1, *next_image(study, store, reader))
+    image, n_graded = _first_open(study, store.graded(reader))
+    if image is not None:
+        return 1, image, n_graded
+    return (2, *next_image(study, store, reader))
 
 
 # ---- results -------------------------------------------------------------------------------
@@ -313,13 +440,14 @@ def reader_metrics(rows: list[tuple[StudyImage, Answer]]) -> dict:
     }
 
 
-def study_results(study: StudySet, answers: list[Answer], most_mistaken: int = MOST_MISTAKEN,
-                  names: dict[str, str] | None = None) -> dict:
+def one_phase_results(study: StudySet, answers: list[Answer], most_mistaken: int = MOST_MISTAKEN,
+                      names: dict[str, str] | None = None) -> dict:
     """Per reader and over all readers; the images most often mistaken across readers.
 
     ``names`` maps a reader's key to the name shown (:meth:`TokenStore.names`). Answers to
     images that are not in the current study set (the set changed since) are counted under
-    ``ignored_answers`` and left out of every figure.
+    ``ignored_answers`` and left out of every figure. A two-phase study's results build on
+    these (:func:`fedsynth.webapp.phases.study_results`).
     """
     names = names or {}
     per_reader: dict[str, list[tuple[StudyImage, Answer]]] = {}
@@ -353,4 +481,5 @@ def study_results(study: StudySet, answers: list[Answer], most_mistaken: int = M
             for wrong, seen, image_id in ranked[:most_mistaken]
         ],
         "ignored_answers": ignored,
+        "phases": 1,
     }
