@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import KERMANY_64, record_start, require, write_result
+from fedsynth.classifier.metrics import wilson_interval
 from fedsynth.data.ingest import load_source
-from fedsynth.data.markers import detect_markers, wilson_interval
+from fedsynth.data.markers import detect_markers
 
 
 def shares(touched: np.ndarray, labels: np.ndarray, split: np.ndarray) -> dict:

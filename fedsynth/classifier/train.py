@@ -99,12 +99,7 @@ class Classifier:
 
     @torch.inference_mode()
     def predict_proba(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        images = np.asarray(images, dtype=np.float32)
-        if images.ndim != 3 or images.shape[1:] != (self.resolution, self.resolution):
-            raise ValueError(
-                f"images must have shape (N, {self.resolution}, {self.resolution}); got {images.shape}"
-            )
-        images = normalize_intensity(images, self.intensity)
+        images = self._inputs(images)
         self.model.eval()
         dev = next(self.model.parameters()).device
         out = []
@@ -113,6 +108,15 @@ class Classifier:
             # a calibrated classifier divides its logits by the temperature fitted at the sites (calibration)
             out.append(torch.sigmoid(self.model(x) / float(self.meta.get("temperature", 1.0))).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+    def _inputs(self, images: np.ndarray) -> np.ndarray:
+        """``images`` checked against the classifier's input size and normalized as in training."""
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim != 3 or images.shape[1:] != (self.resolution, self.resolution):
+            raise ValueError(
+                f"images must have shape (N, {self.resolution}, {self.resolution}); got {images.shape}"
+            )
+        return normalize_intensity(images, self.intensity)
 
     @property
     def intensity(self) -> str:
@@ -132,12 +136,7 @@ class Classifier:
         ref = self.ood
         if ref is None:
             return None
-        images = np.asarray(images, dtype=np.float32)
-        if images.ndim != 3 or images.shape[1:] != (self.resolution, self.resolution):
-            raise ValueError(
-                f"images must have shape (N, {self.resolution}, {self.resolution}); got {images.shape}"
-            )
-        images = normalize_intensity(images, self.intensity)
+        images = self._inputs(images)
         self.model.eval()
         dev = next(self.model.parameters()).device
         x = torch.from_numpy(images)[:, None] * 2 - 1

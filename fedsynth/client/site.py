@@ -30,9 +30,10 @@ from fedsynth import __version__
 from fedsynth.classifier.metrics import ScoreHistogram
 from fedsynth.classifier.train import Classifier, build_trainable, train_local
 from fedsynth.client.evaluation import calibrate_at_site, evaluate_at_site
+from fedsynth.client.release_checks import check_release_markers
 from fedsynth.config import RunConfig, SitePolicy
 from fedsynth.data.dataset import CLASS_NAMES, ImageSet, to_uint8
-from fedsynth.data.markers import check_release, clean_training_set
+from fedsynth.data.markers import clean_training_set
 from fedsynth.data.partition import SiteSplit
 from fedsynth.errors import DataError, FedsynthError
 from fedsynth.evaluation.alignment import add_gaussian_noise, class_intensity_histograms, intensity_histogram
@@ -84,6 +85,8 @@ class Site:
         self.name = data.name
         self.output_dir = Path(output_dir) if output_dir else None
         self.device = device
+        # the generator's training set after data.markers.training, by action: its data never changes
+        self._cleaned: dict[str, tuple[ImageSet, dict[str, Any] | None]] = {}
 
     # ---- release ----------------------------------------------------------------------------
     def release(self, config: RunConfig, run_id: str) -> Release:
@@ -157,8 +160,8 @@ class Site:
             labels = np.concatenate([np.full(n, c, dtype=np.int64) for c, n in per_class.items()])
             images, gate_summary = timed_sample(len(labels), labels, seed + 1), {"enabled": False}
         if config.data.markers.release != "off":
-            kept, check = check_release(images[:, 0] if images.ndim == 4 else images, config.data.markers.release,
-                                        config.data.markers.check_images, seed + 3)
+            kept, check = check_release_markers(images, config.data.markers.release, config.data.markers.check_images,
+                                                seed + 3)
             images, labels = images[kept], labels[kept]
             markers = {**(markers or {}), "release": check}
             if check["dropped"]:
@@ -320,6 +323,8 @@ class Site:
         counts-only summary of what the marker step did (None when it kept everything). The
         before/after grid of flagged images stays in the site's own output folder."""
         cfg = config.data.markers
+        if cfg.training in self._cleaned:  # federated rounds ask every round: detect and paint once
+            return self._cleaned[cfg.training]
         train, report = clean_training_set(self.data.train, cfg.training)
         if report is None:
             return train, None
@@ -331,6 +336,7 @@ class Site:
             image_grid(report.before_after(self.data.train.images), self.output_dir / "markers_before_after.png",
                        f"{self.name}: burned-in markers found and removed (real images: stay at the site)",
                        phantom=self.data.train.phantom)
+        self._cleaned[cfg.training] = (train, summary)
         return train, summary
 
     def train_round(self, request: RoundRequest) -> ModelUpdate:

@@ -466,36 +466,3 @@ def clean_training_set(train: ImageSet, action: str) -> tuple[ImageSet, MarkerRe
     if action == "drop":
         return train.subset(np.flatnonzero(~report.touched)), report
     return replace(train, images=remove_markers(train.images, report.masks)), report
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a binomial share k/n (95% by default)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
-
-
-def check_release(images: np.ndarray, action: str, check_images: int, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """The marker check on synthetic images (N, H, W) about to be released.
-
-    'report' detects on a random subset of ``check_images`` and returns every image with the
-    flagged share and its Wilson 95% interval; 'drop' checks all and keeps only the images
-    without a marker. Returns ``(kept_index, summary)``; the summary holds counts only.
-    """
-    n = len(images)
-    if action == "report":
-        pick = np.random.default_rng(seed).choice(n, size=min(n, check_images), replace=False) if n else np.arange(0)
-        report = detect_markers(images[np.sort(pick)])
-        k, m = report.images_touched, report.n_images
-        return np.arange(n), {"action": "report", "checked": m, "flagged": k, "share": k / m if m else 0.0,
-                              "share_ci": list(wilson_interval(k, m)), "dropped": 0}
-    if action == "drop":
-        report = detect_markers(images)
-        keep = np.flatnonzero(~report.touched)
-        k = report.images_touched
-        return keep, {"action": "drop", "checked": n, "flagged": k, "share": k / n if n else 0.0,
-                      "share_ci": list(wilson_interval(k, n)), "dropped": k}
-    raise ValueError(f"release marker action must be 'report' or 'drop', got {action!r}")

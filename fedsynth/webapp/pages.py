@@ -178,10 +178,39 @@ owner invited you with. Each link is for one reader; do not share it.</p>
 </div>"""
 
 
+def _image_form(form_id: str, csrf: str, image_id: str, position: int, controls: str) -> str:
+    """A study image beside its answer controls, in one form posting to /study/answer (CSRF and image id)."""
+    return f"""<form method="post" action="/study/answer" id="{form_id}">
+  <input type="hidden" name="csrf" value="{escape(csrf)}">
+  <input type="hidden" name="image_id" value="{escape(image_id)}">
+  <div class="row">
+    <img class="study" id="study-image" alt="chest X-ray {position}" src="/study/image/{escape(image_id)}.png">
+    <div>
+      {controls}
+    </div>
+  </div>
+</form>"""
+
+
+def _progress(image_id: str, position: int, n_images: int, done: str = "Answered") -> str:
+    return f"<p><small>Image id {escape(image_id)}. {done}: {position - 1} of {n_images}.</small></p>"
+
+
+REAL_OR_SYNTHETIC = """<p><b>This image is</b><br>
+      <button type="submit" name="answer" value="real" id="answer-real" class="alt">real</button>
+      <button type="submit" name="answer" value="synthetic" id="answer-synthetic" class="alt">synthetic</button></p>"""
+
+
 def study_image_page(*, reader: str, image_id: str, position: int, n_images: int, csrf: str,
                      notice: str | None = None) -> str:
     note = f'<div class="warn" id="notice">{escape(notice)}</div>' if notice else ""
     r = escape(reader)
+    form = _image_form("answer-form", csrf, image_id, position, f"""<p><b>Pneumonia?</b> (optional)<br>
+      <label><input type="radio" name="pneumonia" value="yes"> yes</label>
+      <label><input type="radio" name="pneumonia" value="no"> no</label>
+      <label><input type="radio" name="pneumonia" value="" checked> no answer</label></p>
+      {REAL_OR_SYNTHETIC}
+      {_progress(image_id, position, n_images)}""")
     return f"""
 <h1>Reader study <small class="muted">– {r}, image {position} of {n_images}</small></h1>
 {note}
@@ -190,23 +219,7 @@ def study_image_page(*, reader: str, image_id: str, position: int, n_images: int
 hospital's real images; the others were made by the federation's image generators. Say whether you think each is
 <b>real</b> or <b>synthetic</b>, and if you like whether it shows pneumonia. Each image is answered once: the first
 answer counts. You can stop and come back later with your invitation link.</small></p>
-<form method="post" action="/study/answer" id="answer-form">
-  <input type="hidden" name="csrf" value="{escape(csrf)}">
-  <input type="hidden" name="image_id" value="{escape(image_id)}">
-  <div class="row">
-    <img class="study" id="study-image" alt="chest X-ray {position}" src="/study/image/{escape(image_id)}.png">
-    <div>
-      <p><b>Pneumonia?</b> (optional)<br>
-      <label><input type="radio" name="pneumonia" value="yes"> yes</label>
-      <label><input type="radio" name="pneumonia" value="no"> no</label>
-      <label><input type="radio" name="pneumonia" value="" checked> no answer</label></p>
-      <p><b>This image is</b><br>
-      <button type="submit" name="answer" value="real" id="answer-real" class="alt">real</button>
-      <button type="submit" name="answer" value="synthetic" id="answer-synthetic" class="alt">synthetic</button></p>
-      <p><small>Image id {escape(image_id)}. Answered: {position - 1} of {n_images}.</small></p>
-    </div>
-  </div>
-</form>
+{form}
 </div>"""
 
 
@@ -225,6 +238,12 @@ def study_grade_page(*, reader: str, image_id: str, position: int, n_images: int
         f'{escape(c)}</button>' for c in labels)
     scale = "".join(f'<label><input type="radio" name="confidence" value="{k}"> {k}</label> '
                     for k in range(CONFIDENCE_MIN, CONFIDENCE_MAX + 1))
+    form = _image_form("grade-form", csrf, image_id, position, f"""<fieldset><legend>Confidence (optional)</legend>
+      {scale}<label><input type="radio" name="confidence" value="" checked> no answer</label></fieldset>
+      {_comment_box("Comment")}
+      <p><b>Grade</b><br>
+      {buttons}</p>
+      {_progress(image_id, position, n_images, "Graded")}""")
     return f"""
 <h1>Reader study <small class="muted">– {r}, phase 1 of 2, image {position} of {n_images}</small></h1>
 {note}
@@ -234,21 +253,7 @@ each one ({' or '.join(escape(c) for c in labels)}), say how confident you are i
 {CONFIDENCE_MAX} = certain) and add a comment if you wish. Each image is graded once: the first grade counts. A
 second, shorter phase follows once every image is graded. You can stop and come back later with your invitation
 link.</small></p>
-<form method="post" action="/study/answer" id="grade-form">
-  <input type="hidden" name="csrf" value="{escape(csrf)}">
-  <input type="hidden" name="image_id" value="{escape(image_id)}">
-  <div class="row">
-    <img class="study" id="study-image" alt="chest X-ray {position}" src="/study/image/{escape(image_id)}.png">
-    <div>
-      <fieldset><legend>Confidence (optional)</legend>
-      {scale}<label><input type="radio" name="confidence" value="" checked> no answer</label></fieldset>
-      {_comment_box("Comment")}
-      <p><b>Grade</b><br>
-      {buttons}</p>
-      <p><small>Image id {escape(image_id)}. Graded: {position - 1} of {n_images}.</small></p>
-    </div>
-  </div>
-</form>
+{form}
 </div>"""
 
 
@@ -256,6 +261,9 @@ def study_reveal_page(*, reader: str, image_id: str, position: int, n_images: in
                       notice: str | None = None) -> str:
     """Phase 2 of a two-phase study: first the truth about the images, then real or synthetic."""
     note = f'<div class="warn" id="notice">{escape(notice)}</div>' if notice else ""
+    form = _image_form("answer-form", csrf, image_id, position, f"""{_comment_box("Comment")}
+      {REAL_OR_SYNTHETIC}
+      {_progress(image_id, position, n_images)}""")
     return f"""
 <h1>Reader study <small class="muted">– {escape(reader)}, phase 2 of 2, image {position} of {n_images}</small></h1>
 <div class="warn" id="phase2-intro"><b>Phase 2 of 2: real or synthetic?</b> {escape(intro)}</div>
@@ -263,20 +271,7 @@ def study_reveal_page(*, reader: str, image_id: str, position: int, n_images: in
 <div class="card" id="phase2">
 <p><small>Each image is answered once: the first answer counts. You can stop and come back later with your
 invitation link.</small></p>
-<form method="post" action="/study/answer" id="answer-form">
-  <input type="hidden" name="csrf" value="{escape(csrf)}">
-  <input type="hidden" name="image_id" value="{escape(image_id)}">
-  <div class="row">
-    <img class="study" id="study-image" alt="chest X-ray {position}" src="/study/image/{escape(image_id)}.png">
-    <div>
-      {_comment_box("Comment")}
-      <p><b>This image is</b><br>
-      <button type="submit" name="answer" value="real" id="answer-real" class="alt">real</button>
-      <button type="submit" name="answer" value="synthetic" id="answer-synthetic" class="alt">synthetic</button></p>
-      <p><small>Image id {escape(image_id)}. Answered: {position - 1} of {n_images}.</small></p>
-    </div>
-  </div>
-</form>
+{form}
 </div>"""
 
 
