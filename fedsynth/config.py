@@ -63,6 +63,25 @@ class RunSection(_Section):
     device: Device = Field("auto", description="Torch device for training; auto picks CUDA when present.")
 
 
+BINARY_LABELS = ("normal", "pneumonia")
+MAX_CLASSES = 16
+
+
+def check_label_set(names: Any) -> tuple[str, ...]:
+    """A label set as a tuple of distinct lower-case names, 2 to 16 of them, the first the
+    negative class (``fedsynth.data.labels`` says how images get their class)."""
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise ValueError(f"a label set is a list of class names; got {names!r}")
+    out = tuple(str(n).strip().lower() for n in names)
+    if not 2 <= len(out) <= MAX_CLASSES:
+        raise ValueError(f"a label set needs 2 to {MAX_CLASSES} class names; got {len(out)}")
+    if any(not n or len(n) > 40 or not n.replace("-", "").replace("_", "").isalnum() for n in out):
+        raise ValueError(f"class names must be short words (letters, digits, - or _); got {list(out)}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"class names must be distinct; got {list(out)}")
+    return out
+
+
 class PhantomSection(_Section):
     n_images: int = Field(
         900, ge=20, le=MAX_GENERATED, description="Phantom images generated for the whole federation."
@@ -71,6 +90,10 @@ class PhantomSection(_Section):
     images_per_patient: int = Field(2, ge=1, le=10, description="Upper bound of images per phantom patient.")
     markers: float = Field(
         0.0, ge=0, le=1, description="Share of phantoms with one burned-in marker (a letter, text or an ECG lead)."
+    )
+    virus: float = Field(
+        0.0, ge=0, le=1, description="Share of pneumonia phantoms drawn as viral (bilateral perihilar haze) rather "
+        "than bacterial (patchy consolidation); every phantom carries its subtype, for data.label_set.",
     )
 
 
@@ -106,6 +129,16 @@ class DataSection(_Section):
         "when the source has no official split.",
     )
     markers: MarkersSection = Field(default_factory=MarkersSection)
+    label_set: tuple[str, ...] = Field(
+        ("normal", "pneumonia"), description="The classes every generator conditions on and every release is "
+        "labelled with; the first is the negative (normal) class. The default is binary, from the images' labels; "
+        "any other set (e.g. [normal, bacteria, virus]) is read from each image's 'subtype' column.",
+    )
+
+    @field_validator("label_set", mode="before")
+    @classmethod
+    def _label_set(cls, v: Any) -> tuple[str, ...]:
+        return check_label_set(v)
 
     @field_validator("resolution")
     @classmethod
@@ -454,6 +487,10 @@ class ClassifierSection(_Section):
     threshold_rule: Literal["youden", "sensitivity-0.9"] = Field(
         "youden", description="How the decision threshold is chosen on the synthetic validation split."
     )
+    task: Literal["binary", "subtype"] = Field(
+        "binary", description="binary: normal vs pneumonia. subtype: one class per name of data.label_set "
+        "(softmax), with per-class metrics beside the binary ones (pneumonia = not the first class).",
+    )
 
 
 class CalibrationSection(_Section):
@@ -530,6 +567,16 @@ class RunConfig(_Section):
                     raise ValueError(f"privacy.delta ({self.privacy.delta:g}) exceeds {name}.delta ({b.delta:g})")
         if self.privacy is not None and self.run.mode == "centralized-real":
             raise ValueError("privacy: centralized-real pools the real images themselves; it has no DP variant")
+        if self.classifier.task == "subtype":
+            if self.data.label_set == BINARY_LABELS:
+                raise ValueError("classifier.task: subtype needs a finer data.label_set than the binary one "
+                                 "(e.g. [normal, bacteria, virus])")
+            if self.run.mode == "fedavg-classifier":
+                raise ValueError("classifier.task: subtype runs in the substitution, federated and centralized-real "
+                                 "modes; fedavg-classifier trains the binary task only")
+        if self.alignment.enabled and self.data.label_set != BINARY_LABELS:
+            raise ValueError("alignment.enabled: the intensity alignment matches normal and pneumonia histograms; "
+                             "it does not take a finer data.label_set")
         if self.alignment.enabled and self.run.mode != "substitution":
             raise ValueError("alignment.enabled: post-hoc alignment applies to run.mode=substitution")
         if (self.run.mode == "federated" and isinstance(self.generator, MeanEmbeddingSection)

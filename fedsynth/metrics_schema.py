@@ -135,6 +135,35 @@ class Fidelity(_Strict):
     sites: dict[str, dict[str, FidelityFigures]] = Field(default_factory=dict)  # site -> "pooled" / "own_release"
 
 
+class ClassFigures(_Strict):
+    """One class of the subtype task, one-vs-rest (fedsynth.classifier.multiclass)."""
+
+    n: int
+    auroc: float | None = None
+    auroc_ci: list[float | None] = Field(default_factory=lambda: [None, None])
+    aupr: float | None = None
+    aupr_ci: list[float | None] = Field(default_factory=lambda: [None, None])
+    recall: float | None = None
+    recall_ci: list[float | None] = Field(default_factory=lambda: [None, None])
+    precision: float | None = None
+
+
+class SubtypeFigures(_Strict):
+    """The subtype task's pooled figures (classifier.task: subtype) and each site's confusion matrix."""
+
+    classes: list[str]
+    n: int
+    accuracy: float | None = None
+    accuracy_ci: list[float | None] = Field(default_factory=lambda: [None, None])
+    balanced_accuracy: float | None = None
+    macro_auroc: float | None = None
+    macro_auroc_ci: list[float | None] = Field(default_factory=lambda: [None, None])
+    per_class: dict[str, ClassFigures] = Field(default_factory=dict)
+    confusion: list[list[int]] = Field(default_factory=list)  # rows: true class, columns: most probable
+    ci_level: float = 0.95
+    sites: dict[str, list[list[int]]] = Field(default_factory=dict)  # each site's confusion matrix
+
+
 class RunMetrics(_Strict):
     """The whole ``metrics.json``."""
 
@@ -156,6 +185,7 @@ class RunMetrics(_Strict):
     fidelity: Fidelity = Field(default_factory=Fidelity)
     alignment: dict[str, Any] | None = None  # substitution with alignment.enabled
     calibration: dict[str, Any] | None = None  # calibration.enabled: temperature, thresholds, ECE before/after
+    subtype: SubtypeFigures | None = None  # classifier.task: subtype
     rounds: list[dict[str, Any]] | None = None  # federated modes: one entry per round
     resumed_from: int | None = None
 

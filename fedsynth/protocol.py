@@ -20,7 +20,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedsynth.classifier.metrics import ScoreHistogram
-from fedsynth.config import RunConfig
+from fedsynth.config import MAX_CLASSES, RunConfig
 
 SITE_ERROR = 1001  # Error.code of a failure a fedsynth site caught and explained
 GENERATOR_ROUND = "generator-round"
@@ -89,6 +89,10 @@ class EvalResult:
     # score histograms of the site's own baselines (keyed "trtr", "real_plus_synthetic")
     extra: dict[str, Any] = field(default_factory=dict)
     extra_histograms: dict[str, ScoreHistogram] = field(default_factory=dict)
+    # the subtype task (a finer label set): {"classes": [...], "confusion": C x C counts} and, per
+    # class in that order, the one-vs-rest histogram of its probability (fedsynth.classifier.multiclass)
+    subtype: dict[str, Any] = field(default_factory=dict)
+    class_histograms: list[ScoreHistogram] = field(default_factory=list)
 
 
 @dataclass
@@ -185,6 +189,12 @@ def encode_eval_result(res: EvalResult) -> RecordDict:
     for name, h in hists.items():
         values[f"hist_{name}_positive"] = [int(v) for v in h.positive]
         values[f"hist_{name}_negative"] = [int(v) for v in h.negative]
+    if res.subtype:
+        values["subtype"] = json.dumps(res.subtype)
+        values["n_class_histograms"] = len(res.class_histograms)
+        for i, h in enumerate(res.class_histograms):
+            values[f"class_hist_{i}_positive"] = [int(v) for v in h.positive]
+            values[f"class_hist_{i}_negative"] = [int(v) for v in h.negative]
     return RecordDict({"evaluation": _config_record(**values)})
 
 
@@ -194,6 +204,9 @@ def decode_eval_result(content: RecordDict) -> EvalResult:
         name: ScoreHistogram(np.asarray(rec[f"hist_{name}_positive"]), np.asarray(rec[f"hist_{name}_negative"]))
         for name in json.loads(str(rec["histograms"]))
     }
+    n_class = int(rec["n_class_histograms"]) if "subtype" in rec else 0
+    if not 0 <= n_class <= MAX_CLASSES:
+        raise ValueError(f"{n_class} class histograms: at most {MAX_CLASSES} classes")
     return EvalResult(
         site=str(rec["site"]),
         metrics=json.loads(str(rec["metrics"])),
@@ -201,6 +214,9 @@ def decode_eval_result(content: RecordDict) -> EvalResult:
         meta=json.loads(str(rec["meta"])),
         extra=json.loads(str(rec["extra"])),
         extra_histograms=hists,
+        subtype=json.loads(str(rec["subtype"])) if "subtype" in rec else {},
+        class_histograms=[ScoreHistogram(np.asarray(rec[f"class_hist_{i}_positive"]),
+                                         np.asarray(rec[f"class_hist_{i}_negative"])) for i in range(n_class)],
     )
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fedsynth.classifier.models import ResNet18, SmallCNN
+from fedsynth.classifier.models import ResNet18, SmallCNN, pneumonia_logit
 
 
 def target_layer(model: nn.Module) -> nn.Module:
@@ -56,7 +56,7 @@ def grad_cam(classifier, image_prepared: np.ndarray, layer: nn.Module | None = N
         x = torch.from_numpy(image)[None, None].to(dev) * 2 - 1  # as Classifier.predict_proba
         with torch.enable_grad():
             x.requires_grad_(True)  # so the graph reaches the feature map even with frozen weights
-            logit = model(x).reshape(-1)[0]
+            logit = pneumonia_logit(model(x)).reshape(-1)[0]
             if not captured:
                 raise ValueError("the target layer was not used in the forward pass")
             act = captured[-1]

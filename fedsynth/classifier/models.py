@@ -1,4 +1,7 @@
-"""Pneumonia classifiers: one logit out, one grayscale channel in (inputs scaled to [-1, 1])."""
+"""Pneumonia classifiers: one grayscale channel in (inputs scaled to [-1, 1]), one logit out
+for the binary task, or one logit per class of the label set for a finer task
+(``classifier.task: subtype``); :func:`pneumonia_logit` gives every binary consumer (scores,
+thresholds, Grad-CAM, calibration) the same one logit from either."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from torchvision.models import resnet18
 class SmallCNN(nn.Module):
     """Four conv blocks and global pooling; for 16-32 px images."""
 
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 32, outputs: int = 1):
         super().__init__()
 
         def block(cin: int, cout: int) -> nn.Sequential:
@@ -27,10 +30,11 @@ class SmallCNN(nn.Module):
         self.features = nn.Sequential(
             block(1, width), block(width, 2 * width), block(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1)
         )
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(4 * width, 1))
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(4 * width, outputs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x)).squeeze(1)
+        out = self.head(self.features(x))
+        return out.squeeze(1) if out.shape[1] == 1 else out
 
 
 class ResNet18(nn.Module):
@@ -40,9 +44,9 @@ class ResNet18(nn.Module):
     adaptation to small images), so a 64 px image still reaches the last stage at 8x8.
     """
 
-    def __init__(self, resolution: int):
+    def __init__(self, resolution: int, outputs: int = 1):
         super().__init__()
-        net = resnet18(weights=None, num_classes=1)
+        net = resnet18(weights=None, num_classes=outputs)
         if resolution < 128:
             net.conv1 = nn.Conv2d(1, 64, 3, 1, 1, bias=False)
             net.maxpool = nn.Identity()
@@ -51,7 +55,17 @@ class ResNet18(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(1)
+        out = self.net(x)
+        return out.squeeze(1) if out.shape[1] == 1 else out
+
+
+def pneumonia_logit(output: torch.Tensor) -> torch.Tensor:
+    """The binary logit of a classifier's output: the output itself for a binary classifier (N,);
+    for class logits (N, C) whose class 0 is normal, log(sum of the other classes' odds), i.e.
+    logit(1 - p_normal) under the softmax."""
+    if output.ndim == 1:
+        return output
+    return torch.logsumexp(output[:, 1:], dim=1) - output[:, 0]
 
 
 def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -68,9 +82,11 @@ def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     raise TypeError(f"no feature embedding for a {type(model).__name__}")
 
 
-def build_classifier(arch: str, resolution: int) -> nn.Module:
+def build_classifier(arch: str, resolution: int, num_classes: int = 2) -> nn.Module:
+    """A fresh classifier: one logit for two classes (normal / pneumonia), one per class above."""
+    outputs = 1 if num_classes == 2 else num_classes
     if arch == "small-cnn":
-        return SmallCNN()
+        return SmallCNN(outputs=outputs)
     if arch == "resnet18":
-        return ResNet18(resolution)
+        return ResNet18(resolution, outputs)
     raise ValueError(f"unknown classifier arch {arch!r} (use small-cnn or resnet18)")

@@ -29,10 +29,10 @@ from fedsynth import __version__
 from fedsynth.classifier.intensity import METHODS as INTENSITY_METHODS
 from fedsynth.classifier.intensity import normalize_intensity
 from fedsynth.classifier.metrics import adaptive_edges, auroc, choose_threshold, uniform_edges
-from fedsynth.classifier.models import build_classifier
+from fedsynth.classifier.models import build_classifier, pneumonia_logit
 from fedsynth.classifier.ood import check_ood, embed_all, ood_distance, ood_reference
-from fedsynth.config import ClassifierSection
-from fedsynth.data.dataset import check_training_data
+from fedsynth.config import ClassifierSection, check_label_set
+from fedsynth.data.dataset import CLASS_NAMES, check_training_data
 from fedsynth.progress import ProgressFn
 from fedsynth.torch_utils import resolve_device, seeded
 
@@ -78,7 +78,7 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def _stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     val = []
-    for c in (0, 1):
+    for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
         if idx.size >= 2:
             val.append(idx[: max(1, int(round(fraction * idx.size)))])
@@ -97,17 +97,36 @@ class Classifier:
     threshold: float
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The label set the classifier predicts: normal / pneumonia, or a finer one (its task)."""
+        return tuple(self.meta.get("classes") or CLASS_NAMES)
+
     @torch.inference_mode()
-    def predict_proba(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def _outputs(self, images: np.ndarray, batch_size: int) -> torch.Tensor:
         images = self._inputs(images)
         self.model.eval()
         dev = next(self.model.parameters()).device
-        out = []
-        for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(images[start : start + batch_size])[:, None].to(dev) * 2 - 1
-            # a calibrated classifier divides its logits by the temperature fitted at the sites (calibration)
-            out.append(torch.sigmoid(self.model(x) / float(self.meta.get("temperature", 1.0))).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+        out = [self.model(torch.from_numpy(images[s : s + batch_size])[:, None].to(dev) * 2 - 1).float().cpu()
+               for s in range(0, len(images), batch_size)]
+        if out:
+            return torch.cat(out)
+        return torch.zeros((0,) if len(self.classes) == 2 else (0, len(self.classes)))
+
+    def predict_proba(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """P(pneumonia) of each image (for a finer label set: 1 - P(normal))."""
+        # a calibrated classifier divides its logit by the temperature fitted at the sites (calibration)
+        logits = pneumonia_logit(self._outputs(images, batch_size)) / float(self.meta.get("temperature", 1.0))
+        return torch.sigmoid(logits).numpy()
+
+    def predict_class_proba(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """(N, C): each image's probability of every class of :attr:`classes` (the softmax of a
+        finer task's logits; [1 - p, p] for a binary classifier)."""
+        out = self._outputs(images, batch_size)
+        if out.ndim == 1:
+            p = torch.sigmoid(out / float(self.meta.get("temperature", 1.0))).numpy()
+            return np.stack([1 - p, p], axis=1)
+        return torch.softmax(out, dim=1).numpy()
 
     def _inputs(self, images: np.ndarray) -> np.ndarray:
         """``images`` checked against the classifier's input size and normalized as in training."""
@@ -176,8 +195,9 @@ class Classifier:
         the header is not one fedsynth wrote: an unknown arch, a resolution fedsynth never
         trains at, a threshold that is not a finite number in [0, 1], weights of another model."""
         arch, resolution, threshold, private = _check_header(header)
+        classes = check_label_set(header.get("classes") or CLASS_NAMES)
         # a classifier trained with DP-SGD has GroupNorm where the plain one has BatchNorm
-        model = build_trainable(arch, resolution, private)
+        model = build_trainable(arch, resolution, private, len(classes))
         try:
             model.load_state_dict(state)
         except (RuntimeError, TypeError, ValueError, AttributeError) as err:
@@ -260,20 +280,29 @@ def train_classifier(
     progress: ProgressFn | None = None,
     trained_on: str = "synthetic",
     histogram_bins: int = 2000,
+    classes: tuple[str, ...] = CLASS_NAMES,
 ) -> Classifier:
-    images, labels = check_training_data(images, labels, resolution)
+    """Train on (images, labels) with labels class indices of ``classes``: the binary task for
+    normal / pneumonia, one softmax output per class for a finer label set (whose class 0 is
+    normal: the binary score, threshold and histograms use 1 - P(normal)). The epoch kept is the
+    one with the best validation AUROC (binary; macro one-vs-rest for a finer set)."""
+    classes = check_label_set(classes)
+    binary = len(classes) == 2
+    images, labels = check_training_data(images, labels, resolution, classes)
     images = normalize_intensity(images, config.intensity)
     dev = resolve_device(device)
     rng = np.random.default_rng(seed)
     train_idx, val_idx = _stratified_split(labels, config.val_fraction, rng)
-    if len(np.unique(labels[val_idx])) < 2:
-        raise ValueError("the classifier's validation split needs both classes; release more images per class")
+    if len(np.unique(labels[val_idx])) < len(classes):
+        raise ValueError("the classifier's validation split needs " + ("both classes" if binary else "every class")
+                         + "; release more images per class")
     x_all = torch.from_numpy(images)[:, None] * 2 - 1
-    y_all = torch.from_numpy(labels).float()
+    y_all = torch.from_numpy(labels).float() if binary else torch.from_numpy(labels)
     x_val = x_all[val_idx].to(dev)
+    pneumonia = (labels > 0).astype(np.int64)  # the binary labels (= labels for the binary task)
     start = time.perf_counter()
     with seeded(seed):
-        model = build_classifier(arch, resolution).to(dev)
+        model = build_classifier(arch, resolution, len(classes)).to(dev)
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         steps_per_epoch = max(1, math.ceil(len(train_idx) / config.batch_size))
@@ -294,16 +323,14 @@ def train_classifier(
                 xb, yb = x_all[idx].to(dev), y_all[idx].to(dev)
                 if config.augment:
                     xb = augment(xb, gen)
-                loss = F.binary_cross_entropy_with_logits(model(xb), yb)
+                out = model(xb)
+                loss = F.binary_cross_entropy_with_logits(out, yb) if binary else F.cross_entropy(out, yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
                 total += loss.item() * len(idx)
-            val_probs = _predict(model, x_val)
-            val_auc = auroc(labels[val_idx], val_probs)
-            p = np.clip(val_probs.astype(np.float64), 1e-7, 1 - 1e-7)
-            val_loss = float(-np.mean(labels[val_idx] * np.log(p) + (1 - labels[val_idx]) * np.log1p(-p)))
+            val_auc, val_loss = _validation(model, x_val, labels[val_idx], len(classes))
             row = {"epoch": epoch + 1, "loss": total / len(train_idx), "val_auroc": val_auc, "val_loss": val_loss}
             history.append(row)
             if progress is not None:
@@ -316,7 +343,7 @@ def train_classifier(
     assert best is not None
     model.load_state_dict(best[2])
     val_probs = _predict(model, x_val)
-    threshold = choose_threshold(labels[val_idx], val_probs, config.threshold_rule)
+    threshold = choose_threshold(pneumonia[val_idx], val_probs, config.threshold_rule)
     train_probs = np.clip(_predict(model, x_all.to(dev)).astype(np.float64), 1e-12, 1 - 1e-12)
     score_edges = adaptive_edges(np.log(train_probs) - np.log1p(-train_probs), histogram_bins)
     ood = ood_reference(model, x_all[train_idx], x_all[val_idx], dev)
@@ -338,21 +365,40 @@ def train_classifier(
             "seconds": time.perf_counter() - start,
             "history": history,
             "fedsynth_version": __version__,
+            **({} if binary else {"classes": list(classes), "task": "subtype"}),
         },
     )
 
 
 @torch.inference_mode()
-def _predict(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     model.eval()
-    return torch.cat([torch.sigmoid(model(x[i : i + 512])) for i in range(0, len(x), 512)]).cpu().numpy()
+    return torch.cat([model(x[i : i + 512]) for i in range(0, len(x), 512)]).float().cpu()
 
 
-def build_trainable(arch: str, resolution: int, private: bool) -> nn.Module:
+def _predict(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """P(pneumonia) of each row of ``x``."""
+    return torch.sigmoid(pneumonia_logit(_outputs(model, x))).numpy()
+
+
+def _validation(model: nn.Module, x: torch.Tensor, labels: np.ndarray, n_classes: int) -> tuple[float, float]:
+    """(AUROC, log loss) on the validation split: binary, or macro one-vs-rest AUROC and the
+    cross-entropy for a finer label set."""
+    out = _outputs(model, x)
+    if n_classes == 2:
+        p = np.clip(torch.sigmoid(out).numpy().astype(np.float64), 1e-7, 1 - 1e-7)
+        return auroc(labels, p), float(-np.mean(labels * np.log(p) + (1 - labels) * np.log1p(-p)))
+    probs = torch.softmax(out, dim=1).numpy().astype(np.float64)
+    aucs = [auroc((labels == c).astype(np.int64), probs[:, c]) for c in range(n_classes)]
+    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0))))
+    return float(np.nanmean(aucs)), loss
+
+
+def build_trainable(arch: str, resolution: int, private: bool, num_classes: int = 2) -> nn.Module:
     """The classifier as a federation trains it: DP-compatible (GroupNorm) when private."""
     from fedsynth.privacy.dp import make_dp_compatible
 
-    model = build_classifier(arch, resolution)
+    model = build_classifier(arch, resolution, num_classes)
     return make_dp_compatible(model) if private else model
 
 
@@ -402,7 +448,8 @@ def train_local(
                     xb = augment(xb, gen)
                 # sum / n rather than mean: an empty Poisson batch still takes its (noise-only)
                 # DP step, which the accountant has counted
-                loss = F.binary_cross_entropy_with_logits(step_model(xb), yb, reduction="sum") / max(len(xb), 1)
+                loss = F.binary_cross_entropy_with_logits(pneumonia_logit(step_model(xb)), yb,
+                                                          reduction="sum") / max(len(xb), 1)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -64,7 +64,8 @@ def pretrain(
 def generate(
     source: Path = typer.Argument(..., help="A run directory (its global generator, or a site's with --site) or a "
                                   "generator .safetensors file."),
-    label: str = typer.Option(..., "--label", help="The class to sample: normal or pneumonia."),
+    label: str = typer.Option(..., "--label", help="The class to sample: normal or pneumonia, "
+                              "or a name of the run's finer data.label_set."),
     n: int = typer.Option(16, "--n", help="Number of images."),
     site: Optional[str] = typer.Option(None, "--site", help="A simulated site's own generator (substitution mode)."),
     edit_to: Optional[str] = typer.Option(None, "--edit-to", help="Also change each image to this class, keeping "
@@ -89,8 +90,8 @@ def generate(
         raise DataError(f"--n must be between 1 and 10000, not {n}")
     if not 0 <= strength <= 1:
         raise DataError(f"--strength must be in [0, 1], not {strength}")
-    cls = parse_label(label)
     gen = load_generator(find_generator(source, site), device="cpu")
+    cls = parse_label(label, gen.classes)
     grid = out.with_suffix(".png")
     if edit_to is None:
         images = gen.sample(n, cls, seed=seed)
@@ -98,7 +99,7 @@ def generate(
         image_grid([(f"synthetic {label}", images[:8])], grid, f"{gen.family}: synthetic {label}")
         console.print(f"wrote {n} synthetic {label} images to {out} and {grid}", highlight=False)
         return
-    target = parse_label(edit_to)
+    target = parse_label(edit_to, gen.classes)
     clf = None
     run_dir = source if source.is_dir() else None
     if run_dir is not None and (run_dir / "classifier.safetensors").is_file():

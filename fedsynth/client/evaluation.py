@@ -31,11 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedsynth.classifier.metrics import ScoreHistogram, evaluate_scores, pooled_metrics
+from fedsynth.classifier.metrics import ScoreHistogram, evaluate_scores, pooled_metrics, uniform_edges
+from fedsynth.classifier.multiclass import class_histograms, confusion_matrix
 from fedsynth.classifier.temperature import calibration_edges
 from fedsynth.classifier.train import Classifier
 from fedsynth.config import PrivacySection, RunConfig
 from fedsynth.data.dataset import from_uint8
+from fedsynth.data.labels import class_indices
 from fedsynth.errors import DataError, public_reason
 from fedsynth.evaluation.alignment import match_by_class, match_histograms
 from fedsynth.evaluation.site_evaluation import site_extras
@@ -177,6 +179,17 @@ def evaluate_at_site(site: Site, classifier: Classifier, config: RunConfig,
         if request is not None and request.synthetic_images is not None and len(request.synthetic_images):
             extra, hists = _extras(site, config, request, seed)
             returned += [k for k in ("fidelity", "utility") if k in extra]
+    subtype, class_hists = {}, []
+    if len(classifier.classes) > 2:
+        if pol.evaluation_epsilon is not None:
+            log.info("%s: no subtype figures under evaluation_epsilon (the site returns only noisy binary counts)",
+                     site.name)
+        elif classifier.classes != tuple(config.data.label_set):
+            log.warning("%s: the classifier predicts %s, not the run's label set; no subtype figures", site.name,
+                        list(classifier.classes))
+        else:
+            subtype, class_hists = _subtype_figures(site, classifier, config)
+            returned.append("subtype confusion matrix and class histograms")
     body = {"run_id": run_id, "classifier_sha256": classifier_hash(classifier), "n_test": len(test),
             "dataset_fingerprint": test.fingerprint(),
             "details": {"returned": returned, "statistic": EVALUATION_STATISTIC}}
@@ -186,7 +199,19 @@ def evaluate_at_site(site: Site, classifier: Classifier, config: RunConfig,
     else:
         site.state.ledger().append({"type": DP_STATISTIC, **body, **dp}, site.state.signing_key())
     return EvalResult(site=site.name, metrics=metrics.to_dict(), histogram=histogram,
-                      meta={"phantom": bool(test.phantom), "n_test": len(test)}, extra=extra, extra_histograms=hists)
+                      meta={"phantom": bool(test.phantom), "n_test": len(test)}, extra=extra, extra_histograms=hists,
+                      subtype=subtype, class_histograms=class_hists)
+
+
+def _subtype_figures(site: Site, classifier: Classifier, config: RunConfig) -> tuple[dict, list[ScoreHistogram]]:
+    """The confusion matrix of the test split at the most probable class and the one-vs-rest
+    histogram of every class's probability, merged to the policy's minimum bin count."""
+    test = site.data.test
+    truth = class_indices(test, config.data.label_set)
+    probs = classifier.predict_class_proba(test.images)
+    edges = uniform_edges(config.evaluation.histogram_bins)
+    hists = [h.coarsened(site.policy.min_bin_count) for h in class_histograms(truth, probs, edges)]
+    return {"classes": list(classifier.classes), "confusion": confusion_matrix(truth, probs).tolist()}, hists
 
 
 def calibrate_at_site(site: Site, classifier: Classifier, config: RunConfig,

@@ -32,7 +32,8 @@ from fedsynth.classifier.train import Classifier, build_trainable, train_local
 from fedsynth.client.evaluation import calibrate_at_site, evaluate_at_site
 from fedsynth.client.release_checks import check_release_markers
 from fedsynth.config import RunConfig, SitePolicy
-from fedsynth.data.dataset import CLASS_NAMES, ImageSet, to_uint8
+from fedsynth.data.dataset import ImageSet, to_uint8
+from fedsynth.data.labels import class_indices
 from fedsynth.data.markers import clean_training_set
 from fedsynth.data.partition import SiteSplit
 from fedsynth.errors import DataError, FedsynthError
@@ -101,13 +102,17 @@ class Site:
             raise DataError(f"{self.name}: no training images left after data.markers.training=drop")
         seed = site_seed(config.run.seed, self.name)
         counts = train.class_counts()
+        classes = config.data.label_set
+        conditions = class_indices(train, classes)  # what the generator conditions on, and the release's labels
+        class_counts = {name: int((conditions == c).sum()) for c, name in enumerate(classes)}
         min_class = config.release.min_class_images
         per_class, withheld = {}, {}
-        for c, name in enumerate(CLASS_NAMES):
-            if counts[name] >= min_class:
+        for c, name in enumerate(classes):
+            if class_counts[name] >= min_class:
                 per_class[c] = config.release.n_per_class
             else:
-                withheld[name] = f"{counts[name]} training images, fewer than release.min_class_images={min_class}"
+                withheld[name] = (f"{class_counts[name]} training images, fewer than "
+                                  f"release.min_class_images={min_class}")
         if not per_class:
             raise DataError(f"{self.name}: no class has release.min_class_images={min_class} training images")
 
@@ -124,7 +129,7 @@ class Site:
         plan = self._plan(config, lambda privacy, n: family.plan_privacy(privacy, n, gen_cfg),
                           (statistic,) if statistic else ())
 
-        gen = build_generator(gen_cfg, config.data.resolution, seed=seed, device=self.device)
+        gen = build_generator(gen_cfg, config.data.resolution, seed=seed, device=self.device, classes=classes)
         started = time.perf_counter()
 
         def progress(epoch: int, total: int, row: dict[str, float]) -> None:
@@ -132,7 +137,7 @@ class Site:
                 shown = " ".join(f"{k}={v:.3f}" for k, v in row.items() if k != "epoch")
                 log.info("%s: generator epoch %d/%d %s", self.name, epoch, total, shown)
 
-        report = gen.fit(train.images, train.labels, privacy=plan, progress=progress)
+        report = gen.fit(train.images, conditions, privacy=plan, progress=progress)
         training_entry = ledger.append(
             self._training_entry(run_id, fingerprint, f"generator ({gen.family})", report.epochs, report.steps,
                                  report.privacy, **({"init": gen.init_info} if gen.init_info else {})), key
@@ -153,7 +158,7 @@ class Site:
             return out
 
         if config.gate.enabled:
-            gate = release_gate(timed_sample, per_class, train.images, train.labels, config.gate.quantile,
+            gate = release_gate(timed_sample, per_class, train.images, conditions, config.gate.quantile,
                                 config.gate.max_rounds, seed)
             images, labels, gate_summary = gate.images, gate.labels, gate.summary()
         else:
@@ -184,7 +189,7 @@ class Site:
                 "content_hash": content_hash(images_u8, labels_u8),
                 "image_digests_sha256": digests_hash(image_digests(images_u8)),
                 "n_images": int(len(labels_u8)),
-                "per_class": {CLASS_NAMES[c]: int((labels_u8 == c).sum()) for c in per_class},
+                "per_class": {classes[c]: int((labels_u8 == c).sum()) for c in per_class},
                 "training_entry": training_entry["hash"],
                 "private": plan is not None,
                 "gate": gate_summary,
@@ -195,7 +200,7 @@ class Site:
             },
             key,
         )
-        self._write_local_outputs(gen, images, labels, config)
+        self._write_local_outputs(gen, images, labels, conditions, config)
         meta = {
             "site": self.name,
             "run_id": run_id,
@@ -205,6 +210,8 @@ class Site:
                           "sampling_images_per_second": sampling["images"] / max(sampling["seconds"], 1e-9)},
             "train_counts": counts,
             "test_counts": self.data.test.class_counts(),
+            "label_set": list(classes),  # the release's labels index into it
+            **({} if len(classes) == 2 else {"train_class_counts": class_counts}),
             "released_per_class": release_entry["per_class"],
             "withheld_classes": withheld,
             "phantom": bool(train.phantom),
@@ -367,13 +374,15 @@ class Site:
                                                   else {"epochs": epochs, "init": ""})
             plan = self._plan(config, lambda privacy, n: family.plan_privacy(privacy, n, gen_cfg, epochs,
                                                                              epochs * rounds))
-            model = build_generator(gen_cfg, config.data.resolution, seed=seed, device=self.device)
+            model = build_generator(gen_cfg, config.data.resolution, seed=seed, device=self.device,
+                                    classes=config.data.label_set)
             model.load_training_state(request.weights)
+            conditions = class_indices(train, config.data.label_set)
             if family.statistics_only:  # the site sends its (noisy) statistic; the server fits the generator
-                privacy = model.release_statistic(train.images, train.labels, plan)
+                privacy = model.release_statistic(train.images, conditions, plan)
                 steps, name = 1, f"statistic ({model.family})"
             else:
-                report = model.fit(train.images, train.labels, privacy=plan)
+                report = model.fit(train.images, conditions, privacy=plan)
                 privacy, steps, name = report.privacy, report.steps, f"generator ({model.family})"
             weights = model.training_state()
         elif request.stage == CLASSIFIER_ROUND:
@@ -417,22 +426,26 @@ class Site:
         }
         return ModelUpdate(self.name, weights, len(train), meta)
 
-    def _write_local_outputs(self, gen, images: np.ndarray, labels: np.ndarray, config: RunConfig) -> None:
+    def _write_local_outputs(self, gen, images: np.ndarray, labels: np.ndarray, conditions: np.ndarray,
+                             config: RunConfig) -> None:
+        """The generator and real-vs-synthetic grids per class, in the site's own folder
+        (``conditions``: the class of each training image the generator was fitted on)."""
         if self.output_dir is None:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         gen.save(self.output_dir / "generator.safetensors")
         k = config.evaluation.grid_images
         rng = np.random.default_rng(0)
-        train = self.data.train
-        for c, name in enumerate(CLASS_NAMES):
-            real = train.images[train.labels == c]
+        train, _ = self._generator_training_set(config)
+        for c, name in enumerate(gen.classes):
+            real = train.images[conditions == c]
             fake = images[labels == c]
             if len(real) == 0 or len(fake) == 0:
                 continue
+            n_real = len(real)
             real = real[rng.choice(len(real), min(k, len(real)), replace=False)]
             image_grid(
-                [(f"real ({len(train.images[train.labels == c])} at the site)", real), ("synthetic", fake[:k])],
+                [(f"real ({n_real} at the site)", real), ("synthetic", fake[:k])],
                 self.output_dir / f"real_vs_synthetic_{name}.png",
                 f"{self.name}, {name}: real (stays at the site) vs synthetic (released)",
                 phantom=train.phantom,

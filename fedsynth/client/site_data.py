@@ -32,6 +32,7 @@ def load_dataset(data: DataSection, seed: int) -> ImageSet:
             images_per_patient=p.images_per_patient,
             seed=seed,
             markers=p.markers,
+            virus=p.virus,
         )
     ds, _report = load_source(data.source, data.resolution)
     return ds

@@ -5,7 +5,7 @@ Labels are 0 (normal) or 1 (pneumonia). ``patient`` and ``split`` are optional
 per-image string arrays; ``origin`` names where the images came from, and
 ``phantom`` marks procedurally generated images so every output made from them can
 say so. ``meta`` holds optional per-image metadata columns (:data:`META_COLUMNS`:
-acquisition source, view, sex, age) as 1-D arrays, for subgroup evaluation; it travels
+acquisition source, view, sex, age, subtype) as 1-D arrays, for subgroup evaluation; it travels
 through :meth:`ImageSet.subset`, :func:`concat` and :func:`save_npz`.
 """
 
@@ -20,7 +20,8 @@ import numpy as np
 from fedsynth.errors import DataError
 
 CLASS_NAMES = ("normal", "pneumonia")
-META_COLUMNS = ("source", "view", "sex", "age")  # per-image metadata read from npz arrays or labels.csv columns
+META_COLUMNS = ("source", "view", "sex", "age", "subtype")  # per-image metadata read from npz arrays or labels.csv
+# columns; "subtype" (e.g. normal / bacteria / virus) is also what a finer label set conditions on (data/labels.py)
 
 
 @dataclass(frozen=True)
@@ -149,9 +150,18 @@ def save_npz(ds: ImageSet, path: str) -> None:
     np.savez_compressed(path, **arrays)
 
 
-def check_training_data(images: Any, labels: Any, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+def label_message(classes: tuple[str, ...]) -> str:
+    """What labels of the label set ``classes`` must be (a refusal's message)."""
+    if tuple(classes) == CLASS_NAMES:
+        return "labels must be 0 (normal) or 1 (pneumonia)"
+    return "labels must be class indices " + ", ".join(f"{i} ({n})" for i, n in enumerate(classes))
+
+
+def check_training_data(images: Any, labels: Any, resolution: int,
+                        classes: tuple[str, ...] = CLASS_NAMES) -> tuple[np.ndarray, np.ndarray]:
     """Validate (images, labels) handed to a trainer (a generator or the classifier) at the door:
-    float images (N, S, S) in [0, 1], labels 0/1, at least two rows. Returns float32 and int64 copies."""
+    float images (N, S, S) in [0, 1], labels class indices of ``classes`` (0/1 for the binary
+    set), at least two rows. Returns float32 and int64 copies."""
     images = np.asarray(images)
     labels = np.asarray(labels)
     if images.ndim != 3 or images.shape[1:] != (resolution, resolution):
@@ -162,8 +172,8 @@ def check_training_data(images: Any, labels: Any, resolution: int) -> tuple[np.n
         raise ValueError("images must be finite and lie in [0, 1]")
     if labels.shape != (images.shape[0],):
         raise ValueError(f"labels must have shape ({images.shape[0]},); got {labels.shape}")
-    if not np.isin(labels, (0, 1)).all():
-        raise ValueError("labels must be 0 (normal) or 1 (pneumonia)")
+    if not np.isin(labels, np.arange(len(classes))).all():
+        raise ValueError(label_message(classes))
     if images.shape[0] < 2:
         raise ValueError(f"need at least 2 training images; got {images.shape[0]}")
     return images.astype(np.float32), labels.astype(np.int64)

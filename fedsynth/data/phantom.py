@@ -6,7 +6,11 @@ fields cut by the diaphragm domes, the heart shadow to the image right (the pati
 left in a PA view), spine and mediastinum, clavicles and curved posterior ribs. The
 pose (rotation, scale, shift), contrast (gamma, window) and noise vary per image.
 Pneumonia is drawn as patchy opacities inside the lungs: a few blobs of varying size
-and density, modulated by low-frequency noise, from faint to dense.
+and density, modulated by low-frequency noise, from faint to dense (``subtype`` "bacteria",
+lobar-like consolidation). With ``virus`` > 0 that share of the pneumonia patients is drawn
+as viral pneumonia instead: a bilateral, perihilar, finely reticular haze (``subtype``
+"virus"), so the three-class task (normal / bacteria / virus) can be run on phantoms. The
+choice is drawn from its own random stream: with ``virus=0`` the images are the same.
 
 With ``markers`` > 0 a share of the images also carry what real X-rays carry near their
 borders and what generators copy: a burned-in laterality letter (L or R) or a short
@@ -62,7 +66,7 @@ class _Anatomy:
 
 
 def _render(
-    rng: np.random.Generator, anatomy: _Anatomy, size: int, pneumonia: bool
+    rng: np.random.Generator, anatomy: _Anatomy, size: int, pneumonia: bool, viral: bool = False
 ) -> np.ndarray:
     u = rng.uniform
     lin = (np.arange(size) + 0.5) / size * 2.0 - 1.0
@@ -111,7 +115,15 @@ def _render(
             ribs = np.maximum(ribs, _soft(band, 0.35) * (xs > 0.05) * (xs < a.lung_gap + a.lung_w + 0.05))
     img = img + u(0.03, 0.06) * ribs * body * _soft((y + 1.0) / (a.dome_y + 1.05), 0.03)
 
-    if pneumonia:
+    if pneumonia and viral:
+        # bilateral perihilar haze: strongest near each hilum, fading outwards, finely reticular
+        haze = np.zeros_like(x)
+        for side in (-1.0, 1.0):
+            hx, hy = side * (a.lung_gap - 0.35 * a.lung_w), a.lung_y + u(0.0, 0.3) * a.lung_h
+            haze += np.exp(-(((x - hx) ** 2) / (2 * u(0.2, 0.3) ** 2) + ((y - hy) ** 2) / (2 * u(0.3, 0.45) ** 2)))
+        reticular = np.clip(0.5 + 0.9 * _smooth_noise(rng, size, max(8, size // 3)), 0.0, 1.5)
+        img = img + u(0.12, 0.28) * np.clip(haze, 0, 1.2) * reticular * lungs
+    elif pneumonia:
         opacity = np.zeros_like(x)
         n_patches = rng.integers(1, 4)
         for _ in range(n_patches):
@@ -139,6 +151,7 @@ _GLYPHS = {
     "R": ("1110", "1001", "1110", "1010", "1001"),
 }
 _MARKER_STREAM = 0x6D61726B  # "mark": the markers' random stream, apart from the anatomy's
+_VIRUS_STREAM = 0x76697275  # "viru": which pneumonia patients are viral, apart from the anatomy's
 _SUPERSAMPLE = 8  # sub-pixel samples per pixel side when stamping a marker (antialiasing)
 
 
@@ -241,8 +254,12 @@ def make_phantoms(
     images_per_patient: int = 2,
     seed: int = 0,
     markers: float = 0.0,
+    virus: float = 0.0,
 ) -> ImageSet:
-    """``n`` phantom CXRs with labels and patient ids, deterministic by ``seed``.
+    """``n`` phantom CXRs with labels, subtypes and patient ids, deterministic by ``seed``.
+
+    ``virus``: the share of pneumonia patients drawn as viral pneumonia (the others are
+    bacterial); every image carries its ``subtype`` (normal / bacteria / virus) in ``meta``.
 
     ``markers``: the share of images (rounded to a count, chosen at random) that get one
     burned-in marker; the others, and the anatomy under the markers, are the same as with
@@ -254,20 +271,26 @@ def make_phantoms(
         raise ValueError("prevalence must be in (0, 1)")
     if not 0 <= markers <= 1:
         raise ValueError("markers must be in [0, 1]")
+    if not 0 <= virus <= 1:
+        raise ValueError("virus must be in [0, 1]")
+    virus_rng = np.random.default_rng([seed, _VIRUS_STREAM])
     rng = np.random.default_rng(seed)
     images = np.empty((n, resolution, resolution), dtype=np.float32)
     labels = np.empty(n, dtype=np.int64)
     patients = np.empty(n, dtype=object)
+    subtypes = np.empty(n, dtype=object)
     i = 0
     p = 0
     while i < n:
         count = int(min(rng.integers(1, images_per_patient + 1), n - i))
         label = int(rng.random() < prevalence)
+        viral = bool(label) and bool(virus_rng.random() < virus)
         patient_rng = np.random.default_rng(rng.integers(2**63))
         anatomy = _Anatomy(patient_rng)
         for _ in range(count):
-            images[i] = _render(patient_rng, anatomy, resolution, bool(label))
+            images[i] = _render(patient_rng, anatomy, resolution, bool(label), viral)
             labels[i] = label
+            subtypes[i] = "virus" if viral else ("bacteria" if label else "normal")
             patients[i] = f"phantom-{p:05d}"
             i += 1
         p += 1
@@ -278,10 +301,13 @@ def make_phantoms(
             _plant_marker(marker_rng, images[j])
         np.clip(images, 0.0, 1.0, out=images)
         origin = f"phantom(n={n}, seed={seed}, markers={markers:g})"
+    if virus > 0:
+        origin = origin[:-1] + f", virus={virus:g})"
     return ImageSet(
         images=images,
         labels=labels,
         patient=patients,
         origin=origin,
         phantom=True,
+        meta={"subtype": subtypes.astype(str)},
     )

@@ -21,13 +21,14 @@ from fedsynth.generators import Generator, load_generator
 from fedsynth.rundir import GENERATOR_FILE, RunDir
 
 
-def parse_label(value: str) -> int:
+def parse_label(value: str, classes: tuple[str, ...] = CLASS_NAMES) -> int:
+    """A class name of the label set ``classes`` (or its index) as its index."""
     text = str(value).strip().lower()
-    if text in CLASS_NAMES:
-        return CLASS_NAMES.index(text)
-    if text in ("0", "1"):
+    if text in classes:
+        return classes.index(text)
+    if text.isdigit() and int(text) < len(classes):
         return int(text)
-    raise DataError(f"label {value!r}: use one of {', '.join(CLASS_NAMES)}")
+    raise DataError(f"label {value!r}: use one of {', '.join(classes)}")
 
 
 def find_generator(source: Path, site: str | None = None) -> Path:

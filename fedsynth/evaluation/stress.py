@@ -160,13 +160,16 @@ def _checked_scores(model: ModelUnderTest, images: np.ndarray) -> np.ndarray:
     return p
 
 
-def _level(labels: np.ndarray, p: np.ndarray, base: np.ndarray | None, threshold: float, n_boot: int,
-           seed: int) -> dict[str, Any]:
+def _level(classes: np.ndarray, names: tuple[str, ...], p: np.ndarray, base: np.ndarray | None, threshold: float,
+           n_boot: int, seed: int) -> dict[str, Any]:
+    """AUROC of pneumonia (any class but the first) and, per conditioning class, the mean score
+    and the share called pneumonia."""
+    labels = (classes > 0).astype(np.int64)
     row: dict[str, Any] = {
         "auroc": auroc(labels, p),
         "auroc_ci": list(stratified_bootstrap(labels, p, auroc, n_boot, seed=seed)) if n_boot else None,
-        "mean_score": {CLASS_NAMES[c]: float(p[labels == c].mean()) for c in (0, 1)},
-        "positive_rate": {CLASS_NAMES[c]: float((p[labels == c] >= threshold).mean()) for c in (0, 1)},
+        "mean_score": {name: float(p[classes == c].mean()) for c, name in enumerate(names)},
+        "positive_rate": {name: float((p[classes == c] >= threshold).mean()) for c, name in enumerate(names)},
     }
     if base is not None:
         row["flipped"] = float(((p >= threshold) != (base >= threshold)).mean())
@@ -183,8 +186,9 @@ def stress_test(gen, model: ModelUnderTest, *, n_per_class: int = 200, n_edit: i
         raise DataError(f"n_edit must be between 1 and {MAX_IMAGES}, not {n_edit}")
     shifts = SHIFTS if shifts is None else shifts
     start = time.perf_counter()
-    images = np.concatenate([gen.sample(n_per_class, c, seed=seed + c) for c in (0, 1)]).astype(np.float32)
-    labels = np.repeat([0, 1], n_per_class)
+    names = tuple(getattr(gen, "classes", CLASS_NAMES))  # every class the generator conditions on
+    images = np.concatenate([gen.sample(n_per_class, c, seed=seed + c) for c in range(len(names))]).astype(np.float32)
+    labels = np.repeat(np.arange(len(names)), n_per_class)
     base = _checked_scores(model, images)
     result: dict[str, Any] = {
         "fedsynth_version": __version__,
@@ -193,7 +197,8 @@ def stress_test(gen, model: ModelUnderTest, *, n_per_class: int = 200, n_edit: i
         "generator": {"family": gen.family, "resolution": gen.resolution},
         "n_per_class": n_per_class, "seed": seed, "bootstrap": n_boot,
         "labels_are": "the generator's conditioning labels (synthetic images only)",
-        "unshifted": _level(labels, base, None, model.threshold, n_boot, seed),
+        "classes": list(names),
+        "unshifted": _level(labels, names, base, None, model.threshold, n_boot, seed),
         "shifts": {},
         "edits": {},
     }
@@ -201,12 +206,13 @@ def stress_test(gen, model: ModelUnderTest, *, n_per_class: int = 200, n_edit: i
         rows = {}
         for i, level in enumerate(levels):
             p = _checked_scores(model, shifted(images, kind, level, seed=seed + i))
-            row = _level(labels, p, base, model.threshold, n_boot, seed)
+            row = _level(labels, names, p, base, model.threshold, n_boot, seed)
             row["auroc_drop"] = result["unshifted"]["auroc"] - row["auroc"]
             rows[str(level)] = row
         result["shifts"][kind] = rows
-    for source, target in ((0, 1), (1, 0)):
-        key = f"{CLASS_NAMES[source]}->{CLASS_NAMES[target]}"
+    pairs = [pair for c in range(1, len(names)) for pair in ((0, c), (c, 0))]  # normal <-> each other class
+    for source, target in pairs:
+        key = f"{names[source]}->{names[target]}"
         per = {}
         for strength in strengths:
             try:
@@ -215,12 +221,12 @@ def stress_test(gen, model: ModelUnderTest, *, n_per_class: int = 200, n_edit: i
                 per = {"unavailable": str(err)}
                 break
             before, after = _checked_scores(model, src), _checked_scores(model, out)
-            toward = (after - before) if target == 1 else (before - after)
+            toward = (after - before) if target > 0 else (before - after)
             per[str(strength)] = {
                 "n": n_edit,
                 "score_before": float(before.mean()), "score_after": float(after.mean()),
                 "share_moved_toward_target": float((toward > 0).mean()),
-                "share_decided_as_target": float(((after >= model.threshold) == bool(target)).mean()),
+                "share_decided_as_target": float(((after >= model.threshold) == (target > 0)).mean()),
                 "ssim_to_source": float(np.mean([ssim(a, b) for a, b in zip(src, out)])),
             }
         result["edits"][key] = per
@@ -266,24 +272,24 @@ def render_html(result: dict[str, Any]) -> str:
     from fedsynth.evaluation.report.page import CSS
 
     m, g, u = result["model"], result["generator"], result["unshifted"]
+    names = result.get("classes") or list(CLASS_NAMES)
     parts = [f"<h1>Stress test: {esc(m['name'])}</h1>",
              f"<p>{esc(m['kind'])} model at {m['resolution']} px, threshold {fmt(m['threshold'])}; "
              f"{result['n_per_class']} synthetic images per class from a {esc(g['family'])} generator at "
              f"{g['resolution']} px. Labels are the generator's conditioning labels: compare levels and models, "
              "this is not a clinical performance figure. Synthetic images only.</p>",
              "<section><h2>Unshifted</h2>" + table(
-                 ["AUROC [95% CI]", "mean score normal", "mean score pneumonia", "called pneumonia: normal / "
-                  "pneumonia"],
-                 [[fmt_ci(u["auroc"], u["auroc_ci"]), fmt(u["mean_score"]["normal"]),
-                   fmt(u["mean_score"]["pneumonia"]),
-                   f"{fmt(u['positive_rate']['normal'])} / {fmt(u['positive_rate']['pneumonia'])}"]]) + "</section>"]
+                 ["AUROC [95% CI]", *(f"mean score {n}" for n in names),
+                  "called pneumonia: " + " / ".join(names)],
+                 [[fmt_ci(u["auroc"], u["auroc_ci"]), *(fmt(u["mean_score"][n]) for n in names),
+                   " / ".join(fmt(u["positive_rate"][n]) for n in names)]]) + "</section>"]
     rows = []
     for kind, levels in result["shifts"].items():
         for level, r in levels.items():
             rows.append([kind, level, fmt_ci(r["auroc"], r["auroc_ci"]), fmt(r["auroc_drop"]),
-                         fmt(r["mean_score"]["normal"]), fmt(r["mean_score"]["pneumonia"]), fmt(r["flipped"])])
+                         *(fmt(r["mean_score"][n]) for n in names), fmt(r["flipped"])])
     parts.append("<section><h2>Acquisition shifts</h2>" + img(_plot(result), "AUROC along each shift") + table(
-        ["shift", "level", "AUROC [95% CI]", "drop", "mean score normal", "mean score pneumonia",
+        ["shift", "level", "AUROC [95% CI]", "drop", *(f"mean score {n}" for n in names),
          "decisions flipped"], rows, cls="wide") + "</section>")
     rows = []
     for key, per in result["edits"].items():

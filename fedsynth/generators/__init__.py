@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fedsynth.data.dataset import CLASS_NAMES
 from fedsynth.generators.base import FAMILIES, FitReport, Generator, NotFittedError
 from fedsynth.generators.ddpm import DiffusionGenerator
 from fedsynth.generators.gan import ConditionalGAN
@@ -18,12 +19,14 @@ from fedsynth.generators.mean_embedding import MeanEmbeddingGenerator
 from fedsynth.generators.sd_lora import StableDiffusionLoRA
 
 
-def build_generator(config: Any, resolution: int, seed: int = 0, device: str = "auto") -> Generator:
-    """A fresh generator of ``config.family`` (a generator config section)."""
+def build_generator(config: Any, resolution: int, seed: int = 0, device: str = "auto",
+                    classes: tuple[str, ...] = CLASS_NAMES) -> Generator:
+    """A fresh generator of ``config.family`` (a generator config section), conditioned on the
+    label set ``classes`` (``data.label_set``)."""
     family = getattr(config, "family", None)
     if family not in FAMILIES:
         raise ValueError(f"unknown generator family {family!r} (known: {', '.join(FAMILIES)})")
-    gen = FAMILIES[family](config, resolution=resolution, seed=seed, device=device)
+    gen = FAMILIES[family](config, resolution=resolution, seed=seed, device=device, classes=classes)
     if getattr(config, "init", ""):  # a warm start from a checkpoint trained on public data
         gen.init_info = gen.load_pretrained(config.init)
     return gen

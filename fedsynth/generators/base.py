@@ -3,6 +3,9 @@
     gen = build_generator(config.generator, resolution=64, seed=0)
     report = gen.fit(images, labels)          # images (N, S, S) float32 in [0, 1]
     fake = gen.sample(100, labels=1)          # (100, S, S) float32 in [0, 1]
+
+Labels are class indices into the generator's label set (``classes``; by default
+normal / pneumonia, or e.g. normal / bacteria / virus: ``data.label_set``).
     gen.save("gen.safetensors"); gen2 = load_generator("gen.safetensors")
 
 Inputs are validated at the door with messages that name the argument.
@@ -24,7 +27,8 @@ import torch
 from pydantic import BaseModel
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedsynth.data.dataset import check_training_data
+from fedsynth.config import check_label_set
+from fedsynth.data.dataset import CLASS_NAMES, check_training_data, label_message
 from fedsynth.progress import ProgressFn
 from fedsynth.torch_utils import resolve_device
 
@@ -107,14 +111,17 @@ def check_strength(strength: Any) -> float:
     return float(strength)
 
 
-def check_sample_request(n: Any, labels: Any) -> np.ndarray:
+def check_sample_request(n: Any, labels: Any, classes: tuple[str, ...] = CLASS_NAMES) -> np.ndarray:
+    """``labels`` (one class index, or one per image) as ``n`` class indices of ``classes``."""
     if not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n must be a non-negative integer; got {n!r}")
+    if np.isscalar(labels) and not isinstance(labels, (int, np.integer)):
+        raise ValueError(f"{label_message(classes)}; got {labels!r}")
     arr = np.full(int(n), int(labels)) if np.isscalar(labels) else np.asarray(labels).reshape(-1)
     if arr.shape != (int(n),):
         raise ValueError(f"labels must be one class or {n} classes; got shape {arr.shape}")
-    if not np.isin(arr, (0, 1)).all():
-        raise ValueError("labels must be 0 (normal) or 1 (pneumonia)")
+    if not np.isin(arr, np.arange(len(classes))).all():
+        raise ValueError(label_message(classes))
     return arr.astype(np.int64)
 
 
@@ -142,7 +149,10 @@ class Generator(ABC):
             raise TypeError(f"generator family {cls.family!r} is registered twice")
         FAMILIES[cls.family] = cls
 
-    def __init__(self, resolution: int, seed: int = 0, device: str = "auto") -> None:
+    def __init__(self, resolution: int, seed: int = 0, device: str = "auto",
+                 classes: tuple[str, ...] = CLASS_NAMES) -> None:
+        self.classes = check_label_set(classes)  # the label set it conditions on (data.label_set)
+        self.num_classes = len(self.classes)
         self.resolution = int(resolution)
         self.seed = int(seed)
         self.device = resolve_device(device)
@@ -181,14 +191,20 @@ class Generator(ABC):
 
     def config_dict(self) -> dict[str, Any]:
         """Everything needed to rebuild the model before loading weights."""
-        return {"family": self.family, "config": self.config.model_dump(mode="json"), "seed": self.seed}
+        return {"family": self.family, "config": self.config.model_dump(mode="json"), "seed": self.seed,
+                "classes": list(self.classes)}
 
     @classmethod
     def from_config_dict(cls, config: dict[str, Any], resolution: int, device: str = "auto") -> Generator:
         # files written before the registry keyed the section by the family's name
         section = config.get("config") or config.get(cls.family) or config[cls.family.replace("-", "_")]
+        # files written before label sets conditioned on the binary set
         return cls(cls.config_class.model_validate(section), resolution=resolution, seed=int(config.get("seed", 0)),
-                   device=device)
+                   device=device, classes=tuple(config.get("classes") or CLASS_NAMES))
+
+    def check_samples(self, n: Any, labels: Any) -> np.ndarray:
+        """A sample request's labels as class indices of this generator's label set."""
+        return check_sample_request(n, labels, self.classes)
 
     @abstractmethod
     def sampling_state(self) -> dict[str, torch.Tensor]:
@@ -209,7 +225,7 @@ class Generator(ABC):
         """The validated training data as every family trains on it: images in [-1, 1] and
         labels, in shuffled batches; under DP in batches of the plan's size, which Opacus
         turns into Poisson samples. Refuses a DP plan made for other data or epochs."""
-        images, labels = check_training_data(images, labels, self.resolution)
+        images, labels = check_training_data(images, labels, self.resolution, self.classes)
         if privacy is not None and (privacy.n != len(images) or privacy.epochs != epochs):
             raise ValueError(
                 f"privacy: the plan was made for {privacy.n} images and {privacy.epochs} epochs; "
@@ -246,7 +262,8 @@ class Generator(ABC):
         if not public_source.strip():
             raise ValueError("public_source: name the public data this generator was trained on")
         meta = {"fedsynth_pretrained": "1", "family": self.family, "resolution": str(self.resolution),
-                "config": json.dumps(self.config_dict()), "public_source": public_source}
+                "config": json.dumps(self.config_dict()), "public_source": public_source,
+                "classes": json.dumps(list(self.classes))}
         save_file({k: np.ascontiguousarray(v) for k, v in self.warm_state().items()}, str(path), metadata=meta)
         return file_sha256(path)
 
@@ -269,6 +286,10 @@ class Generator(ABC):
         if meta.get("family") != self.family or meta.get("resolution") != str(self.resolution):
             raise ValueError(f"generator.init: {path.name} is a {meta.get('family')} generator at "
                              f"{meta.get('resolution')} px; this run trains {self.family} at {self.resolution} px")
+        theirs = tuple(json.loads(meta.get("classes") or "null") or CLASS_NAMES)
+        if theirs != self.classes:
+            raise ValueError(f"generator.init: {path.name} conditions on {list(theirs)}; this run's label set is "
+                             f"{list(self.classes)}")
         try:
             self.load_warm_state(load_file(str(path)))
         except (ValueError, RuntimeError, KeyError) as err:

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from fedsynth.config import DDPMSection
+from fedsynth.data.dataset import CLASS_NAMES
 from fedsynth.generators.base import (
     FitReport,
     Generator,
-    check_sample_request,
     check_strength,
     run_epochs,
 )
@@ -36,10 +36,8 @@ from fedsynth.privacy.dp import DPPlan, PrivateTraining
 from fedsynth.progress import ProgressFn
 from fedsynth.torch_utils import exchangeable, load_exchangeable, seeded
 
-NULL_CLASS = 2  # the "no label" class used for classifier-free guidance
 
-
-def _unet(cfg: DDPMSection, resolution: int):
+def _unet(cfg: DDPMSection, resolution: int, num_classes: int = 2):
     from diffusers import UNet2DModel
 
     levels = len(cfg.block_out_channels)
@@ -59,7 +57,7 @@ def _unet(cfg: DDPMSection, resolution: int):
         up_block_types=tuple(up),
         norm_num_groups=cfg.norm_num_groups,
         attention_head_dim=cfg.attention_head_dim,
-        num_class_embeds=3,
+        num_class_embeds=num_classes + 1,  # the last is the "no label" class of classifier-free guidance
         add_attention=cfg.attention,
     )
 
@@ -79,13 +77,15 @@ class Denoiser(nn.Module):
 class DiffusionGenerator(Generator):
     config_class = DDPMSection
 
-    def __init__(self, config: DDPMSection | None = None, resolution: int = 32, seed: int = 0, device: str = "auto"):
+    def __init__(self, config: DDPMSection | None = None, resolution: int = 32, seed: int = 0, device: str = "auto",
+                 classes: tuple[str, ...] = CLASS_NAMES):
         from diffusers import DDIMScheduler, DDPMScheduler
 
-        super().__init__(resolution, seed, device)
+        super().__init__(resolution, seed, device, classes)
         self.config = config or DDPMSection()
+        self.null_class = self.num_classes  # the "no label" class used for classifier-free guidance
         with seeded(self.seed):
-            self.denoiser = Denoiser(_unet(self.config, self.resolution))
+            self.denoiser = Denoiser(_unet(self.config, self.resolution, self.num_classes))
         self.noise_scheduler = DDPMScheduler(
             num_train_timesteps=self.config.num_train_timesteps,
             beta_schedule=self.config.beta_schedule,
@@ -158,7 +158,7 @@ class DiffusionGenerator(Generator):
         t = torch.randint(0, self.config.num_train_timesteps, (n,), generator=gen).to(self.device)
         noise = torch.randn(x0.shape, generator=gen).to(self.device)
         drop = torch.rand(n, generator=gen).to(self.device) < self.config.label_dropout
-        y = torch.where(drop, torch.full_like(y, NULL_CLASS), y)
+        y = torch.where(drop, torch.full_like(y, self.null_class), y)
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
         per_row = F.mse_loss(model(noisy, t, y), noise, reduction="none").flatten(1).mean(1)
         return per_row.sum() / max(n, 1)  # = mean; an empty Poisson batch still takes its noise-only step
@@ -167,7 +167,7 @@ class DiffusionGenerator(Generator):
     @torch.inference_mode()
     def sample(self, n: int, labels: int | np.ndarray, seed: int | None = None) -> np.ndarray:
         self._require_fitted()
-        y_all = check_sample_request(n, labels)
+        y_all = self.check_samples(n, labels)
         net = self._sampling_net()
         gen = torch.Generator().manual_seed(self.seed + 7 if seed is None else seed)
         self.sampler.set_timesteps(self.config.sampling_steps)
@@ -187,6 +187,7 @@ class DiffusionGenerator(Generator):
         higher the strength, the more of the image is redrawn (0 keeps it, 1 samples anew)."""
         self._require_fitted()
         strength = check_strength(strength)
+        self.check_samples(1, target)
         src = self.sample(n, source, seed)
         if strength == 0 or n == 0:
             return src, src.copy()
@@ -200,7 +201,7 @@ class DiffusionGenerator(Generator):
             x0 = torch.from_numpy(src[start : start + self._batch()])[:, None].to(self.device) * 2 - 1
             noise = torch.randn(x0.shape, generator=gen).to(self.device)
             x = self.noise_scheduler.add_noise(x0, noise, steps[first : first + 1].to(self.device))
-            y = torch.full((len(x0),), int(check_sample_request(1, target)[0]), device=self.device)
+            y = torch.full((len(x0),), int(self.check_samples(1, target)[0]), device=self.device)
             x = self._denoise(net, x, y, steps[first:])
             out[start : start + len(x0)] = ((x[:, 0].clamp(-1, 1) + 1) / 2).float().cpu().numpy()
         return src, out
@@ -211,7 +212,7 @@ class DiffusionGenerator(Generator):
     def _denoise(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """DDIM steps with classifier-free guidance from ``x`` at ``timesteps[0]`` down to an image."""
         b = len(y)
-        y_both = torch.cat([y, torch.full_like(y, NULL_CLASS)])
+        y_both = torch.cat([y, torch.full_like(y, self.null_class)])
         for t in timesteps:
             tt = torch.full((2 * b,), int(t), device=self.device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._fast):

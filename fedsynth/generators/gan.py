@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from fedsynth.config import GANSection
+from fedsynth.data.dataset import CLASS_NAMES
 from fedsynth.generators.base import (
     FitReport,
     Generator,
@@ -160,10 +161,11 @@ def _g_loss(logits: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def edit_with_latents(net: GeneratorNet, latent_dim: int, resolution: int, device: torch.device, n: int, source: int,
-                      target: int, strength: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+                      target: int, strength: float, seed: int,
+                      classes: tuple[str, ...] = CLASS_NAMES) -> tuple[np.ndarray, np.ndarray]:
     """(images of ``source``, the same latents with the class moved towards ``target``)."""
-    y0 = torch.from_numpy(check_sample_request(n, source)).to(device)
-    y1 = torch.from_numpy(check_sample_request(n, target)).to(device)
+    y0 = torch.from_numpy(check_sample_request(n, source, classes)).to(device)
+    y1 = torch.from_numpy(check_sample_request(n, target, classes)).to(device)
     gen = torch.Generator().manual_seed(seed)
     src = np.empty((n, resolution, resolution), dtype=np.float32)
     out = np.empty_like(src)
@@ -178,13 +180,15 @@ def edit_with_latents(net: GeneratorNet, latent_dim: int, resolution: int, devic
 class ConditionalGAN(Generator):
     config_class = GANSection
 
-    def __init__(self, config: GANSection | None = None, resolution: int = 32, seed: int = 0, device: str = "auto"):
-        super().__init__(resolution, seed, device)
+    def __init__(self, config: GANSection | None = None, resolution: int = 32, seed: int = 0, device: str = "auto",
+                 classes: tuple[str, ...] = CLASS_NAMES):
+        super().__init__(resolution, seed, device, classes)
         self.config = config or GANSection()
         _levels(self.resolution)
         with seeded(self.seed):
-            self.generator = GeneratorNet(self.resolution, self.config.latent_dim, self.config.base_channels)
-            self.discriminator = DiscriminatorNet(self.resolution, self.config.base_channels)
+            self.generator = GeneratorNet(self.resolution, self.config.latent_dim, self.config.base_channels,
+                                          self.num_classes)
+            self.discriminator = DiscriminatorNet(self.resolution, self.config.base_channels, self.num_classes)
         self.generator_ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
         self.ema_steps = 0  # steps the average has seen, across federated rounds too (its warm-up)
         self.generator.to(self.device)
@@ -227,7 +231,7 @@ class ConditionalGAN(Generator):
                 # a fixed number of fakes with random labels: nothing about the fake rows
                 # may depend on which real images the Poisson sample drew
                 n_fake = privacy.expected_batch_size
-                y_fake = torch.randint(0, 2, (n_fake,), device=self.device)
+                y_fake = torch.randint(0, self.num_classes, (n_fake,), device=self.device)
             else:
                 n_fake, y_fake = b, yb
             # discriminator: real and fake rows in one forward pass
@@ -282,7 +286,7 @@ class ConditionalGAN(Generator):
     @torch.inference_mode()
     def sample(self, n: int, labels: int | np.ndarray, seed: int | None = None) -> np.ndarray:
         self._require_fitted()
-        y_all = check_sample_request(n, labels)
+        y_all = self.check_samples(n, labels)
         out = np.empty((len(y_all), self.resolution, self.resolution), dtype=np.float32)
         gen = torch.Generator().manual_seed(self.seed + 7 if seed is None else seed)
         net = self.generator_ema if self.config.ema_decay > 0 else self.generator.eval()
@@ -301,7 +305,7 @@ class ConditionalGAN(Generator):
         self._require_fitted()
         net = self.generator_ema if self.config.ema_decay > 0 else self.generator.eval()
         return edit_with_latents(net, self.config.latent_dim, self.resolution, self.device, n, source, target,
-                                 check_strength(strength), self.seed + 7 if seed is None else seed)
+                                 check_strength(strength), self.seed + 7 if seed is None else seed, self.classes)
 
     # ---- persistence -----------------------------------------------------------------------
     def sampling_state(self) -> dict[str, torch.Tensor]:

@@ -36,15 +36,14 @@ import numpy as np
 import torch
 
 from fedsynth.config import MeanEmbeddingSection
-from fedsynth.data.dataset import check_training_data
-from fedsynth.generators.base import FitReport, Generator, check_sample_request, check_strength
+from fedsynth.data.dataset import CLASS_NAMES, check_training_data
+from fedsynth.generators.base import FitReport, Generator, check_strength
 from fedsynth.generators.gan import GeneratorNet, edit_with_latents
 from fedsynth.privacy.dp import DPPlan, GaussianStatistic, plan_statistic
 from fedsynth.progress import ProgressFn
 from fedsynth.torch_utils import exchangeable, load_exchangeable, seeded
 
 MECHANISM_NAME = "gaussian (class-wise sums of unit-norm random Fourier features, sensitivity 1)"
-N_CLASSES = 2
 BANDWIDTH_PHANTOMS = 400  # public images the bandwidth is measured on
 
 
@@ -89,15 +88,15 @@ class MeanEmbeddingGenerator(Generator):
     statistics_only = True
 
     def __init__(self, config: MeanEmbeddingSection | None = None, resolution: int = 32, seed: int = 0,
-                 device: str = "auto"):
-        super().__init__(resolution, seed, device)
+                 device: str = "auto", classes: tuple[str, ...] = CLASS_NAMES):
+        super().__init__(resolution, seed, device, classes)
         self.config = config or MeanEmbeddingSection()
         with seeded(self.seed):
             self.generator = GeneratorNet(self.resolution, self.config.latent_dim, self.config.base_channels,
-                                          N_CLASSES).to(self.device)
+                                          self.num_classes).to(self.device)
         self.features = RandomFourierFeatures(self.config, self.resolution, self.device)
         # the released statistic: class-wise feature sums (noisy under DP); zeros before any release
-        self.statistic = torch.zeros(N_CLASSES, self.features.size, dtype=torch.float64)
+        self.statistic = torch.zeros(self.num_classes, self.features.size, dtype=torch.float64)
 
     # ---- the one contact with private images -------------------------------------------------
     @classmethod
@@ -109,10 +108,10 @@ class MeanEmbeddingGenerator(Generator):
                           privacy: DPPlan | None = None) -> dict[str, Any] | None:
         """Sum the features per class (adding the plan's Gaussian noise); returns the mechanism
         and its epsilon under DP, None without."""
-        images, labels = check_training_data(images, labels, self.resolution)
+        images, labels = check_training_data(images, labels, self.resolution, self.classes)
         if privacy is not None and privacy.n != len(images):
             raise ValueError(f"privacy: the plan was made for {privacy.n} images; got {len(images)}")
-        sums = torch.zeros(N_CLASSES, self.features.size, dtype=torch.float64)
+        sums = torch.zeros(self.num_classes, self.features.size, dtype=torch.float64)
         x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels)
         with torch.no_grad():
             for start in range(0, len(x_all), 512):
@@ -145,7 +144,7 @@ class MeanEmbeddingGenerator(Generator):
         """Train the generator to match the class means of ``self.statistic`` (post-processing)."""
         cfg = self.config
         means, counts = self.features.means(self.statistic.float().to(self.device))
-        classes = [c for c in range(N_CLASSES) if counts[c] >= 1.0]  # a class with no images has no target
+        classes = [c for c in range(self.num_classes) if counts[c] >= 1.0]  # a class with no images has no target
         if not classes:
             raise ValueError("the statistic holds no class with at least one image")
         start = time.perf_counter()
@@ -181,7 +180,7 @@ class MeanEmbeddingGenerator(Generator):
     @torch.inference_mode()
     def sample(self, n: int, labels: int | np.ndarray, seed: int | None = None) -> np.ndarray:
         self._require_fitted()
-        y_all = check_sample_request(n, labels)
+        y_all = self.check_samples(n, labels)
         out = np.empty((len(y_all), self.resolution, self.resolution), dtype=np.float32)
         gen = torch.Generator().manual_seed(self.seed + 7 if seed is None else seed)
         for start in range(0, len(y_all), 256):
@@ -196,7 +195,8 @@ class MeanEmbeddingGenerator(Generator):
         """As the GAN: the same latent codes, the class-conditional norms moved towards ``target``."""
         self._require_fitted()
         return edit_with_latents(self.generator, self.config.latent_dim, self.resolution, self.device, n, source,
-                                 target, check_strength(strength), self.seed + 7 if seed is None else seed)
+                                 target, check_strength(strength), self.seed + 7 if seed is None else seed,
+                                 self.classes)
 
     # ---- persistence and federated exchange -------------------------------------------------------
     def sampling_state(self) -> dict[str, torch.Tensor]:

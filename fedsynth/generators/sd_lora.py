@@ -23,11 +23,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fedsynth.config import SDLoRASection
+from fedsynth.data.dataset import CLASS_NAMES
 from fedsynth.errors import ConfigError
 from fedsynth.generators.base import (
     FitReport,
     Generator,
-    check_sample_request,
     run_epochs,
 )
 from fedsynth.privacy.dp import DPPlan, PrivateTraining
@@ -67,8 +67,9 @@ class _Denoiser(nn.Module):
 class StableDiffusionLoRA(Generator):
     config_class = SDLoRASection
 
-    def __init__(self, config: SDLoRASection, resolution: int = 64, seed: int = 0, device: str = "auto"):
-        super().__init__(resolution, seed, device)
+    def __init__(self, config: SDLoRASection, resolution: int = 64, seed: int = 0, device: str = "auto",
+                 classes: tuple[str, ...] = CLASS_NAMES):
+        super().__init__(resolution, seed, device, classes)
         self.config = config
         self.path = check_checkpoint(config.checkpoint)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub: the weights are local
@@ -110,9 +111,13 @@ class StableDiffusionLoRA(Generator):
 
     @torch.no_grad()
     def _text(self) -> torch.Tensor:
-        """Embeddings of [normal prompt, pneumonia prompt, empty prompt]."""
+        """Embeddings of one prompt per class of the label set, then the empty prompt (at index
+        ``num_classes``): the normal prompt for class 0, the pneumonia prompt for the binary
+        set's class 1, the pneumonia prompt with the class's name for a finer set's others."""
         c = self.config
-        tokens = self.tokenizer([c.prompt_normal, c.prompt_pneumonia, ""], padding="max_length",
+        prompts = [c.prompt_normal] + [c.prompt_pneumonia if self.num_classes == 2 else f"{c.prompt_pneumonia}, {name}"
+                                       for name in self.classes[1:]]
+        tokens = self.tokenizer([*prompts, ""], padding="max_length",
                                 max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt")
         return self.text_encoder(tokens.input_ids.to(self.device))[0]
 
@@ -143,7 +148,8 @@ class StableDiffusionLoRA(Generator):
                 t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), generator=gen)
                 t = t.to(self.device)
                 drop = torch.rand(b, generator=gen).to(self.device) < PROMPT_DROPOUT
-                cond = text[torch.where(drop, torch.full_like(yb, 2).to(self.device), yb.to(self.device))]
+                yb = yb.to(self.device)
+                cond = text[torch.where(drop, torch.full_like(yb, self.num_classes), yb)]
                 noisy = self.noise_scheduler.add_noise(latents, noise, t)
                 per_row = F.mse_loss(step_model(noisy, t, cond), noise, reduction="none").flatten(1).mean(1)
                 loss = per_row.sum() / max(b, 1)  # = mean; an empty Poisson batch still takes its noise step
@@ -165,7 +171,7 @@ class StableDiffusionLoRA(Generator):
     @torch.inference_mode()
     def sample(self, n: int, labels: int | np.ndarray, seed: int | None = None) -> np.ndarray:
         self._require_fitted()
-        y_all = check_sample_request(n, labels)
+        y_all = self.check_samples(n, labels)
         cfg = self.config
         text = self._text()
         gen = torch.Generator().manual_seed(self.seed + 7 if seed is None else seed)
@@ -179,7 +185,7 @@ class StableDiffusionLoRA(Generator):
             b = len(y)
             lat = torch.randn((b, channels, side, side), generator=gen).to(self.device)
             lat = lat * self.sampler.init_noise_sigma
-            both = torch.cat([text[y], text[2].expand(b, -1, -1)])
+            both = torch.cat([text[y], text[self.num_classes].expand(b, -1, -1)])
             for t in self.sampler.timesteps:
                 eps = self.unet(torch.cat([lat, lat]), t, encoder_hidden_states=both).sample
                 guided = eps[b:] + cfg.guidance_scale * (eps[:b] - eps[b:])

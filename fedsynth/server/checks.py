@@ -17,7 +17,8 @@ import numpy as np
 from pydantic import ValidationError
 
 from fedsynth.classifier.metrics import ScoreHistogram
-from fedsynth.config import RunConfig
+from fedsynth.classifier.multiclass import check_class_block
+from fedsynth.config import BINARY_LABELS, RunConfig
 from fedsynth.errors import FederationError
 from fedsynth.metrics_schema import BaselineFigures, Figures, SitePrivacy
 from fedsynth.privacy.keys import load_public_key
@@ -40,9 +41,14 @@ def check_release(rel: Release, config: RunConfig) -> str | None:
         return f"labels must have shape ({imgs.shape[0]},), got {labels.shape}"
     if imgs.shape[0] == 0:
         return "empty release"
-    if not np.isin(labels, (0, 1)).all():
-        return f"labels must be 0 or 1, found {sorted(set(np.unique(labels).tolist()) - {0, 1})}"
-    limit = 2 * config.release.n_per_class
+    classes = config.data.label_set
+    declared = rel.meta.get("label_set", list(BINARY_LABELS)) if isinstance(rel.meta, dict) else None
+    if declared != list(classes):  # a release from before label sets was labelled normal / pneumonia
+        return f"the release is labelled with the label set {str(declared)[:120]}; this run's is {list(classes)}"
+    if not np.isin(labels, np.arange(len(classes))).all():
+        bad = sorted(set(np.unique(labels).tolist()) - set(range(len(classes))))[:5]
+        return f"labels must be class indices 0..{len(classes) - 1} of {list(classes)}, found {bad}"
+    limit = len(classes) * config.release.n_per_class
     if imgs.shape[0] > limit:
         return f"{imgs.shape[0]} images exceed the requested {limit}"
     return None
@@ -123,10 +129,12 @@ def _fidelity_problem(block: Any) -> str | None:
     return None
 
 
-def check_eval_result(res: EvalResult, n_bins: int, extra_bins: int) -> str | None:
+def check_eval_result(res: EvalResult, n_bins: int, extra_bins: int,
+                      classes: tuple[str, ...] | None = None) -> str | None:
     """Why an evaluation reply cannot be pooled, or None. Everything in it is checked: the
     figures (consistent counts, rates in [0, 1]), the histograms (bins, counts adding up to
-    the class counts) and, when present, the fidelity and utility blocks and their histograms."""
+    the class counts) and, when present, the fidelity and utility blocks and their histograms,
+    and the subtype figures (only where the classifier predicts the finer label set ``classes``)."""
     problem = _figures_problem(res.metrics, "metrics")
     if problem:
         return problem
@@ -151,6 +159,11 @@ def check_eval_result(res: EvalResult, n_bins: int, extra_bins: int) -> str | No
         if name in res.extra_histograms and (
                 problem := _histogram_problem(res.extra_histograms[name], extra_bins, figures, name)):
             return problem
+    if res.subtype or res.class_histograms:
+        if classes is None or not isinstance(res.subtype, dict) or set(res.subtype) != {"classes", "confusion"}:
+            return "subtype figures that this run did not ask for, or not as {classes, confusion}"
+        return check_class_block(res.subtype["classes"], res.subtype["confusion"], res.class_histograms, extra_bins,
+                                 classes, res.metrics["n_negative"], res.metrics["n_positive"])
     return None
 
 

@@ -23,7 +23,7 @@ from flwr.serverapp import Grid
 
 from fedsynth.classifier.train import Classifier, build_trainable
 from fedsynth.config import RunConfig
-from fedsynth.data.dataset import CLASS_NAMES, from_uint8, to_uint8
+from fedsynth.data.dataset import from_uint8, to_uint8
 from fedsynth.errors import ConfigError, FederationError
 from fedsynth.evaluation.grids import image_grid
 from fedsynth.generators import build_generator
@@ -81,11 +81,13 @@ def _record_rounds(record: RunRecord, state: RoundsState) -> None:
 def run_federated_generator(config, grid, transport, run_dir, registry, progress, on_round) -> RunMetrics:
     record = RunRecord()
     seed = config.run.seed
-    init = build_generator(config.generator, config.data.resolution, seed=seed, device="cpu")
+    init = build_generator(config.generator, config.data.resolution, seed=seed, device="cpu",
+                           classes=config.data.label_set)
     with record.timed("rounds"):
         weights, state = run_rounds(config, grid, run_dir, registry, GENERATOR_ROUND, init.training_state(),
                                     on_round)
-    gen = build_generator(config.generator, config.data.resolution, seed=seed, device=config.run.device)
+    gen = build_generator(config.generator, config.data.resolution, seed=seed, device=config.run.device,
+                          classes=config.data.label_set)
     gen.load_training_state(weights)
     if gen.statistics_only:  # the sites sent their noisy statistics; fitting to their average is post-processing
         log.info("fitting the generator to the pooled statistic of %d site(s)", len(state.sites))
@@ -94,7 +96,7 @@ def run_federated_generator(config, grid, transport, run_dir, registry, progress
             gen.fit_statistic(on_step)
     gen.save(run_dir.file(GENERATOR_FILE))
     n = config.release.n_per_class * max(1, len(state.sites))
-    labels = np.repeat(np.arange(len(CLASS_NAMES)), n)
+    labels = np.repeat(np.arange(gen.num_classes), n)
     images = gen.sample(len(labels), labels, seed=seed + 1)
     if not np.isfinite(images).all():
         raise FederationError("the global generator produces non-finite images" + (
@@ -106,7 +108,7 @@ def run_federated_generator(config, grid, transport, run_dir, registry, progress
     images = from_uint8(to_uint8(images))  # exactly what is kept, as for a site's release
     run_dir.save_release("global", to_uint8(images), labels, phantom)
     k = config.evaluation.grid_images
-    image_grid([(f"synthetic {name}", images[labels == c][:k]) for c, name in enumerate(CLASS_NAMES)],
+    image_grid([(f"synthetic {name}", images[labels == c][:k]) for c, name in enumerate(gen.classes)],
                run_dir.grid_path("global"), "global generator after federated averaging", phantom=phantom)
     clf = train_on_pool(config, images, labels, f"synthetic (federated {gen.family})", phantom,
                         [c.site for c in record.contributions], run_dir, record, progress)

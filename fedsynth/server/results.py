@@ -16,6 +16,7 @@ import numpy as np
 
 from fedsynth import __version__
 from fedsynth.classifier.metrics import BinaryMetrics, pooled_metrics, uniform_edges
+from fedsynth.classifier.multiclass import pooled_class_metrics
 from fedsynth.classifier.temperature import (
     calibration_edges,
     expected_calibration_error,
@@ -23,7 +24,8 @@ from fedsynth.classifier.temperature import (
     threshold_after,
 )
 from fedsynth.classifier.train import Classifier, train_classifier
-from fedsynth.config import RunConfig
+from fedsynth.config import BINARY_LABELS, RunConfig
+from fedsynth.data.labels import binary_labels
 from fedsynth.evaluation.report import write_report
 from fedsynth.metrics_schema import SCHEMA_VERSION, RunMetrics
 from fedsynth.progress import ProgressFactory
@@ -46,13 +48,18 @@ BASELINES = ("trtr", "real_plus_synthetic")  # the sites' own classifiers, besid
 
 def train_on_pool(config: RunConfig, images: np.ndarray, labels: np.ndarray, kind: str, phantom: bool,
                   sites: list[str], run_dir: RunDir, record: RunRecord, progress: ProgressFactory) -> Classifier:
-    """Train and save the classifier on pooled images (synthetic, or real in centralized-real)."""
+    """Train and save the classifier on pooled images (synthetic, or real in centralized-real) whose
+    ``labels`` are class indices of ``data.label_set``: the binary task learns pneumonia (any class
+    but the first), the subtype task every class."""
     log.info("training the classifier on %d pooled %s images", len(labels), kind)
+    subtype = config.classifier.task == "subtype"
+    classes = config.data.label_set if subtype else BINARY_LABELS
+    targets = np.asarray(labels, dtype=np.int64) if subtype else binary_labels(labels)
     with record.timed("classifier"), progress(f"classifier on pooled {kind} images",
                                               config.classifier.epochs) as on_epoch:
         clf = train_classifier(
             images,
-            labels,
+            targets,
             config.classifier,
             arch=config.classifier_arch(),
             resolution=config.data.resolution,
@@ -61,6 +68,7 @@ def train_on_pool(config: RunConfig, images: np.ndarray, labels: np.ndarray, kin
             progress=on_epoch,
             trained_on=f"{kind} (phantom)" if phantom else kind,
             histogram_bins=config.evaluation.histogram_bins,
+            classes=classes,
         )
         clf.meta["sites"] = sites
         clf.meta["phantom"] = phantom
@@ -97,9 +105,10 @@ def evaluate_and_report(
     seen: set[str] = set()
     bins = config.evaluation.histogram_bins
     n_bins = len(clf.score_edges(bins)) - 1
+    classes = clf.classes if len(clf.classes) > 2 else None
     for r in sorted(transport.evaluate(request, record), key=lambda r: str(r.site)):
         try:
-            problem = check_eval_result(r, n_bins, bins)
+            problem = check_eval_result(r, n_bins, bins, classes)
         except Exception as err:  # noqa: BLE001 - whatever a reply holds, it costs only its own site
             problem = f"the evaluation could not be checked: {type(err).__name__}: {err}"
         if problem is None and registry is not None and r.site not in registry:
@@ -115,6 +124,8 @@ def evaluate_and_report(
     require_sites(len(results), config, "an evaluation", record.failures)
     record.timings["evaluate_s"] = time.perf_counter() - t2
     pooled = _pool(results, lambda r: (r.histogram, r.metrics), clf.threshold, config)
+    if classes is not None:
+        record.extra["subtype"] = _pool_subtype(results, classes, config)
     if "calibration" in record.extra and results:  # on the test splits: the classifier as trained and as calibrated
         t, edges = float(clf.meta.get("temperature", 1.0)), clf.score_edges(bins)
         hists = [r.histogram for r in results]
@@ -126,6 +137,23 @@ def evaluate_and_report(
     run_dir.write_metrics(metrics)
     write_report(run_dir.path)  # report.html; a part it cannot build is logged and noted on the page
     return metrics
+
+
+def _pool_subtype(results: list[EvalResult], classes: tuple[str, ...], config: RunConfig) -> dict[str, Any] | None:
+    """The subtype task's figures over the sites that returned them (None when none did)."""
+    with_figures = [r for r in results if r.subtype]
+    if not with_figures:
+        log.warning("no site returned subtype figures")
+        return None
+    ev = config.evaluation
+    out = pooled_class_metrics(classes, [r.class_histograms for r in with_figures],
+                               [np.asarray(r.subtype["confusion"], dtype=np.int64) for r in with_figures],
+                               n_boot=ev.bootstrap, level=ev.ci_level, seed=config.run.seed)
+    out["sites"] = {r.site: r.subtype["confusion"] for r in with_figures}
+    macro = out["macro_auroc"]
+    log.info("subtype task on %d real test images: accuracy %.3f, macro AUROC %s", out["n"], out["accuracy"] or 0.0,
+             "n/a" if macro is None else f"{macro:.3f}")
+    return out
 
 
 MAX_CALIBRATION_COUNT = 10**6  # per bin: far above any site's calibration split
@@ -195,7 +223,7 @@ def _synthetic_sample(synthetic: dict[str, tuple[np.ndarray, np.ndarray]], names
         x, y = synthetic[name]
         pick = rng.permutation(len(y))[:per]
         imgs.append(x[pick])
-        labels.append(y[pick])
+        labels.append(binary_labels(y[pick]))  # the sites' own baselines learn the binary task
         origin.append(np.full(len(pick), i, dtype=np.uint8))
     return np.concatenate(imgs), np.concatenate(labels).astype(np.uint8), np.concatenate(origin)
 

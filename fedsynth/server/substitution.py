@@ -146,7 +146,7 @@ def _synthetic_grids(releases: list[Release], run_dir: RunDir, config: RunConfig
     for rel in releases:
         rows = [
             (f"synthetic {name}", from_uint8(rel.images[rel.labels == c][:k]))
-            for c, name in enumerate(CLASS_NAMES)
+            for c, name in enumerate(config.data.label_set)
             if (rel.labels == c).any()
         ]
         image_grid(rows, run_dir.grid_path(rel.site), f"{rel.site}: released synthetic images", phantom=phantom)

@@ -14,6 +14,7 @@ from flwr.serverapp import Grid
 from fedsynth.client.site_data import simulated_sites
 from fedsynth.config import RunConfig
 from fedsynth.data.dataset import concat
+from fedsynth.data.labels import class_indices
 from fedsynth.errors import ConfigError
 from fedsynth.metrics_schema import RunMetrics
 from fedsynth.progress import ProgressFactory, no_progress
@@ -38,7 +39,8 @@ def run_centralized(config: RunConfig, transport: Transport, run_dir: RunDir, re
     pool = concat([s.train for s in sites])
     record.contributions = [Contribution(s.name, "real_data", {"n_train": len(s.train), **s.train.class_counts()},
                                          False, {}, bool(s.train.phantom)) for s in sites]
-    clf = train_on_pool(config, pool.images, pool.labels, "real (pooled centrally)", pool.phantom,
+    clf = train_on_pool(config, pool.images, class_indices(pool, config.data.label_set), "real (pooled centrally)",
+                        pool.phantom,
                         [s.name for s in sites], run_dir, record, progress)
     return evaluate_and_report(config, transport, run_dir, clf, record, registry=registry)
 

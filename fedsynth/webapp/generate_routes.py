@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from fedsynth.config import check_label_set
 from fedsynth.data.dataset import CLASS_NAMES
 from fedsynth.rundir import GENERATOR_FILE, RunDir
 from fedsynth.webapp.context import AppContext
@@ -45,7 +46,16 @@ def available_generators(run_dir: Path) -> dict[str, Path]:
     return found
 
 
-def parse_request(params: dict[str, str], sources: dict[str, Path]) -> dict[str, Any]:
+def run_label_set(run_dir: Path) -> tuple[str, ...]:
+    """The label set the run's generators condition on (its config's data.label_set)."""
+    try:
+        return check_label_set(RunDir.open(run_dir).read_config().get("data", {}).get("label_set") or CLASS_NAMES)
+    except Exception:  # noqa: BLE001 - a run without a readable config was binary
+        return CLASS_NAMES
+
+
+def parse_request(params: dict[str, str], sources: dict[str, Path],
+                  classes: tuple[str, ...] = CLASS_NAMES) -> dict[str, Any]:
     """The checked request; BadRequest naming the parameter otherwise."""
     def integer(name: str, default: int, lo: int, hi: int) -> int:
         raw = params.get(name, "")
@@ -60,12 +70,12 @@ def parse_request(params: dict[str, str], sources: dict[str, Path]) -> dict[str,
     source = params.get("source") or next(iter(sources), "")
     if source not in sources:
         raise BadRequest(f"source must be one of {', '.join(sources) or '(none: this run kept no generator)'}")
-    label = params.get("label", "pneumonia")
-    if label not in CLASS_NAMES:
-        raise BadRequest(f"label must be one of {', '.join(CLASS_NAMES)}")
+    label = params.get("label", classes[-1])
+    if label not in classes:
+        raise BadRequest(f"label must be one of {', '.join(classes)}")
     edit_to = params.get("edit_to") or None
-    if edit_to is not None and edit_to not in CLASS_NAMES:
-        raise BadRequest(f"edit_to must be empty or one of {', '.join(CLASS_NAMES)}")
+    if edit_to is not None and edit_to not in classes:
+        raise BadRequest(f"edit_to must be empty or one of {', '.join(classes)}")
     raw = params.get("strength", "")
     try:
         strength = float(raw) if raw != "" else 0.5
@@ -80,6 +90,7 @@ def parse_request(params: dict[str, str], sources: dict[str, Path]) -> dict[str,
 def generate_router(ctx: AppContext, run_dir: Path) -> APIRouter:
     router = APIRouter()
     sources = available_generators(run_dir)
+    classes = run_label_set(run_dir)
     loaded: dict[str, Any] = {}
 
     def generator(name: str):
@@ -93,7 +104,7 @@ def generate_router(ctx: AppContext, run_dir: Path) -> APIRouter:
         from fedsynth.evaluation.editing import ssim
 
         gen = generator(req["source"])
-        cls = CLASS_NAMES.index(req["label"])
+        cls = classes.index(req["label"])
         clf = ctx.classifier
         scored = clf.resolution == gen.resolution
 
@@ -108,7 +119,7 @@ def generate_router(ctx: AppContext, run_dir: Path) -> APIRouter:
                              for im, s in zip(images, scores(images) or [None] * len(images))]
             return out
         try:
-            src, edited = gen.edit(req["n"], cls, CLASS_NAMES.index(req["edit_to"]), req["strength"],
+            src, edited = gen.edit(req["n"], cls, classes.index(req["edit_to"]), req["strength"],
                                    seed=req["seed"])
         except NotImplementedError as err:
             raise BadRequest(str(err)) from None
@@ -119,7 +130,7 @@ def generate_router(ctx: AppContext, run_dir: Path) -> APIRouter:
         return out
 
     def form(req: dict[str, Any] | None) -> str:
-        req = req or {"source": next(iter(sources), ""), "label": "pneumonia", "edit_to": None, "strength": 0.5,
+        req = req or {"source": next(iter(sources), ""), "label": classes[-1], "edit_to": None, "strength": 0.5,
                       "n": 8, "seed": 0}
 
         def options(values, chosen) -> str:
@@ -130,9 +141,9 @@ def generate_router(ctx: AppContext, run_dir: Path) -> APIRouter:
 <h1>Synthetic X-rays to a specification</h1>
 <div class="card"><form method="get" action="/generate" id="generate-form">
   <label>generator <select name="source">{options(list(sources), req['source'])}</select></label>
-  <label>class <select name="label">{options(CLASS_NAMES, req['label'])}</select></label>
+  <label>class <select name="label">{options(classes, req['label'])}</select></label>
   <label>images <input type="number" name="n" min="1" max="{MAX_IMAGES}" value="{req['n']}"></label>
-  <label>edit to <select name="edit_to">{options(['', *CLASS_NAMES], req['edit_to'] or '')}</select></label>
+  <label>edit to <select name="edit_to">{options(['', *classes], req['edit_to'] or '')}</select></label>
   <label>strength <input type="number" name="strength" min="0" max="1" step="0.05" value="{req['strength']}">
   </label>
   <label>seed <input type="number" name="seed" min="0" value="{req['seed']}"></label>
@@ -171,7 +182,7 @@ the same images. JSON: <code>/api/generate?label=pneumonia&amp;n=4</code></small
         if "label" not in params:
             return ctx.page("Generate", form(None))
         try:
-            req = parse_request(params, sources)
+            req = parse_request(params, sources, classes)
             result = await run_in_threadpool(run, req)
         except BadRequest as err:
             return ctx.page("Generate", f"<div class='error' id='error'>{escape(str(err))}</div>" + form(None), 400)
@@ -182,7 +193,7 @@ the same images. JSON: <code>/api/generate?label=pneumonia&amp;n=4</code></small
         if not sources:
             return ctx.problem("this run directory holds no generator", 404)
         try:
-            req = parse_request(dict(request.query_params), sources)
+            req = parse_request(dict(request.query_params), sources, classes)
             return ctx.answer(await run_in_threadpool(run, req))
         except BadRequest as err:
             return ctx.problem(str(err), 400)

@@ -21,7 +21,7 @@ from fedsynth.evaluation.report.overview import (
     section_sites,
 )
 from fedsynth.evaluation.report.privacy import section_privacy, section_rounds
-from fedsynth.evaluation.report.results import section_curves, section_fidelity, section_utility
+from fedsynth.evaluation.report.results import section_curves, section_fidelity, section_subtype, section_utility
 from fedsynth.evaluation.report.run_data import RunData, load_run
 from fedsynth.rundir import REPORT_FILE
 
@@ -35,6 +35,7 @@ SECTIONS: list[tuple[str, Callable[[RunData], str]]] = [
     ("sites", section_sites),
     ("pooled results", section_pooled),
     ("curves", section_curves),
+    ("subtype", section_subtype),
     ("utility", section_utility),
     ("fidelity", section_fidelity),
     ("privacy", section_privacy),

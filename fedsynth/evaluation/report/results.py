@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fedsynth.evaluation.report.figures import _curve_sets, curves_png
-from fedsynth.evaluation.report.format import BASELINES, MAIN_LABEL, explain, fmt, fmt_ci, img, table
+from fedsynth.evaluation.report.format import BASELINES, MAIN_LABEL, esc, explain, fmt, fmt_ci, img, table
 from fedsynth.evaluation.report.overview import metrics_row
 from fedsynth.evaluation.report.run_data import RunData
 
@@ -25,6 +25,30 @@ def section_curves(data: RunData) -> str:
             "on its own test split.")
     return ("<section id='curves'><h2>ROC and precision-recall curves</h2>" + explain(*text)
             + img(png, "ROC and precision-recall curves", "plot") + "</section>")
+
+
+def section_subtype(data: RunData) -> str:
+    """The subtype task (classifier.task: subtype): per-class one-vs-rest figures and the confusion matrix."""
+    st = data.metrics.subtype
+    if st is None:
+        return ""
+    rows = [[esc(name), str(f.n), fmt_ci(f.auroc, f.auroc_ci), fmt_ci(f.aupr, f.aupr_ci),
+             fmt_ci(f.recall, f.recall_ci), fmt(f.precision)] for name, f in st.per_class.items()]
+    rows.append(["<strong>all classes</strong>", str(st.n), "macro " + fmt_ci(st.macro_auroc, st.macro_auroc_ci),
+                 "", "balanced accuracy " + fmt(st.balanced_accuracy), "accuracy " + fmt_ci(st.accuracy,
+                                                                                          st.accuracy_ci)])
+    confusion = [[esc(st.classes[i])] + [str(v) for v in row] for i, row in enumerate(st.confusion)]
+    return ("<section id='subtype'><h2>Subtype task</h2>"
+            + explain(f"The classifier predicts one of {len(st.classes)} classes ({', '.join(st.classes)}); "
+                      f"the binary figures above use 1 - P({st.classes[0]}) as the pneumonia score. "
+                      "Per class: one-vs-rest AUROC and AUPR from the sites' histograms of that class's "
+                      "probability, and recall / precision at the most probable class, pooled over the sites' "
+                      f"real test X-rays ({st.ci_level:.0%} intervals).")
+            + table(["class", "n", "AUROC (one-vs-rest) [CI]", "AUPR [CI]", "recall [CI]", "precision"], rows, "wide",
+                    raw=True)
+            + "<h3>Confusion matrix (rows: true class, columns: predicted)</h3>"
+            + table(["true class / predicted", *st.classes], confusion, "confusion", raw=True)
+            + "</section>")
 
 
 def section_utility(data: RunData) -> str:
