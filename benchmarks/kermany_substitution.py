@@ -9,6 +9,12 @@ real training images.
 
     .venv/bin/python -m benchmarks.kermany_substitution [--config configs/kermany-cpu.yaml]
 
+With ``--set calibration.enabled=true`` the sites also return histograms of a held-out
+calibration split of their training patients, the server fits a temperature and the
+threshold on them, and the JSON records the expected calibration error and the operating
+point on the official test split before and after (exact, from per-image scores here in
+the benchmark, beside the server's histogram figures).
+
 Writes benchmarks/results/<name>.json. Exits 0 with a message when the data is absent.
 """
 
@@ -27,6 +33,37 @@ from fedsynth.config import load_config
 from fedsynth.data.dataset import concat
 from fedsynth.rundir import CLASSIFIER_FILE
 from fedsynth.simulation import simulate
+
+ECE_BINS = 15
+
+
+def ece(labels: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error: equal-width probability bins, weighted by their images."""
+    which = np.minimum((probs * bins).astype(int), bins - 1)
+    out = 0.0
+    for b in range(bins):
+        sel = which == b
+        if sel.any():
+            out += sel.mean() * abs(labels[sel].mean() - probs[sel].mean())
+    return float(out)
+
+
+def calibration_figures(clf: Classifier, test, ev, seed: int, threshold_before: float) -> dict:
+    """ECE, Brier score and sensitivity / specificity on the official test split, of the
+    classifier as trained (temperature 1, its synthetic-validation threshold) and as calibrated."""
+    cal = clf.meta.get("calibration") or {}
+    temperature = float(clf.meta.get("temperature", 1.0))
+    after = clf.predict_proba(test.images).astype(np.float64)
+    logit = np.log(np.clip(after, 1e-12, 1)) - np.log1p(-np.clip(after, 0, 1 - 1e-12))
+    before = 1 / (1 + np.exp(-logit * temperature))  # undo the temperature
+    out = {"temperature": temperature, "sites": cal.get("sites")}
+    for name, probs, threshold in (("before", before, threshold_before),
+                                   ("after", after, clf.threshold)):
+        m = evaluate_scores(test.labels, probs, threshold, n_boot=ev.bootstrap, level=ev.ci_level, seed=seed)
+        out[name] = {"ece": ece(test.labels, probs), "brier": float(np.mean((probs - test.labels) ** 2)),
+                     "threshold": float(threshold), "sensitivity": m.sensitivity, "specificity": m.specificity,
+                     "auroc": m.auroc}
+    return out
 
 
 def main() -> None:
@@ -54,6 +91,12 @@ def main() -> None:
     clf = Classifier.load(run_dir.file(CLASSIFIER_FILE))
     exact = evaluate_scores(test.labels, clf.predict_proba(test.images), clf.threshold, n_boot=ev.bootstrap,
                             level=ev.ci_level, seed=cfg.run.seed)
+
+    calibration = None
+    if metrics.get("calibration"):
+        calibration = {"server": metrics["calibration"],
+                       "exact_on_official_test": calibration_figures(
+                           clf, test, ev, cfg.run.seed, metrics["calibration"].get("threshold_before", clf.threshold))}
 
     real = None
     if not args.skip_real:
@@ -86,6 +129,7 @@ def main() -> None:
                                        if "release" in v)),
             },
             "real_trained_upper_bound": real,
+            "calibration": calibration,
             "summary": {
                 "synthetic_only_auroc": exact.auroc,
                 "synthetic_only_auroc_ci": list(exact.auroc_ci),
