@@ -7,7 +7,7 @@ Rows (``--only`` picks some; each is measured in a fresh subprocess where it mat
   ones (phantoms; one thread and two), the median of 3 epochs (goal <= 1 s);
 * ``demo``: ``fedsynth simulate`` on its built-in default, wall time and the run's own timings
   (goal <= 90 s);
-* ``quick_tests``: the documented quick subset, ``pytest -m "not slow"`` (goal <= 60 s);
+* ``quick_tests``: the documented quick subset, ``pytest -m "not slow and not shared_data"`` (goal <= 60 s);
 * ``tests``: the whole suite (goal <= 5 min);
 * ``kermany``: ``configs/kermany-cpu.yaml`` through benchmarks/kermany_substitution.py (goal
   <= 12 min; needs ../shared/data).
@@ -80,7 +80,8 @@ def demo() -> dict:
 
 
 def tests(quick: bool) -> dict:
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"] + (["-m", "not slow"] if quick else [])
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    args += ["-m", "not slow and not shared_data"] if quick else []
     wall, done = _run(args)
     return {"seconds": wall, "result": done.stdout.strip().splitlines()[-1] if done.stdout else done.stderr[-500:]}
 

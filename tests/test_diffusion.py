@@ -9,7 +9,6 @@ import pytest
 from fedsynth.config import DDPMSection, PrivacySection, SDLoRASection
 from fedsynth.errors import ConfigError
 from fedsynth.generators import build_generator, load_generator
-from fedsynth.generators.ddpm import NULL_CLASS
 from fedsynth.privacy.dp import plan_training
 from tests.conftest import assert_images
 
@@ -36,7 +35,8 @@ def test_ddpm_interface(ddpm, tmp_path):
 
 def test_ddpm_uses_a_null_class_for_guidance(ddpm):
     gen, _ = ddpm
-    assert gen.denoiser.unet.config.num_class_embeds == 3 and NULL_CLASS == 2
+    # one embedding per class of the label set, then the null class (index num_classes)
+    assert gen.denoiser.unet.config.num_class_embeds == 3 and gen.null_class == 2
     assert gen.sampler.__class__.__name__ == "DDIMScheduler"
     assert gen.noise_scheduler.__class__.__name__ == "DDPMScheduler"
 

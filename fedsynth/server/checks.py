@@ -196,8 +196,8 @@ def check_signed_update(upd: ModelUpdate, digest: str | None, config: RunConfig,
 
 
 RELEASE_INFO_KEYS = ("site", "run_id", "fedsynth_version", "generator", "train_counts", "test_counts", "label_set",
-                     "train_class_counts", "released_per_class", "withheld_classes", "phantom", "gate", "markers", "membership_auc",
-                     "membership_audit", "seconds")
+                     "train_class_counts", "released_per_class", "withheld_classes", "phantom", "gate", "markers",
+                     "membership_auc", "membership_audit", "seconds")
 MAX_INFO_BYTES = 64 * 1024  # a release's statistics are a few kB; more is not a statistic
 
 
