@@ -311,7 +311,10 @@ def test_api_score_heatmap_is_grad_cam_of_the_preprocessed_image(client, clf, xr
     heat = grad_cam(clf, prepare(read_image_file(path), RES))
     from fedsynth.webapp.scoring import heat_rgb
 
-    assert np.array_equal(np.asarray(decode_png(body["heatmap_png_base64"])), heat_rgb(heat))
+    # the app computes it on a worker thread, whose torch thread count may differ from this one's after
+    # another test set it: the float sums may round differently, so allow a colour step or two
+    served = np.asarray(decode_png(body["heatmap_png_base64"])).astype(int)
+    assert np.abs(served - heat_rgb(heat).astype(int)).max() <= 2
 
 
 @pytest.mark.parametrize(
