@@ -290,6 +290,37 @@ def test_the_subtype_task_runs_end_to_end_on_phantoms(mode, tmp_path):
     else:
         metrics = json.loads(Path(run_dir.path / "metrics.json").read_text())
         assert all(s["release"]["label_set"] == list(SUBTYPES) for s in metrics["sites"].values())
+        _generate_edit_and_stress(run_dir.path, tmp_path)
+
+
+def _generate_edit_and_stress(run: Path, tmp_path: Path) -> None:
+    """The CLI samples, edits and stress-tests with the run's three classes."""
+    from typer.testing import CliRunner
+
+    from fedsynth.cli import app
+    from fedsynth.data.ingest import load_source
+
+    runner = CliRunner()
+    out = tmp_path / "virus.npz"
+    res = runner.invoke(app, ["generate", str(run), "--site", "site-0", "--label", "virus", "--n", "4", "--out",
+                              str(out)])
+    assert res.exit_code == 0, res.output
+    back, _ = load_source(str(out), 16)  # an ingestible bundle: binary labels and the subtype column
+    assert (back.labels == 1).all() and (class_indices(back, SUBTYPES) == 2).all()
+    res = runner.invoke(app, ["generate", str(run), "--site", "site-0", "--label", "normal", "--edit-to", "virus",
+                              "--n", "4", "--out", str(tmp_path / "edit.npz")])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "edit.json").read_text())
+    assert summary["target"] == "virus" and 0 <= summary["target_probability_after_mean"] <= 1
+    res = runner.invoke(app, ["stress", str(run), str(run), "--site", "site-0", "--n", "4", "--n-edit", "2",
+                              "--bootstrap", "0", "--out", str(tmp_path / "stress")])
+    assert res.exit_code == 0, res.output
+    stress = json.loads((tmp_path / "stress" / "stress.json").read_text())
+    assert stress["classes"] == list(SUBTYPES)
+    assert set(stress["unshifted"]["mean_score"]) == set(SUBTYPES)
+    assert {"normal->bacteria", "normal->virus", "virus->normal"} <= set(stress["edits"])
+    res = runner.invoke(app, ["generate", str(run), "--site", "site-0", "--label", "fungal", "--n", "2"])
+    assert res.exit_code != 0 and "normal, bacteria, virus" in res.output
 
 
 def test_a_site_under_evaluation_epsilon_returns_no_subtype_figures(tmp_path):

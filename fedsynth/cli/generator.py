@@ -95,7 +95,7 @@ def generate(
     grid = out.with_suffix(".png")
     if edit_to is None:
         images = gen.sample(n, cls, seed=seed)
-        save_images(out, images, np.full(n, cls))
+        save_images(out, images, np.full(n, cls), gen.classes)
         image_grid([(f"synthetic {label}", images[:8])], grid, f"{gen.family}: synthetic {label}")
         console.print(f"wrote {n} synthetic {label} images to {out} and {grid}", highlight=False)
         return
@@ -110,14 +110,17 @@ def generate(
         src, edited, report = edit_report(gen, n, cls, target, strength, seed, clf)
     except NotImplementedError as err:
         raise DataError(str(err)) from None
-    save_images(out, edited, np.full(n, target), source_images=src)
+    save_images(out, edited, np.full(n, target), gen.classes, source_images=src)
     image_grid([(f"synthetic {label}", src[:8]), (f"edited to {edit_to} ({strength:g})", edited[:8])], grid,
                f"{gen.family}: {label} -> {edit_to}")
     summary = report.summary()
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     console.print(f"wrote {out}, {grid} and {out.with_suffix('.json')}: SSIM to source {summary['ssim_mean']:.3f}"
                   + (f", classifier's pneumonia probability {summary['score_before_mean']:.3f} -> "
-                     f"{summary['score_after_mean']:.3f}" if clf is not None else ""), highlight=False)
+                     f"{summary['score_after_mean']:.3f}" if clf is not None else "")
+                  + (f", P({edit_to}) {summary['target_probability_before_mean']:.3f} -> "
+                     f"{summary['target_probability_after_mean']:.3f}" if "target_probability_before_mean" in summary
+                     else ""), highlight=False)
 
 
 @friendly
@@ -156,6 +159,6 @@ def stress(
     u = result["unshifted"]
     worst = max(((k, lv, r["auroc_drop"]) for k, rows in result["shifts"].items() for lv, r in rows.items()),
                 key=lambda t: t[2])
-    console.print(f"{mut.name}: AUROC {u['auroc']:.3f} on {2 * n} synthetic images; largest drop "
+    console.print(f"{mut.name}: AUROC {u['auroc']:.3f} on {len(result['classes']) * n} synthetic images; largest drop "
                   f"{worst[2]:.3f} under {worst[0]} {worst[1]}", highlight=False)
     console.print(f"wrote {json_path} and {html_path} (open it in a browser)", highlight=False, soft_wrap=True)

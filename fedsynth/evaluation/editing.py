@@ -54,17 +54,27 @@ class EditReport:
     strength: float
     n: int
     ssim: list[float] = field(default_factory=list)
-    score_before: list[float] = field(default_factory=list)
+    score_before: list[float] = field(default_factory=list)  # the classifier's P(pneumonia)
     score_after: list[float] = field(default_factory=list)
+    target_is_pneumonia: bool = True  # any class but the label set's first (normal)
+    # a classifier of the same finer label set: its probability of the target class
+    target_probability_before: list[float] = field(default_factory=list)
+    target_probability_after: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         moved = np.asarray(self.score_after) - np.asarray(self.score_before)
-        toward = moved if self.target_label == CLASS_NAMES[1] else -moved
-        return {"source": self.source_label, "target": self.target_label, "strength": self.strength, "n": self.n,
-                "ssim_mean": float(np.mean(self.ssim)) if self.ssim else None,
-                "score_before_mean": float(np.mean(self.score_before)) if self.score_before else None,
-                "score_after_mean": float(np.mean(self.score_after)) if self.score_after else None,
-                "share_moved_toward_target": float(np.mean(toward > 0)) if len(toward) else None}
+        toward = moved if self.target_is_pneumonia else -moved
+        out = {"source": self.source_label, "target": self.target_label, "strength": self.strength, "n": self.n,
+               "ssim_mean": float(np.mean(self.ssim)) if self.ssim else None,
+               "score_before_mean": float(np.mean(self.score_before)) if self.score_before else None,
+               "score_after_mean": float(np.mean(self.score_after)) if self.score_after else None,
+               "share_moved_toward_target": float(np.mean(toward > 0)) if len(toward) else None}
+        if self.target_probability_before:
+            before, after = np.asarray(self.target_probability_before), np.asarray(self.target_probability_after)
+            out.update(target_probability_before_mean=float(before.mean()),
+                       target_probability_after_mean=float(after.mean()),
+                       share_target_probability_up=float(np.mean(after > before)))
+        return out
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -76,19 +86,28 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 def edit_report(gen: Generator, n: int, source: int, target: int, strength: float, seed: int,
                 classifier: Any = None) -> tuple[np.ndarray, np.ndarray, EditReport]:
     src, out = gen.edit(n, source, target, strength, seed=seed)
-    report = EditReport(CLASS_NAMES[source], CLASS_NAMES[target], strength, n,
-                        ssim=[ssim(a, b) for a, b in zip(src, out)])
+    classes = tuple(getattr(gen, "classes", CLASS_NAMES))
+    report = EditReport(classes[source], classes[target], strength, n, ssim=[ssim(a, b) for a, b in zip(src, out)],
+                        target_is_pneumonia=target > 0)
     if classifier is not None and classifier.resolution == gen.resolution:
         report.score_before = classifier.predict_proba(src).astype(float).tolist()
         report.score_after = classifier.predict_proba(out).astype(float).tolist()
+        if len(classes) > 2 and tuple(classifier.classes) == classes:
+            report.target_probability_before = classifier.predict_class_proba(src)[:, target].astype(float).tolist()
+            report.target_probability_after = classifier.predict_class_proba(out)[:, target].astype(float).tolist()
     return src, out, report
 
 
-def save_images(path: Path, images: np.ndarray, labels: np.ndarray, **extra: np.ndarray) -> Path:
-    """Synthetic images as an npz bundle the ingesters read (uint8, labels, marked synthetic)."""
+def save_images(path: Path, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...] = CLASS_NAMES,
+                **extra: np.ndarray) -> Path:
+    """Synthetic images as an npz bundle the ingesters read (uint8, binary labels, marked synthetic);
+    ``labels`` are class indices of ``classes``, so a finer label set also writes each image's
+    ``subtype`` (the column data.label_set reads)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, images=to_uint8(images), labels=labels.astype(np.uint8), synthetic=np.array(True),
-                        **{k: to_uint8(v) for k, v in extra.items()})
+    labels = np.asarray(labels)
+    finer = {} if tuple(classes) == CLASS_NAMES else {"subtype": np.asarray(classes)[labels].astype(str)}
+    np.savez_compressed(path, images=to_uint8(images), labels=(labels > 0).astype(np.uint8), synthetic=np.array(True),
+                        **finer, **{k: to_uint8(v) for k, v in extra.items()})
     return path
 
 
