@@ -437,7 +437,7 @@ class Site:
         k = config.evaluation.grid_images
         rng = np.random.default_rng(0)
         train, _ = self._generator_training_set(config)
-        for c, name in enumerate(gen.classes):
+        for c, name in enumerate(config.data.label_set):
             real = train.images[conditions == c]
             fake = images[labels == c]
             if len(real) == 0 or len(fake) == 0:
