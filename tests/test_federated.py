@@ -180,7 +180,7 @@ def test_malformed_release_with_wrong_labels_is_rejected(tiny_config):
         return Message(encode_release(rel), reply_to=msg)
 
     _, m = _serve(tiny_config, faulty_app(bad_labels))
-    assert "labels must be 0 or 1" in m["sites"]["site-1"]["failures"][0]["reason"]
+    assert "labels must be class indices 0..1" in m["sites"]["site-1"]["failures"][0]["reason"]
     assert m["classifier"]["sites"] == ["site-0", "site-2"]
 
 
