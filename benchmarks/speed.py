@@ -89,7 +89,14 @@ def tests(quick: bool) -> dict:
 def kermany() -> dict:
     wall, done = _run([sys.executable, "-m", "benchmarks.kermany_substitution", "--name", "kermany_speed",
                        "--skip-real"])
-    return {"seconds": wall, "returncode": done.returncode}
+    out = {"seconds": wall, "returncode": done.returncode}
+    result = ROOT / "benchmarks" / "results" / "kermany_speed.json"
+    if done.returncode == 0 and result.is_file():
+        # "same AUROC within its CI": the row keeps the figure so the table can be read against the README's
+        res = json.loads(result.read_text())
+        out["synthetic_only_auroc"] = res.get("synthetic_only_auroc")
+        out["synthetic_only_auroc_ci"] = res.get("synthetic_only_auroc_ci")
+    return out
 
 
 ROWS = {"help": help_time, "classifier_epoch": classifier_epoch, "demo": demo,
@@ -99,9 +106,14 @@ ROWS = {"help": help_time, "classifier_epoch": classifier_epoch, "demo": demo,
 def markdown(rows: dict) -> str:
     out = ["| measure | measured | goal | met |", "|---|---|---|---|"]
     for name, r in rows.items():
-        s = r.get("seconds")
-        out.append(f"| {name} | {'failed' if s is None else f'{s:.1f} s'} | <= {GOALS[name]:g} s | "
-                   f"{'yes' if s is not None and s <= GOALS[name] else 'no'} |")
+        s, goal = r.get("seconds"), GOALS[name]
+        if s is None:
+            verdict = "failed"
+        elif s <= goal:
+            verdict = "yes"
+        else:  # the issue asks for the size of a miss, not only that it missed
+            verdict = f"no: {s - goal:.1f} s over ({s / goal:.1f}x)"
+        out.append(f"| {name} | {'failed' if s is None else f'{s:.1f} s'} | <= {goal:g} s | {verdict} |")
     return "\n".join(out)
 
 
@@ -115,6 +127,8 @@ def main() -> None:
         before = os.getloadavg()[0]
         rows[name] = {**ROWS[name](), "load_average_1min": [before, os.getloadavg()[0]]}
         print(name, rows[name].get("seconds"), flush=True)
+        # after every row, so a long run that is stopped keeps what it measured
+        write_result("speed", {"rows": rows, "goals_s": GOALS, "table": markdown(rows)})
     write_result("speed", {"rows": rows, "goals_s": GOALS, "table": markdown(rows)})
     print(markdown(rows))
 
