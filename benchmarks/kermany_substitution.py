@@ -128,6 +128,9 @@ def main() -> None:
                 "n_synthetic": int(sum(v["release"]["n_released"] for v in metrics["sites"].values()
                                        if "release" in v)),
             },
+            # counts only (data.markers): what the marker step did to each site's training set and release
+            "markers": {k: v["release"].get("markers") for k, v in metrics["sites"].items()
+                        if "release" in v and v["release"].get("markers")} or None,
             "real_trained_upper_bound": real,
             "calibration": calibration,
             "summary": {
