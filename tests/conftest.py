@@ -69,3 +69,35 @@ def flower_identity():
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
     yield
     TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+# ---- the quick subset -----------------------------------------------------------------------
+# `pytest -m "not slow and not shared_data"` is the edit-test loop. Marking each training test
+# by hand drifts as tests are added, so a test is also `slow` when its own code or a fixture it
+# uses (transitively, within this project's tests) calls one of these: a federation, a
+# subprocess, a generator's or classifier's training, or the web app's server. Measured with
+# benchmarks/speed.py (row quick_tests).
+TRAINS = ("simulate(", "_serve(", "run_simulation", "subprocess", "Popen", ".fit(", "train_classifier(",
+          "train_local(", "CliRunner", "serve_app(", "TestClient(", "make_release(", "release(")
+
+
+def _trains(func) -> bool:
+    import inspect
+
+    try:
+        src = inspect.getsource(func)
+    except (OSError, TypeError):
+        return False
+    return any(token in src for token in TRAINS)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("slow"):
+            continue
+        funcs = [getattr(item, "function", None)]
+        info = getattr(item, "_fixtureinfo", None)
+        for defs in (info.name2fixturedefs.values() if info else ()):
+            funcs += [d.func for d in defs if str(getattr(d, "baseid", "")).startswith("tests")]
+        if any(f is not None and _trains(f) for f in funcs):
+            item.add_marker(pytest.mark.slow)

@@ -113,6 +113,7 @@ def test_alignment_is_for_substitution_runs():
 
 
 @pytest.mark.parametrize("aligned,by_class", [(True, True), (True, False), (False, True)])
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_the_sites_evaluate_what_the_classifier_trained_on(tiny_config, aligned, by_class, monkeypatch):
     """Fidelity and the augmentation baseline at the sites use the pooled images the
     classifier saw: after alignment, the aligned ones, not the raw releases. The sample

@@ -44,6 +44,7 @@ def test_the_threshold_is_chosen_on_the_calibrated_scores():
     assert 0.2 < thr < 0.8
 
 
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_a_federation_calibrates_on_held_out_images_once_per_run(tiny_config):
     from fedsynth.client.evaluation import EvaluationRefused
     from fedsynth.client.site import Site

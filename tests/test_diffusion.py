@@ -72,6 +72,7 @@ def test_augmentation_multiplicity_averages_per_example_gradients():
     torch.testing.assert_close(lin.weight.grad_sample, torch.tensor([[[2.0, 3.0]], [[8.0, 9.0]]]))
 
 
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_ddpm_config_is_validated():
     with pytest.raises(ValueError, match="norm_num_groups"):
         DDPMSection(block_out_channels=[10, 20], norm_num_groups=8)

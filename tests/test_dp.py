@@ -14,6 +14,7 @@ from fedsynth.privacy.ledger import RELEASE, verify_ledger
 TINY_GAN = GANSection(epochs=2, base_channels=8, latent_dim=16, batch_size=16)
 
 
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_noise_matches_the_facts_checked_for_kermany():
     # epsilon 10, delta 1e-5, sample rate 256/5216, 50 epochs (issue 3's facts)
     q = 256 / 5216
@@ -22,6 +23,7 @@ def test_noise_matches_the_facts_checked_for_kermany():
     assert noise_for_target(10, 1e-5, q, steps, "prv") == pytest.approx(1.045, abs=0.005)
 
 
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_plan_uses_opacus_sample_rate_and_a_sound_default_delta():
     plan = plan_training(PrivacySection(epsilon=8), n=500, batch_size=64, epochs=3)
     assert plan.sample_rate == pytest.approx(1 / 8) and plan.steps == 24
@@ -71,6 +73,7 @@ def test_empty_poisson_batches_do_not_break_training_or_accounting():
     assert report.steps == 36
 
 
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_budget_composes_the_ledger_and_refuses():
     plan = plan_training(PrivacySection(epsilon=6, delta=1e-5), n=200, batch_size=20, epochs=2)
     prior = [{"type": "dp-training", "mechanism": {**plan.mechanism().to_dict(), "delta": 1e-5, "accountant": "rdp"},

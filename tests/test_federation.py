@@ -44,6 +44,7 @@ class BrokenSite(Site):
         raise RuntimeError("disk full")
 
 
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_local_federation_end_to_end(tiny_config):
     run_dir = RunDir.create(tiny_config)
     metrics = _run(tiny_config, _sites(tiny_config, run_dir), run_dir)
@@ -65,6 +66,7 @@ def test_local_federation_end_to_end(tiny_config):
     assert (site_dir / "generator.safetensors").is_file()
 
 
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_failed_site_is_dropped_with_its_reason(tiny_config):
     run_dir = RunDir.create(tiny_config)
     sites = _sites(tiny_config, run_dir)
@@ -76,6 +78,7 @@ def test_failed_site_is_dropped_with_its_reason(tiny_config):
     assert any("site-1" in w for w in metrics["warnings"])
 
 
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_too_few_sites_stops_with_a_clear_error(tiny_config):
     tiny_config.federation.min_sites = 3
     run_dir = RunDir.create(tiny_config)

@@ -150,6 +150,7 @@ def federation(tiny_config):
 
 
 @pytest.mark.parametrize("attack", list(RELEASE_ATTACKS))
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_a_hostile_release_costs_only_its_site(federation, attack):
     cfg, run_dir, registry, sites, keys = federation
     mutate, reason = RELEASE_ATTACKS[attack]
@@ -193,6 +194,7 @@ EVAL_ATTACKS = {
 
 
 @pytest.mark.parametrize("attack", list(EVAL_ATTACKS))
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_a_hostile_evaluation_costs_only_its_site(federation, attack):
     cfg, run_dir, registry, sites, keys = federation
     mutate, reason = EVAL_ATTACKS[attack]
@@ -358,6 +360,7 @@ entry_like = st.fixed_dictionaries({}, optional={
 @settings(max_examples=150, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(entry_like, max_size=4) | json_values)
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_the_verifier_never_raises(site_ledger, entries):
     _, _, pub = site_ledger
     result = verify_entries(entries, load_public_key(pub))
@@ -371,6 +374,7 @@ def _good_figures():
 @settings(max_examples=200, deadline=None, derandomize=True, database=None)
 @given(st.dictionaries(st.sampled_from(list(_good_figures())), json_values, max_size=6),
        st.dictionaries(st.sampled_from(["fidelity", "utility", "error", "other"]), json_values, max_size=3))
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_the_evaluation_check_never_raises(override, extra):
     res = EvalResult("s", {**_good_figures(), **override}, ScoreHistogram(np.array([2, 0, 0]), np.array([0, 2, 0])),
                      extra=extra)
@@ -398,6 +402,7 @@ def test_evaluations_are_metered_and_recorded(federation):
     site.evaluate(clf, cfg, EvaluateRequest("run-y", cfg, clf.header(), clf.state_dict()))  # another run: allowed
 
 
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_fidelity_only_on_images_of_signed_releases(federation):
     cfg, run_dir, registry, sites, keys = federation
     cfg.evaluation.fidelity = True
@@ -423,6 +428,7 @@ def test_fidelity_only_on_images_of_signed_releases(federation):
     assert m2.fidelity.pooled is not None, "the same sample, untouched, traces to the signed releases"
 
 
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_an_evaluation_under_dp_returns_noisy_consistent_counts(federation):
     cfg, run_dir, registry, sites, keys = federation
     noisy = sites[0].policy.model_copy(update={"evaluation_epsilon": 1.0})

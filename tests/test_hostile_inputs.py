@@ -572,6 +572,7 @@ YAML_CASES = {
 
 @pytest.mark.parametrize("case", sorted(YAML_CASES))
 @pytest.mark.parametrize("kind", ["run", "site"])
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_hostile_yaml_is_a_config_error_naming_the_file(tmp_path, case, kind):
     text, needle = YAML_CASES[case]
     path = tmp_path / f"{kind}.yaml"

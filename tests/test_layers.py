@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "fedsynth"
 LAYERS = ["data", "privacy", "generators", "classifier", "evaluation", "client", "server", "simulation",
           "webapp", "deploy", "cli"]
@@ -55,6 +57,7 @@ def test_ground_floor_imports_no_layer():
     assert ground == []
 
 
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_the_client_and_the_server_never_import_each_other():
     crossing = [f"{mod} imports {dep}" for mod, deps in _imports().items() for dep in deps
                 if {_top(mod), _top(dep)} == {"client", "server"}]

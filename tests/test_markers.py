@@ -16,6 +16,7 @@ def planted():
     return clean.images, marked.images
 
 
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_markers_leave_the_anatomy_under_them_unchanged(planted):
     clean, marked = planted
     changed = np.abs(marked - clean) > 1e-6
@@ -25,6 +26,7 @@ def test_markers_leave_the_anatomy_under_them_unchanged(planted):
 
 
 @pytest.mark.parametrize("resolution", [32, 64])
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_planted_markers_are_found_and_clean_images_are_not(resolution):
     clean = make_phantoms(300, resolution=resolution, seed=3).images
     marked = make_phantoms(300, resolution=resolution, seed=3, markers=1.0).images
@@ -34,6 +36,7 @@ def test_planted_markers_are_found_and_clean_images_are_not(resolution):
     assert false_alarms <= RELEASE_MAX_RATE, false_alarms  # measured: 0.01 and 0.0
 
 
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_removal_changes_only_masked_pixels_and_stays_in_range(planted):
     _, marked = planted
     cleaned, report = clean_markers(marked)

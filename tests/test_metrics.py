@@ -40,6 +40,7 @@ def test_wilson_interval_known_value():
     assert all(math.isnan(v) for v in wilson_interval(0, 0))
 
 
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_bootstrap_is_stratified_and_brackets_estimate():
     rng = np.random.default_rng(0)
     labels = np.array([0] * 30 + [1] * 10)

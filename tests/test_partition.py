@@ -55,6 +55,7 @@ def test_iid_balances_classes_and_sizes():
     assert max(prevalence) - min(prevalence) < 0.05
 
 
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_dirichlet_skews_labels():
     ds = make_phantoms(900, 16, seed=2)
     spread = []

@@ -128,6 +128,7 @@ def test_the_run_goes_on_without_a_rejected_release(tiny_config):
     assert (run_dir.path / "ledgers" / "site-0.jsonl").is_file()
 
 
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_a_budget_refusal_reaches_the_server_as_a_site_failure(tiny_config):
     cfg = tiny_config
     cfg.privacy = PrivacySection(epsilon=8)

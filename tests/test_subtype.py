@@ -239,6 +239,7 @@ def test_subtype_figures_a_binary_run_did_not_ask_for_are_refused():
 @settings(max_examples=150, deadline=None, derandomize=True, database=None)
 @given(st.lists(st.lists(st.integers(-3, 10**19), min_size=0, max_size=4), max_size=4),
        st.lists(st.text(max_size=8), max_size=4))
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_the_subtype_check_never_raises(confusion, classes):
     res = _subtype_reply(subtype={"classes": classes, "confusion": confusion})
     problem = check_eval_result(res, 2, 10, SUBTYPES)

@@ -106,6 +106,7 @@ def site(tmp_path_factory, browser_ready):
     return make_run(root), make_real(root / "real.npz"), root
 
 
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_browser_uploads_an_xray_and_reads_the_probability(site):
     from fedsynth.classifier.predict import load_run_classifier
     from fedsynth.data.ingest import read_image_file
@@ -155,6 +156,7 @@ def test_browser_uploads_an_xray_and_reads_the_probability(site):
         assert page.csp_violations == []
 
 
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_browser_reader_completes_a_study(site, tmp_path):
     from fedsynth.webapp import create_app
 
@@ -193,6 +195,7 @@ def test_browser_reader_completes_a_study(site, tmp_path):
     assert re.search(rf"Dr Browser\s+4\s+{100 * correct / 4:.1f}%", table), table
 
 
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_browser_reader_completes_a_two_phase_study(site, tmp_path):
     """Phase 1 (grading, nothing said about synthetic images), then phase 2 (real or synthetic)."""
     from fedsynth.webapp import create_app

@@ -464,6 +464,7 @@ def _json_post(client: TestClient, url: str, body: object, token: str):
 
 @settings(FUZZ, max_examples=150)
 @given(name=NAMES)
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_any_reader_name_is_invited_or_refused_clearly(shared, name):
     r = _json_post(shared.client, "/api/study/invitations", {"reader": name}, shared.owner)
     assert r.status_code in (201, 400, 409), r.text
@@ -478,6 +479,7 @@ def test_any_reader_name_is_invited_or_refused_clearly(shared, name):
 
 @settings(FUZZ, max_examples=100)
 @given(name=NAMES, days=JSON, reissue=JSON)
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_any_invitation_body_is_handled(shared, name, days, reissue):
     r = _json_post(shared.client, "/api/study/invitations", {"reader": name, "days": days, "reissue": reissue},
                    shared.owner)
@@ -488,6 +490,7 @@ def test_any_invitation_body_is_handled(shared, name, days, reissue):
 
 @settings(FUZZ, max_examples=100)
 @given(token=HEADER_TEXT)
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_any_bearer_token_gets_a_clear_401(shared, token):
     for url in ("/api/study/next", "/api/study/results", f"/study/image/{shared.image}.png"):
         r = shared.client.get(url, headers={"Authorization": f"Bearer {token}"})
@@ -520,6 +523,7 @@ def test_any_cookie_and_csrf_get_a_clear_4xx(shared, cookie, csrf):
 @given(body=st.one_of(JSON, st.fixed_dictionaries({}, optional={
     "image_id": st.one_of(JSON, st.just("IMAGE")), "answer": st.one_of(JSON, st.sampled_from(["real", "synthetic"])),
     "pneumonia": st.one_of(JSON, st.sampled_from(["yes", "no", ""])), "reader": st.one_of(JSON, st.just("Ann"))})))
+@pytest.mark.slow  # over 1 s: outside the quick subset
 def test_any_answer_body_is_stored_or_refused_clearly(shared, body):
     if isinstance(body, dict) and body.get("image_id") == "IMAGE":
         body["image_id"] = shared.image
