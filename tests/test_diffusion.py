@@ -90,6 +90,7 @@ def tiny_sd(tmp_path_factory):
     return make_tiny_sd(tmp_path_factory.mktemp("sd"))
 
 
+@pytest.mark.slow  # over 0.6 s: outside the quick subset
 def test_sd_lora_refuses_a_missing_or_incomplete_checkpoint(tmp_path, tiny_sd):
     with pytest.raises(ConfigError, match="no Stable Diffusion folder"):
         build_generator(SDLoRASection(checkpoint=str(tmp_path / "nope")), 16)

@@ -7,6 +7,7 @@ from fedsynth.data.phantom import make_phantoms
 from fedsynth.privacy.gate import membership_auc, release_gate, thresholds
 
 
+@pytest.mark.slow  # over 0.6 s: outside the quick subset
 def test_gate_drops_planted_copies_and_refills():
     real = make_phantoms(80, 16, seed=1)
     other = make_phantoms(400, 16, seed=2).images  # "synthetic": same distribution, not copies
@@ -47,6 +48,7 @@ def test_membership_audit_detects_a_copying_release():
     assert membership_auc(members, non_members[:0], members) is None
 
 
+@pytest.mark.slow  # over 0.6 s: outside the quick subset
 def test_membership_audit_reports_the_low_false_positive_regime_and_a_control():
     from fedsynth.privacy.gate import membership_audit
 

@@ -462,6 +462,7 @@ def npz_seed(tmp_path_factory) -> bytes:
 
 @FUZZ
 @given(edits=EDITS, cut=CUTS)
+@pytest.mark.slow  # over 0.6 s: outside the quick subset
 def test_fuzzed_npz_loads_or_raises_data_error(tmp_path, npz_seed, edits, cut):
     path = tmp_path / "fuzz.npz"
     path.write_bytes(_mutate(npz_seed, edits, cut))
@@ -592,6 +593,7 @@ def test_config_file_over_the_size_limit_is_refused(tmp_path, kind):
 
 
 @pytest.mark.parametrize("value", ["&a 3", "*a", "[&a 1, *a]", "!!python/name:os.system", "[" * 5000, "9" * 5000])
+@pytest.mark.slow  # over 0.6 s: outside the quick subset
 def test_override_values_refuse_anchors_aliases_and_bombs(value):
     with pytest.raises(ConfigError, match="override 'run.seed="):
         parse_overrides([f"run.seed={value}"])

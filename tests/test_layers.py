@@ -44,6 +44,7 @@ def _top(module: str) -> str:
     return module.split(".")[1] if module.count(".") else ""
 
 
+@pytest.mark.slow  # over 0.6 s: outside the quick subset
 def test_no_import_runs_up_a_layer():
     rank = {name: i for i, name in enumerate(LAYERS)}
     upward = [f"{mod} imports {dep}" for mod, deps in _imports().items() for dep in deps
@@ -51,6 +52,7 @@ def test_no_import_runs_up_a_layer():
     assert upward == []
 
 
+@pytest.mark.slow  # over 0.6 s: outside the quick subset
 def test_ground_floor_imports_no_layer():
     ground = [f"{mod} imports {dep}" for mod, deps in _imports().items() if _top(mod) in GROUND
               for dep in deps if _top(dep) in LAYERS]
@@ -64,6 +66,7 @@ def test_the_client_and_the_server_never_import_each_other():
     assert crossing == []
 
 
+@pytest.mark.slow  # over 0.6 s: outside the quick subset
 def test_no_import_circle():
     graph = _imports()
 

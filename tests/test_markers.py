@@ -60,6 +60,7 @@ def test_harmonic_fill_of_a_constant_surrounding_is_that_constant():
     assert np.allclose(out, 0.4, atol=1e-6)
 
 
+@pytest.mark.slow  # over 0.6 s: outside the quick subset
 def test_summary_holds_counts_only(planted):
     _, marked = planted
     summary = detect_markers(marked[:20]).summary()

@@ -26,6 +26,7 @@ def features():
 
 @settings(max_examples=40, deadline=None)
 @given(arrays(np.float32, (3, RES, RES), elements=st.floats(0, 1, width=32)))
+@pytest.mark.slow  # over 0.6 s: outside the quick subset
 def test_every_image_has_a_feature_vector_of_norm_one(features, images):
     phi = features(torch.from_numpy(images))
     assert torch.allclose(phi.norm(dim=1), torch.ones(3), atol=1e-5)

@@ -23,6 +23,7 @@ def _official(n_train=300, n_test=90, seed=0):
 
 
 @pytest.mark.parametrize("scheme", ["iid", "dirichlet"])
+@pytest.mark.slow  # over 0.6 s: outside the quick subset
 def test_patient_disjoint_across_sites_and_splits(scheme):
     ds = make_phantoms(400, 16, seed=1, images_per_patient=3)
     sites = partition(ds, 4, scheme=scheme, alpha=1.0, seed=0, min_site_images=10)
@@ -46,6 +47,7 @@ def test_official_split_is_kept_and_patient_key_includes_split():
     assert "train/person3" in ds.patient_keys() and "test/person3" in ds.patient_keys()
 
 
+@pytest.mark.slow  # over 0.6 s: outside the quick subset
 def test_iid_balances_classes_and_sizes():
     ds = make_phantoms(600, 16, seed=2)
     sites = partition(ds, 3, scheme="iid", seed=0)

@@ -22,11 +22,13 @@ def test_deterministic_by_seed():
     assert not np.array_equal(a.images, c.images)
 
 
+@pytest.mark.slow  # over 0.6 s: outside the quick subset
 def test_prevalence_is_respected():
     ds = make_phantoms(600, 16, prevalence=0.2, seed=0)
     assert 0.12 < ds.labels.mean() < 0.28
 
 
+@pytest.mark.slow  # over 0.6 s: outside the quick subset
 def test_pneumonia_brightens_the_lungs():
     # opacities add density inside the lung fields: lower-lung pixels are brighter on average
     ds = make_phantoms(400, 32, seed=2)

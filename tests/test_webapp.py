@@ -187,6 +187,7 @@ def decode_png(b64: str) -> Image.Image:
 # ---- Grad-CAM -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over 0.6 s: outside the quick subset
 def test_grad_cam_shape_and_range(clf, xray):
     image = prepare(xray, RES)
     heat = grad_cam(clf, image)

@@ -149,6 +149,7 @@ def reader_request(study: SimpleNamespace, what: str, token: str | None):
 
 @pytest.mark.parametrize("kind", TOKEN_CASES)
 @pytest.mark.parametrize("what", READER_REQUESTS)
+@pytest.mark.slow  # over 0.6 s: outside the quick subset
 def test_study_routes_need_a_valid_reader_token(study, what, kind):
     status, message = TOKEN_CASES[kind]
     token = token_for(study, kind)
