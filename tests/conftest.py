@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -73,17 +74,16 @@ def flower_identity():
 
 # ---- the quick subset -----------------------------------------------------------------------
 # `pytest -m "not slow and not shared_data"` is the edit-test loop. Marking each training test
-# by hand drifts as tests are added, so a test is also `slow` when its own code or a fixture it
-# uses (transitively, within this project's tests) calls one of these: a federation, a
-# subprocess, a generator's or classifier's training, or the web app's server. Measured with
+# by hand drifts as tests are added, so a test is also `slow` when its own code, or the code of
+# a fixture it requests that is defined in tests/ (one level: not helpers they call), names one
+# of these: a federation, a subprocess, a generator's or classifier's training, a release, or
+# the web app's server. Tests these miss carry an explicit mark. Measured with
 # benchmarks/speed.py (row quick_tests).
 TRAINS = ("simulate(", "_serve(", "run_simulation", "subprocess", "Popen", ".fit(", "train_classifier(",
           "train_local(", "CliRunner", "serve_app(", "TestClient(", "make_release(", "release(")
 
 
 def _trains(func) -> bool:
-    import inspect
-
     try:
         src = inspect.getsource(func)
     except (OSError, TypeError):
