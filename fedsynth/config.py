@@ -365,9 +365,10 @@ class PrivacySection(_Section):
     )
     max_grad_norm: float = Field(1.0, gt=0, le=1e6, description="Per-sample gradient clipping bound.")
     accountant: Literal["rdp", "prv"] = Field("rdp", description="Accountant for calibration and reporting.")
-    grad_sample_mode: Literal["hooks", "functorch"] = Field(
+    grad_sample_mode: Literal["hooks", "functorch", "ghost"] = Field(
         "hooks", description="How Opacus computes per-sample gradients (the mechanism is the same either way; "
-        "benchmarks/dp_step_cost.py measures their speed).")
+        "benchmarks/dp_step_cost.py measures their speed). ghost: ghost clipping, per-sample gradient norms "
+        "without per-sample gradients; for the GAN's discriminator only (its loss is a per-example criterion).")
     secure_rng: bool = Field(False, description="Cryptographically secure noise (needs torchcsprng).")
 
 
@@ -567,6 +568,12 @@ class RunConfig(_Section):
                     raise ValueError(f"privacy.delta ({self.privacy.delta:g}) exceeds {name}.delta ({b.delta:g})")
         if self.privacy is not None and self.run.mode == "centralized-real":
             raise ValueError("privacy: centralized-real pools the real images themselves; it has no DP variant")
+        if self.privacy is not None and self.privacy.grad_sample_mode == "ghost":
+            others = sorted({g.family for g in (self.generator, *self.sites.generators.values())} - {"gan", "dp-merf"})
+            if others or self.run.mode == "fedavg-classifier":
+                what = f"generator family {others[0]}" if others else "run.mode fedavg-classifier"
+                raise ValueError(f"privacy.grad_sample_mode: ghost clipping is built for the GAN's discriminator; "
+                                 f"{what} trains with DP-SGD through another loss (use hooks or functorch)")
         if self.classifier.task == "subtype":
             if self.data.label_set == BINARY_LABELS:
                 raise ValueError("classifier.task: subtype needs a finer data.label_set than the binary one "

@@ -139,3 +139,89 @@ def test_mechanism_rejects_nonsense():
     with pytest.raises(ValueError, match="delta"):
         epsilon([Mechanism(1, 0.1, 1)], 0.0)
     assert np.isfinite(epsilon([Mechanism(1, 0.1, 1)], 1e-5, "prv"))
+
+
+# ---- Opacus's per-sample gradient engines: the same clipped step, whichever computes it -----------
+
+def _one_clipped_step(mode: str, criterion_kind: str) -> "torch.Tensor":
+    import dataclasses
+
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fedsynth.generators.gan import DiscriminatorLoss, DiscriminatorNet
+    from fedsynth.privacy.dp import PrivateTraining, make_dp_compatible
+
+    torch.manual_seed(0)
+    d = make_dp_compatible(DiscriminatorNet(16, 8, 2))
+    x, y = torch.randn(30, 1, 16, 16), torch.randint(0, 2, (30,))
+    is_real = torch.arange(30) < 18
+    # no noise and a small clipping bound: the step is the sum of clipped per-row gradients alone,
+    # and every row is clipped, so an engine that got one row's norm wrong would move the weights
+    plan = dataclasses.replace(plan_training(PrivacySection(epsilon=10, grad_sample_mode=mode), 300, 32, 1),
+                               noise_multiplier=0.0, max_grad_norm=0.01)
+    opt = torch.optim.SGD(d.parameters(), lr=1.0)
+    loader = DataLoader(TensorDataset(torch.zeros(300, 1, 16, 16), torch.zeros(300, dtype=torch.long)), batch_size=32)
+    dp = PrivateTraining(plan)
+    model, opt, _ = dp.wrap(d, opt, loader, criterion=DiscriminatorLoss(criterion_kind))
+    loss = dp.criterion(model(x, y), is_real)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return torch.cat([p.detach().flatten() for p in d.parameters()])
+
+
+@pytest.mark.slow  # over 1 s: outside the quick subset
+@pytest.mark.parametrize("kind", ["bce", "hinge"])
+@pytest.mark.parametrize("mode", ["functorch", "ghost"])
+def test_grad_sample_modes_take_the_same_clipped_step_as_hooks(mode, kind):
+    import torch
+
+    reference = _one_clipped_step("hooks", kind)
+    other = _one_clipped_step(mode, kind)
+    torch.manual_seed(0)
+    from fedsynth.generators.gan import DiscriminatorNet
+    from fedsynth.privacy.dp import make_dp_compatible
+
+    start = torch.cat([p.detach().flatten() for p in make_dp_compatible(DiscriminatorNet(16, 8, 2)).parameters()])
+    assert (reference - start).norm() > 1e-4, "the step moved the weights"
+    torch.testing.assert_close(other, reference, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow  # over 1 s: outside the quick subset
+def test_ghost_clipping_trains_the_gan_with_the_planned_mechanism(phantoms16):
+    plan = plan_training(PrivacySection(epsilon=5, grad_sample_mode="ghost"), len(phantoms16), TINY_GAN.batch_size,
+                         TINY_GAN.epochs)
+    report = build_generator(TINY_GAN, 16, seed=0, device="cpu").fit(phantoms16.images, phantoms16.labels,
+                                                                     privacy=plan)
+    mech = report.privacy["mechanism"]
+    assert (mech["noise_multiplier"], mech["sample_rate"], mech["steps"]) == (
+        plan.noise_multiplier, plan.sample_rate, plan.steps)
+    assert report.privacy["epsilon"] == pytest.approx(epsilon([plan.mechanism()], plan.delta), rel=1e-9)
+    assert all(np.isfinite(h["loss_d"]) for h in report.history)
+
+
+def test_ghost_clipping_without_a_criterion_is_refused():
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fedsynth.privacy.dp import PrivateTraining
+
+    plan = plan_training(PrivacySection(epsilon=5, grad_sample_mode="ghost"), 100, 16, 1)
+    model = torch.nn.Linear(4, 1)
+    loader = DataLoader(TensorDataset(torch.zeros(100, 4)), batch_size=16)
+    with pytest.raises(ValueError, match="grad_sample_mode: ghost clipping needs the training loss"):
+        PrivateTraining(plan).wrap(model, torch.optim.SGD(model.parameters(), lr=0.1), loader)
+
+
+@pytest.mark.parametrize("overrides, what", [
+    (["generator.family=ddpm"], "generator family ddpm"),
+    (["run.mode=fedavg-classifier"], "run.mode fedavg-classifier"),
+])
+def test_ghost_clipping_is_refused_where_the_loss_is_not_the_gans(overrides, what):
+    from fedsynth.config import load_config
+    from fedsynth.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"ghost clipping is built for the GAN's discriminator; {what}"):
+        load_config(None, ["privacy.epsilon=5", "privacy.grad_sample_mode=ghost", *overrides])
+    assert load_config(None, ["privacy.epsilon=5", "privacy.grad_sample_mode=ghost", "generator.family=gan"])

@@ -146,14 +146,25 @@ class DiscriminatorNet(nn.Module):
         return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)
 
 
-def _d_loss(logits: torch.Tensor, n_real: int, kind: str) -> torch.Tensor:
-    """Discriminator loss over one batch whose first ``n_real`` rows are real."""
-    real, fake = logits[:n_real], logits[n_real:]
-    if kind == "hinge":
-        per_row = torch.cat([F.relu(1.0 - real), F.relu(1.0 + fake)])
-    else:
-        per_row = torch.cat([F.softplus(-real), F.softplus(fake)])  # BCE with targets 1 / 0
-    return per_row.mean()
+class DiscriminatorLoss(nn.Module):
+    """The discriminator's loss as a per-row criterion of ``(logits, is_real)``: real rows are
+    pushed up, fake rows down. Written as a criterion with torch's ``reduction`` attribute so
+    that Opacus's ghost clipping (``privacy.grad_sample_mode: ghost``) can take the per-row
+    losses it needs for its two backward passes; hooks and functorch use the mean."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.reduction = "mean"
+
+    def forward(self, logits: torch.Tensor, is_real: torch.Tensor) -> torch.Tensor:
+        if self.kind == "hinge":
+            per_row = torch.where(is_real, F.relu(1.0 - logits), F.relu(1.0 + logits))
+        else:
+            per_row = F.softplus(torch.where(is_real, -logits, logits))  # BCE with targets 1 / 0
+        if self.reduction == "none":
+            return per_row
+        return per_row.sum() if self.reduction == "sum" else per_row.mean()
 
 
 def _g_loss(logits: torch.Tensor, kind: str) -> torch.Tensor:
@@ -215,12 +226,14 @@ class ConditionalGAN(Generator):
         opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_generator, betas=(cfg.beta1, 0.999))
         opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_discriminator, betas=(cfg.beta1, 0.999))
         d_step = d
+        d_criterion = DiscriminatorLoss(cfg.loss)
         dp = None
         if privacy is not None:
             # Only the discriminator sees real images, so only it is made private; the
             # generator learns through it and is post-processing of its DP outputs.
             dp = PrivateTraining(privacy)
-            d_step, opt_d, loader = dp.wrap(d, opt_d, loader)
+            d_step, opt_d, loader = dp.wrap(d, opt_d, loader, criterion=d_criterion)
+            d_criterion = dp.criterion  # under ghost clipping, Opacus's two-pass wrapper
         g.train()
         d.train()
 
@@ -241,7 +254,7 @@ class ConditionalGAN(Generator):
             if cfg.diff_augment:
                 both = diff_augment(both)
             logits = d_step(both, torch.cat([yb, y_fake]))
-            loss_d = _d_loss(logits, b, cfg.loss)
+            loss_d = d_criterion(logits, torch.arange(len(logits), device=logits.device) < b)
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()

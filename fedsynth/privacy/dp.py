@@ -262,10 +262,19 @@ class PrivateTraining:
 
         self.plan = plan
         self.engine = PrivacyEngine(accountant=plan.accountant, secure_mode=plan.secure_rng)
+        self.criterion = None  # the loss to call after wrap (Opacus's wrapper under ghost clipping)
 
-    def wrap(self, module, optimizer, loader):
+    def wrap(self, module, optimizer, loader, criterion=None):
+        """Opacus's ``make_private`` on ``module``, ``optimizer`` and ``loader``. ``criterion`` is the
+        training's loss as a per-example criterion (torch's ``reduction`` attribute): ghost clipping
+        needs it and wraps it; afterwards ``self.criterion`` is the loss to call (``criterion``
+        itself in the other modes)."""
+        ghost = self.plan.grad_sample_mode == "ghost"
+        if ghost and criterion is None:
+            raise ValueError("privacy.grad_sample_mode: ghost clipping needs the training loss as a per-example "
+                             "criterion, which this model's training does not provide; use hooks or functorch")
         loader.generator = entropy_generator()  # Opacus's Poisson sampler draws with the loader's generator
-        module, optimizer, loader = self.engine.make_private(
+        wrapped = self.engine.make_private(
             module=module,
             optimizer=optimizer,
             data_loader=loader,
@@ -274,7 +283,12 @@ class PrivateTraining:
             poisson_sampling=True,
             grad_sample_mode=self.plan.grad_sample_mode,
             noise_generator=None if self.plan.secure_rng else entropy_generator(),
+            **({"criterion": criterion} if ghost else {}),
         )
+        if ghost:
+            module, optimizer, self.criterion, loader = wrapped
+        else:
+            (module, optimizer, loader), self.criterion = wrapped, criterion
         steps = len(loader)  # Opacus's accountant counts the rate 1 / steps (see plan_training)
         q = 1.0 / steps
         if not math.isclose(q, self.plan.sample_rate, rel_tol=1e-9) or steps * self.plan.epochs != self.plan.steps:
