@@ -59,6 +59,11 @@ def record_start() -> None:
     _COMMIT_AT_START = git_commit()
 
 
+def started_at_commit() -> str:
+    """The commit pinned by ``record_start`` (the current one if it was not called)."""
+    return _COMMIT_AT_START or git_commit()
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     from fedsynth.rundir import write_json
 

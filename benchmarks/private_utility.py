@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import common
 from benchmarks.common import KERMANY_64, RESULTS, ROOT, record_start, require, with_ci, write_result
 from fedsynth.config import load_config
 from fedsynth.metrics_schema import RunMetrics
@@ -164,6 +165,8 @@ def row_of(method: str, partition: str, level: str, run_dir: RunDir, m: RunMetri
         "rounds": [{k: r.get(k) for k in ("round", "sites", "skipped")} for r in m.rounds or []],
         "failed_sites": m.failed_sites(), "failures": [f.model_dump() for f in m.failures],
         "wall_s": wall, "timings_s": m.timings.model_dump(), "run_id": m.run_id, "overrides": overrides,
+        # per row: rows measured by separate invocations (or merged from two machines' files) keep theirs
+        "git_commit": common.started_at_commit(),
     }
 
 
