@@ -365,10 +365,11 @@ class PrivacySection(_Section):
     )
     max_grad_norm: float = Field(1.0, gt=0, le=1e6, description="Per-sample gradient clipping bound.")
     accountant: Literal["rdp", "prv"] = Field("rdp", description="Accountant for calibration and reporting.")
-    grad_sample_mode: Literal["hooks", "functorch", "ghost"] = Field(
-        "hooks", description="How Opacus computes per-sample gradients (the mechanism is the same either way; "
+    grad_sample_mode: Literal["auto", "hooks", "functorch", "ghost"] = Field(
+        "auto", description="How Opacus computes per-sample gradients (the mechanism is the same either way; "
         "benchmarks/dp_step_cost.py measures their speed). ghost: ghost clipping, per-sample gradient norms "
-        "without per-sample gradients; for the GAN's discriminator only (its loss is a per-example criterion).")
+        "without per-sample gradients, for the GAN's discriminator only (its loss is a per-example criterion); "
+        "auto: ghost where the loss allows it (the GAN), hooks elsewhere.")
     secure_rng: bool = Field(False, description="Cryptographically secure noise (needs torchcsprng).")
 
 

@@ -225,3 +225,23 @@ def test_ghost_clipping_is_refused_where_the_loss_is_not_the_gans(overrides, wha
     with pytest.raises(ConfigError, match=f"ghost clipping is built for the GAN's discriminator; {what}"):
         load_config(None, ["privacy.epsilon=5", "privacy.grad_sample_mode=ghost", *overrides])
     assert load_config(None, ["privacy.epsilon=5", "privacy.grad_sample_mode=ghost", "generator.family=gan"])
+
+
+def test_auto_engine_is_ghost_clipping_with_a_criterion_and_hooks_without():
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fedsynth.generators.gan import DiscriminatorLoss, DiscriminatorNet
+    from fedsynth.privacy.dp import PrivateTraining, make_dp_compatible
+
+    plan = plan_training(PrivacySection(epsilon=5), 100, 16, 1)
+    assert plan.grad_sample_mode == "auto", "the default"
+    loader = DataLoader(TensorDataset(torch.zeros(100, 1, 16, 16), torch.zeros(100, dtype=torch.long)), batch_size=16)
+    with_loss, without = PrivateTraining(plan), PrivateTraining(plan)
+    d = make_dp_compatible(DiscriminatorNet(16, 8, 2))
+    with_loss.wrap(d, torch.optim.SGD(d.parameters(), lr=0.1), loader, criterion=DiscriminatorLoss("bce"))
+    linear = torch.nn.Linear(4, 1)
+    without.wrap(linear, torch.optim.SGD(linear.parameters(), lr=0.1),
+                 DataLoader(TensorDataset(torch.zeros(100, 4)), batch_size=16))
+    assert (with_loss.grad_sample_mode, without.grad_sample_mode) == ("ghost", "hooks")
+    assert without.criterion is None and with_loss.criterion is not None

@@ -50,7 +50,7 @@ class DPPlan:
     accountant: str
     secure_rng: bool
     n: int
-    grad_sample_mode: str = "hooks"  # how Opacus computes per-sample gradients; not part of the mechanism
+    grad_sample_mode: str = "auto"  # how Opacus computes per-sample gradients; not part of the mechanism
 
     def mechanism(self) -> Mechanism:
         return Mechanism(self.noise_multiplier, self.sample_rate, self.steps)
@@ -116,7 +116,7 @@ def plan_training(privacy: Any, n: int, batch_size: int, epochs: int, calibrate_
         accountant=privacy.accountant,
         secure_rng=bool(privacy.secure_rng),
         n=n,
-        grad_sample_mode=getattr(privacy, "grad_sample_mode", "hooks"),
+        grad_sample_mode=getattr(privacy, "grad_sample_mode", "auto"),
     )
 
 
@@ -263,13 +263,19 @@ class PrivateTraining:
         self.plan = plan
         self.engine = PrivacyEngine(accountant=plan.accountant, secure_mode=plan.secure_rng)
         self.criterion = None  # the loss to call after wrap (Opacus's wrapper under ghost clipping)
+        self.grad_sample_mode: str | None = None  # the engine wrap chose ("auto" resolved)
 
     def wrap(self, module, optimizer, loader, criterion=None):
         """Opacus's ``make_private`` on ``module``, ``optimizer`` and ``loader``. ``criterion`` is the
         training's loss as a per-example criterion (torch's ``reduction`` attribute): ghost clipping
         needs it and wraps it; afterwards ``self.criterion`` is the loss to call (``criterion``
-        itself in the other modes)."""
-        ghost = self.plan.grad_sample_mode == "ghost"
+        itself in the other modes). ``auto`` is ghost clipping when there is a criterion (the same
+        clipped step as hooks, faster: benchmarks/dp_step_cost.py), hooks otherwise."""
+        mode = self.plan.grad_sample_mode
+        if mode == "auto":
+            mode = "ghost" if criterion is not None else "hooks"
+        self.grad_sample_mode = mode
+        ghost = mode == "ghost"
         if ghost and criterion is None:
             raise ValueError("privacy.grad_sample_mode: ghost clipping needs the training loss as a per-example "
                              "criterion, which this model's training does not provide; use hooks or functorch")
@@ -281,7 +287,7 @@ class PrivateTraining:
             noise_multiplier=self.plan.noise_multiplier,
             max_grad_norm=self.plan.max_grad_norm,
             poisson_sampling=True,
-            grad_sample_mode=self.plan.grad_sample_mode,
+            grad_sample_mode=mode,
             noise_generator=None if self.plan.secure_rng else entropy_generator(),
             **({"criterion": criterion} if ghost else {}),
         )
