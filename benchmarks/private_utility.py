@@ -35,7 +35,8 @@ not change the classifier and cost CPU).
     .venv/bin/python -m benchmarks.private_utility --split test
 
 Writes benchmarks/results/private_utility_<split>.json after every row (a rerun skips the rows
-it has) and prints the table.
+it has) and prints the table. Each row records the commit it ran at; ``--merge FILE`` adds the
+rows another invocation (``--name``) or machine wrote, so rows can run side by side.
 """
 
 from __future__ import annotations
@@ -195,6 +196,9 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated method:partition:level keys (parts may be *)")
     ap.add_argument("--set", action="append", default=[], help="config override for every run")
     ap.add_argument("--name", default="")
+    ap.add_argument("--merge", action="append", default=[], metavar="FILE",
+                    help="add the rows of another result file of this benchmark (another invocation or machine) "
+                         "that this one lacks, write, and exit without running anything")
     args = ap.parse_args()
     record_start()
     data = require(KERMANY_64)
@@ -212,6 +216,21 @@ def main() -> None:
                   if (r["method"], r["partition"], r["privacy"]) in order else 999)
         write_result(name, {"data": data.name, "split": args.split, "methods": METHODS, "common": COMMON,
                             "rows": rows, "table": markdown(rows)})
+
+    if args.merge:
+        have = {(r["method"], r["partition"], r["privacy"]) for r in rows}
+        for other in args.merge:
+            theirs = json.loads(Path(other).read_text())
+            if theirs.get("split") != args.split:
+                raise SystemExit(f"--merge {other}: rows of the {theirs.get('split')!r} split, not {args.split!r}")
+            for r in theirs["rows"]:
+                key = (r["method"], r["partition"], r["privacy"])
+                if "error" not in r and key not in have:
+                    rows.append({**r, "git_commit": r.get("git_commit", theirs.get("git_commit"))})
+                    have.add(key)
+        save()
+        print(markdown(rows))
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         source = tuning_source(data, Path(tmp)) if args.split == "tune" else data
