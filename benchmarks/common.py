@@ -71,7 +71,7 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     doc = {
         "benchmark": name,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "git_commit": _COMMIT_AT_START or git_commit(),
+        "git_commit": started_at_commit(),
         "machine": machine(),
         **payload,
     }

@@ -50,8 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import common
-from benchmarks.common import KERMANY_64, RESULTS, ROOT, record_start, require, with_ci, write_result
+from benchmarks.common import KERMANY_64, RESULTS, ROOT, record_start, require, started_at_commit, with_ci, write_result
 from fedsynth.config import load_config
 from fedsynth.metrics_schema import RunMetrics
 from fedsynth.rundir import RunDir
@@ -167,7 +166,7 @@ def row_of(method: str, partition: str, level: str, run_dir: RunDir, m: RunMetri
         "failed_sites": m.failed_sites(), "failures": [f.model_dump() for f in m.failures],
         "wall_s": wall, "timings_s": m.timings.model_dump(), "run_id": m.run_id, "overrides": overrides,
         # per row: rows measured by separate invocations (or merged from two machines' files) keep theirs
-        "git_commit": common.started_at_commit(),
+        "git_commit": started_at_commit(),
     }
 
 
@@ -201,7 +200,6 @@ def main() -> None:
                          "that this one lacks, write, and exit without running anything")
     args = ap.parse_args()
     record_start()
-    data = require(KERMANY_64)
     name = args.name or f"private_utility_{args.split}"
     out_path = RESULTS / f"{name}.json"
     rows = [r for r in (json.loads(out_path.read_text())["rows"] if out_path.is_file() else []) if "error" not in r]
@@ -214,7 +212,7 @@ def main() -> None:
         order = [(m, p, e) for p in PARTITIONS for e in EPSILONS for m in METHODS]
         rows.sort(key=lambda r: order.index((r["method"], r["partition"], r["privacy"]))
                   if (r["method"], r["partition"], r["privacy"]) in order else 999)
-        write_result(name, {"data": data.name, "split": args.split, "methods": METHODS, "common": COMMON,
+        write_result(name, {"data": KERMANY_64.name, "split": args.split, "methods": METHODS, "common": COMMON,
                             "rows": rows, "table": markdown(rows)})
 
     if args.merge:
@@ -232,6 +230,7 @@ def main() -> None:
         print(markdown(rows))
         return
 
+    data = require(KERMANY_64)  # merging reads result files only; running needs the images
     with tempfile.TemporaryDirectory() as tmp:
         source = tuning_source(data, Path(tmp)) if args.split == "tune" else data
         split_over = [f"data.test_fraction={TUNE_FRACTION}"] if args.split == "tune" else []

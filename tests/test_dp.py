@@ -154,6 +154,7 @@ def _one_clipped_step(mode: str, criterion_kind: str):
 
     torch.manual_seed(0)
     d = make_dp_compatible(DiscriminatorNet(16, 8, 2))
+    start = torch.cat([p.detach().flatten() for p in d.parameters()])
     x, y = torch.randn(30, 1, 16, 16), torch.randint(0, 2, (30,))
     is_real = torch.arange(30) < 18
     # no noise and a small clipping bound: the step is the sum of clipped per-row gradients alone,
@@ -168,7 +169,7 @@ def _one_clipped_step(mode: str, criterion_kind: str):
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return torch.cat([p.detach().flatten() for p in d.parameters()])
+    return start, torch.cat([p.detach().flatten() for p in d.parameters()])
 
 
 @pytest.mark.slow  # over 1 s: outside the quick subset
@@ -177,13 +178,9 @@ def _one_clipped_step(mode: str, criterion_kind: str):
 def test_grad_sample_modes_take_the_same_clipped_step_as_hooks(mode, kind):
     import torch
 
-    reference = _one_clipped_step("hooks", kind)
-    other = _one_clipped_step(mode, kind)
-    torch.manual_seed(0)
-    from fedsynth.generators.gan import DiscriminatorNet
-    from fedsynth.privacy.dp import make_dp_compatible
-
-    start = torch.cat([p.detach().flatten() for p in make_dp_compatible(DiscriminatorNet(16, 8, 2)).parameters()])
+    start, reference = _one_clipped_step("hooks", kind)
+    other_start, other = _one_clipped_step(mode, kind)
+    torch.testing.assert_close(other_start, start, rtol=0, atol=0)  # the same weights before the step
     assert (reference - start).norm() > 1e-4, "the step moved the weights"
     torch.testing.assert_close(other, reference, rtol=0, atol=1e-6)
 

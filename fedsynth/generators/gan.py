@@ -162,9 +162,7 @@ class DiscriminatorLoss(nn.Module):
             per_row = torch.where(is_real, F.relu(1.0 - logits), F.relu(1.0 + logits))
         else:
             per_row = F.softplus(torch.where(is_real, -logits, logits))  # BCE with targets 1 / 0
-        if self.reduction == "none":
-            return per_row
-        return per_row.sum() if self.reduction == "sum" else per_row.mean()
+        return per_row if self.reduction == "none" else per_row.mean()
 
 
 def _g_loss(logits: torch.Tensor, kind: str) -> torch.Tensor:
