@@ -16,7 +16,8 @@ Rows (``--only`` picks some; each is measured in a fresh subprocess where it mat
 
     .venv/bin/python -m benchmarks.speed [--only help,classifier_epoch,demo]
 
-Writes benchmarks/results/speed.json with the load average before and after each row.
+Writes benchmarks/results/speed.json with the load average before and after each row, and the commit
+and date each row was measured at; rows not named by ``--only`` keep what an earlier run measured.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, ROOT, record_start, write_result
+from benchmarks.common import RESULTS, ROOT, record_start, started_at_commit, write_result
 
 GOALS = {"help": 1.0, "classifier_epoch": 1.0, "demo": 90.0, "quick_tests": 60.0, "tests": 300.0, "kermany": 720.0}
 BIN = Path(sys.executable).parent
@@ -63,13 +64,33 @@ for threads in (1, 2):
     clf = train_classifier(ds.images, ds.labels, cfg, arch="small-cnn", resolution=32, device="cpu",
                            progress=lambda e, n, row: epochs.append(time.perf_counter()))
     out[threads] = epochs
+# the work one epoch is: training steps (forward + backward) on the training rows, a forward pass on the
+# validation rows, counted by torch's FLOP counter on the model the run trained
+from torch.utils.flop_counter import FlopCounterMode
+import torch.nn.functional as F
+m = clf.model.train()
+x = torch.zeros(64, 1, 32, 32)
+with FlopCounterMode(display=False) as fc:
+    F.binary_cross_entropy_with_logits(m(x), torch.zeros(64)).backward()
+train_flops = fc.get_total_flops() / 64
+with FlopCounterMode(display=False) as fc, torch.no_grad():
+    m.eval()(x)
+out["flops"] = {"train_per_image": train_flops, "forward_per_image": fc.get_total_flops() / 64,
+                "n_train": clf.meta["n_train"], "n_val": clf.meta["n_val"]}
 print(json.dumps(out))
 """
     _, done = _run([sys.executable, "-c", code])
     marks = json.loads(done.stdout.strip().splitlines()[-1])
+    flops = marks.pop("flops")
     per = {t: [b - a for a, b in zip(m, m[1:])] for t, m in marks.items()}  # epoch 2 and 3 (epoch 1 warms up)
     best = {t: statistics.median(v) for t, v in per.items()}
-    return {"seconds": min(best.values()), "by_threads": best, "images": 1920, "train_images": 1536}
+    # the floor: at the throughput this machine reached, how long the epoch's arithmetic alone takes, and
+    # what throughput the goal would need (compare with the CPU's peak: cores x FMA width x clock)
+    epoch_gflop = (flops["train_per_image"] * flops["n_train"] + flops["forward_per_image"] * flops["n_val"]) / 1e9
+    seconds = min(best.values())
+    return {"seconds": seconds, "by_threads": best, "images": 1920, "train_images": 1536,
+            "gflop_per_epoch": epoch_gflop, "achieved_gflops": epoch_gflop / seconds,
+            "gflops_needed_for_goal": epoch_gflop / GOALS["classifier_epoch"]}
 
 
 def classifier_precision() -> dict:
@@ -156,11 +177,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="help,classifier_epoch,demo,quick_tests,tests")
     args = ap.parse_args()
+    unknown = sorted(set(args.only.split(",")) - set(ROWS))
+    if unknown:
+        ap.error(f"--only: unknown row(s) {', '.join(unknown)} (rows: {', '.join(ROWS)})")
     record_start()
-    rows = {}
+    # rows measured earlier stay (each carries the commit and date it was measured at); the ones named
+    # by --only are measured again and replace theirs
+    path = RESULTS / "speed.json"
+    rows = json.loads(path.read_text()).get("rows", {}) if path.exists() else {}
     for name in args.only.split(","):
         before = os.getloadavg()[0]
-        rows[name] = {**ROWS[name](), "load_average_1min": [before, os.getloadavg()[0]]}
+        rows[name] = {**ROWS[name](), "load_average_1min": [before, os.getloadavg()[0]],
+                      "git_commit": started_at_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         print(name, rows[name].get("seconds"), flush=True)
         # after every row, so a long run that is stopped keeps what it measured
         write_result("speed", {"rows": rows, "goals_s": GOALS, "table": markdown(rows)})
