@@ -83,7 +83,10 @@ def _merf_config(tmp_path, *extra):
     from conftest import tiny_overrides
 
     over = [o for o in tiny_overrides(tmp_path) if not o.startswith("generator.")]
-    return load_config(None, [*over, "generator.family=dp-merf", "generator.steps=15", "generator.n_frequencies=32",
+    # 600 phantoms: each site has enough images per class that its noisy class means carry signal (a class
+    # whose target the noise outweighs is left out, below)
+    return load_config(None, [*over, "data.phantom.n_images=600", "generator.family=dp-merf", "generator.steps=15",
+                              "generator.n_frequencies=32",
                               "generator.base_channels=8", "generator.latent_dim=8", "generator.batch_size=8",
                               "privacy.epsilon=2", "evaluation.fidelity=false", "evaluation.site_baselines=false",
                               *extra])
@@ -128,3 +131,93 @@ def test_a_statistic_over_the_budget_is_refused_before_any_release(tmp_path, pha
     with pytest.raises(BudgetExceeded):
         Site(data, state, None, device="cpu").release(cfg, "run-1")
     assert state.ledger().entries() == []  # nothing was released, nothing recorded
+
+
+# ---- a class whose noisy target is noise: left out of the fit and of the release ----------------------
+
+def _few_of_class_zero(images: np.ndarray, labels: np.ndarray, n0: int) -> np.ndarray:
+    return np.concatenate([np.flatnonzero(labels == 0)[:n0], np.flatnonzero(labels == 1)])
+
+
+def test_a_class_whose_noisy_target_is_noise_is_left_out_of_the_fit_and_cannot_be_sampled(phantoms16):
+    gen = MeanEmbeddingGenerator(TINY, RES, seed=0)
+    keep = _few_of_class_zero(phantoms16.images, phantoms16.labels, 2)
+    gen.release_statistic(phantoms16.images[keep], phantoms16.labels[keep])
+    noise = torch.randn(gen.statistic.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    noise[-1] = 0.0  # the count coordinate stays 2: the target is (2 images + noise of norm ~24) / 2
+    gen.statistic[0] += 3.0 * noise
+    gen.fit_statistic()
+    assert gen.fitted_classes == (1,)
+    assert "outweighs any signal" in gen.unfitted_reasons[0] and "about 2 images" in gen.unfitted_reasons[0]
+    with pytest.raises(ValueError, match="class normal was left out of the fit"):
+        gen.sample(3, 0)
+    assert gen.sample(3, 1).shape == (3, RES, RES)
+
+
+def test_no_class_with_a_usable_target_fits_nothing_and_samples_nothing():
+    gen = MeanEmbeddingGenerator(TINY, RES)
+    report = gen.fit_statistic()  # the statistic before any release: zero images of every class
+    assert gen.fitted_classes == () and report.steps == 0
+    assert "noisy image count is 0.0, below 1" in gen.unfitted_reasons[0]
+    with pytest.raises(ValueError, match="left out of the fit"):
+        gen.sample(1, 1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(arrays(np.float32, (6, RES, RES), elements=st.floats(0, 1, width=32)),
+       st.lists(st.integers(0, 1), min_size=6, max_size=6).filter(lambda ls: 0 < sum(ls) < 6))
+def test_a_noiseless_target_is_never_left_out(features, images, labels):
+    """Without noise a class mean is a mean of vectors of norm ``a``: the rule can only drop noise."""
+    labels = np.asarray(labels)
+    phi = features(torch.from_numpy(images)).double()
+    sums = torch.stack([phi[torch.from_numpy(labels == c)].sum(0) for c in (0, 1)])
+    means, counts = features.means(sums.float())
+    assert MeanEmbeddingGenerator(TINY, RES).left_out(means, counts) == {}
+
+
+@pytest.fixture
+def fixed_dp_noise(monkeypatch):
+    """The DP noise from a seeded generator (production draws it from OS entropy): a deterministic test."""
+    monkeypatch.setattr("fedsynth.privacy.dp.entropy_generator", lambda: torch.Generator().manual_seed(0))
+
+
+def test_a_site_withholds_a_class_its_noisy_target_left_out_and_keeps_the_spent_budget(tmp_path, fixed_dp_noise):
+    from dataclasses import replace
+
+    from fedsynth.client.site import Site
+    from fedsynth.client.site_data import simulated_site_state, simulated_sites
+    from fedsynth.privacy.ledger import DP_TRAINING, RELEASE
+
+    # epsilon 10: noise std ~0.5 on 4,001 coordinates, a noise norm ~33: the pneumonia images' mean
+    # outweighs it, 6 normal images cannot (a noisy count of 14 would still leave noise of norm ~2.4 in the mean)
+    cfg = _merf_config(tmp_path, "privacy.epsilon=10", "generator.n_frequencies=2000")
+    data = simulated_sites(cfg)[0]
+    train = data.train.subset(_few_of_class_zero(data.train.images, data.train.labels, 6))
+    data = replace(data, train=train)
+    state = simulated_site_state(cfg, tmp_path / "sites", data.name)
+    state.ensure_keys()
+    release = Site(data, state, None, device="cpu").release(cfg, "run-1")
+    assert set(np.unique(release.labels)) == {1}
+    assert release.meta["withheld_classes"]["normal"].startswith("not fitted: its noisy")
+    assert release.meta["released_per_class"] == {"pneumonia": cfg.release.n_per_class}
+    assert [e["type"] for e in state.ledger().entries()] == [DP_TRAINING, RELEASE]
+
+
+def test_a_site_with_no_usable_class_records_what_it_spent_and_releases_nothing(tmp_path, fixed_dp_noise):
+    from dataclasses import replace
+
+    from fedsynth.client.site import Site
+    from fedsynth.client.site_data import simulated_site_state, simulated_sites
+    from fedsynth.errors import DataError
+    from fedsynth.privacy.ledger import DP_TRAINING
+
+    # epsilon 0.2: noise std ~20 on 4,001 coordinates; 3 images of a class are nothing beside it
+    cfg = _merf_config(tmp_path, "privacy.epsilon=0.2", "release.min_class_images=1", "generator.n_frequencies=2000")
+    data = simulated_sites(cfg)[0]
+    few = np.concatenate([np.flatnonzero(data.train.labels == c)[:3] for c in (0, 1)])
+    data = replace(data, train=data.train.subset(few))
+    state = simulated_site_state(cfg, tmp_path / "sites", data.name)
+    state.ensure_keys()
+    with pytest.raises(DataError, match="no class left to release.*normal: not fitted.*pneumonia: not fitted"):
+        Site(data, state, None, device="cpu").release(cfg, "run-1")
+    assert [e["type"] for e in state.ledger().entries()] == [DP_TRAINING]  # the statistic's budget is on record

@@ -142,6 +142,15 @@ class Site:
             self._training_entry(run_id, fingerprint, f"generator ({gen.family})", report.epochs, report.steps,
                                  report.privacy, **({"init": gen.init_info} if gen.init_info else {})), key
         )
+        # a class the fit left out (its noisy target carried no signal: dp-merf) is not released; the
+        # training entry above stays, since the budget was spent
+        for c in [c for c in per_class if c not in gen.fitted_classes]:
+            del per_class[c]
+            withheld[classes[c]] = f"not fitted: {gen.unfitted_reasons.get(c, 'left out by the generator')}"
+            log.warning("%s: class %s withheld: %s", self.name, classes[c], withheld[classes[c]])
+        if not per_class:
+            why = "; ".join(f"{k}: {v}" for k, v in withheld.items())
+            raise DataError(f"{self.name}: no class left to release ({why})")
 
         histogram = None
         if config.alignment.enabled:

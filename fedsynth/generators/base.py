@@ -158,6 +158,10 @@ class Generator(ABC):
         self.device = resolve_device(device)
         self.fitted = False
         self.init_info: dict[str, Any] | None = None  # the warm start it began from (generator.init), if any
+        # the classes the fit learnt, as indices into ``classes``: every class, except where a family
+        # leaves one out (dp-merf: a class whose noisy target carries no signal); only these are released
+        self.fitted_classes: tuple[int, ...] = tuple(range(self.num_classes))
+        self.unfitted_reasons: dict[int, str] = {}
 
     @classmethod
     def plan_privacy(cls, privacy: Any, n: int, config: Any, epochs: int | None = None,

@@ -19,6 +19,15 @@ the noisy class mean ``S_c / count_c`` (the maximum mean discrepancy in the kern
 feature space). The frequencies are public randomness (``feature_seed``) and the
 bandwidth comes from public phantoms, never from the site's images.
 
+A class whose noisy target is farther from the origin than twice the largest norm a class mean
+can have (``a``: every image's Fourier part has norm ``a``, so their mean has at most that) is
+left out of the fit and of the release: by the triangle inequality its noise then has a norm
+above ``a``, larger than any signal the class could carry. This happens to a class with a handful
+of images at a site (label skew), whose target is then almost pure noise; fitted anyway, its
+loss is orders of magnitude above the other classes' and, through the shared generator and
+Adam's step sizes, spoils their fit too. The decision reads only the released statistic
+(post-processing: no privacy cost).
+
 The statistic from several sites adds up: in ``run.mode: federated`` each site sends only
 its noisy sums, the server averages them (FedAvg with equal weights) and fits one generator
 to the pooled class means, which see every site's images at the noise of one release per
@@ -43,6 +52,7 @@ from fedsynth.privacy.dp import DPPlan, GaussianStatistic, plan_statistic
 from fedsynth.progress import ProgressFn
 from fedsynth.torch_utils import exchangeable, load_exchangeable, seeded
 
+NOISE_DOMINATED = 2.0  # a target beyond this multiple of the largest reachable mean norm is noise (above)
 MECHANISM_NAME = "gaussian (class-wise sums of unit-norm random Fourier features, sensitivity 1)"
 BANDWIDTH_PHANTOMS = 400  # public images the bandwidth is measured on
 
@@ -140,14 +150,34 @@ class MeanEmbeddingGenerator(Generator):
         report.privacy = result
         return report
 
+    def left_out(self, means: torch.Tensor, counts: torch.Tensor) -> dict[int, str]:
+        """The classes the fit leaves out, with the reason: no images, or a noisy target farther from
+        the origin than ``NOISE_DOMINATED`` times the largest norm a class mean can have (its noise is
+        then larger than any signal: module docstring). Reads only the released statistic."""
+        norms, limit = means.norm(dim=1), NOISE_DOMINATED * self.features.a
+        reasons = {}
+        for c in range(self.num_classes):
+            if counts[c] < 1.0:  # a class with no images has no target
+                reasons[c] = f"its noisy image count is {float(counts[c]):.1f}, below 1"
+            elif norms[c] > limit:
+                reasons[c] = (f"its noisy target (norm {float(norms[c]):.2f}, about {float(counts[c]):.0f} images) "
+                              f"is over {NOISE_DOMINATED:g}x the largest norm a class mean can have "
+                              f"({self.features.a:.2f}): the DP noise outweighs any signal in it")
+        return reasons
+
     def fit_statistic(self, progress: ProgressFn | None = None) -> FitReport:
         """Train the generator to match the class means of ``self.statistic`` (post-processing)."""
         cfg = self.config
         means, counts = self.features.means(self.statistic.float().to(self.device))
-        classes = [c for c in range(self.num_classes) if counts[c] >= 1.0]  # a class with no images has no target
-        if not classes:
-            raise ValueError("the statistic holds no class with at least one image")
+        reasons = self.left_out(means, counts)
+        classes = [c for c in range(self.num_classes) if c not in reasons]
+        self.fitted_classes, self.unfitted_reasons = tuple(classes), reasons
         start = time.perf_counter()
+        if not classes:
+            # not an exception: the statistic was released (its budget is spent) and the caller records it
+            # before it refuses to release anything (a site) or to go on (the server)
+            self.fitted = True
+            return FitReport(self.family, epochs=1, steps=0, seconds=0.0, images_seen=0, history=[])
         g = self.generator.train()
         opt = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=cfg.lr * 0.05)
@@ -181,6 +211,10 @@ class MeanEmbeddingGenerator(Generator):
     def sample(self, n: int, labels: int | np.ndarray, seed: int | None = None) -> np.ndarray:
         self._require_fitted()
         y_all = self.check_samples(n, labels)
+        left_out = sorted(set(np.unique(y_all).tolist()) - set(self.fitted_classes))
+        if left_out:
+            raise ValueError(f"labels: class {self.classes[left_out[0]]} was left out of the fit "
+                             f"({self.unfitted_reasons.get(left_out[0], 'not fitted')})")
         out = np.empty((len(y_all), self.resolution, self.resolution), dtype=np.float32)
         gen = torch.Generator().manual_seed(self.seed + 7 if seed is None else seed)
         for start in range(0, len(y_all), 256):

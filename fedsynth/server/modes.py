@@ -96,7 +96,13 @@ def run_federated_generator(config, grid, transport, run_dir, registry, progress
             gen.fit_statistic(on_step)
     gen.save(run_dir.file(GENERATOR_FILE))
     n = config.release.n_per_class * max(1, len(state.sites))
-    labels = np.repeat(np.arange(gen.num_classes), n)
+    # every class the fit learnt (a pooled dp-merf target the noise outweighs is left out, with a reason)
+    for c, reason in gen.unfitted_reasons.items():
+        log.warning("the global generator left out class %s: %s", gen.classes[c], reason)
+    if not gen.fitted_classes:
+        raise FederationError("the pooled statistic holds no class with a usable target: " +
+                              "; ".join(f"{gen.classes[c]}: {r}" for c, r in gen.unfitted_reasons.items()))
+    labels = np.repeat(np.asarray(gen.fitted_classes, dtype=np.int64), n)
     images = gen.sample(len(labels), labels, seed=seed + 1)
     if not np.isfinite(images).all():
         raise FederationError("the global generator produces non-finite images" + (
