@@ -84,11 +84,11 @@ print(json.dumps(out))
     flops = marks.pop("flops")
     per = {t: [b - a for a, b in zip(m, m[1:])] for t, m in marks.items()}  # epoch 2 and 3 (epoch 1 warms up)
     best = {t: statistics.median(v) for t, v in per.items()}
-    # the floor: at the throughput this machine reached, how long the epoch's arithmetic alone takes, and
-    # what throughput the goal would need (compare with the CPU's peak: cores x FMA width x clock)
+    # the epoch's arithmetic, the throughput this machine reached on it, and the throughput the goal
+    # would need (compare with the CPU's peak: cores x FMA width x clock)
     epoch_gflop = (flops["train_per_image"] * flops["n_train"] + flops["forward_per_image"] * flops["n_val"]) / 1e9
     seconds = min(best.values())
-    return {"seconds": seconds, "by_threads": best, "images": 1920, "train_images": 1536,
+    return {"seconds": seconds, "by_threads": best, "images": 1920, "train_images": flops["n_train"],
             "gflop_per_epoch": epoch_gflop, "achieved_gflops": epoch_gflop / seconds,
             "gflops_needed_for_goal": epoch_gflop / GOALS["classifier_epoch"]}
 

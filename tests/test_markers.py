@@ -127,6 +127,7 @@ def test_drop_leaves_flagged_synthetic_images_out_of_the_release(tmp_path, monke
 
     class Copying:
         family, init_info = "gan", None
+        fitted_classes, unfitted_reasons = (0, 1), {}  # a generator that learnt both classes
 
         def fit(self, *a, **k):
             from fedsynth.generators.base import FitReport

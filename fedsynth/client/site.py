@@ -146,7 +146,7 @@ class Site:
         # training entry above stays, since the budget was spent
         for c in [c for c in per_class if c not in gen.fitted_classes]:
             del per_class[c]
-            withheld[classes[c]] = f"not fitted: {gen.unfitted_reasons.get(c, 'left out by the generator')}"
+            withheld[classes[c]] = f"not fitted: {gen.unfitted_reasons[c]}"
             log.warning("%s: class %s withheld: %s", self.name, classes[c], withheld[classes[c]])
         if not per_class:
             why = "; ".join(f"{k}: {v}" for k, v in withheld.items())

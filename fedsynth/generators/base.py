@@ -158,10 +158,14 @@ class Generator(ABC):
         self.device = resolve_device(device)
         self.fitted = False
         self.init_info: dict[str, Any] | None = None  # the warm start it began from (generator.init), if any
-        # the classes the fit learnt, as indices into ``classes``: every class, except where a family
-        # leaves one out (dp-merf: a class whose noisy target carries no signal); only these are released
-        self.fitted_classes: tuple[int, ...] = tuple(range(self.num_classes))
+        # classes (indices into ``classes``) the fit left out, with the reason; empty except where a
+        # family leaves one out (dp-merf: a class whose noisy target carries no signal)
         self.unfitted_reasons: dict[int, str] = {}
+
+    @property
+    def fitted_classes(self) -> tuple[int, ...]:
+        """The classes the fit learnt (indices into ``classes``): only these are sampled and released."""
+        return tuple(c for c in range(self.num_classes) if c not in self.unfitted_reasons)
 
     @classmethod
     def plan_privacy(cls, privacy: Any, n: int, config: Any, epochs: int | None = None,

@@ -169,9 +169,8 @@ class MeanEmbeddingGenerator(Generator):
         """Train the generator to match the class means of ``self.statistic`` (post-processing)."""
         cfg = self.config
         means, counts = self.features.means(self.statistic.float().to(self.device))
-        reasons = self.left_out(means, counts)
-        classes = [c for c in range(self.num_classes) if c not in reasons]
-        self.fitted_classes, self.unfitted_reasons = tuple(classes), reasons
+        self.unfitted_reasons = self.left_out(means, counts)
+        classes = list(self.fitted_classes)
         start = time.perf_counter()
         if not classes:
             # not an exception: the statistic was released (its budget is spent) and the caller records it
@@ -214,7 +213,7 @@ class MeanEmbeddingGenerator(Generator):
         left_out = sorted(set(np.unique(y_all).tolist()) - set(self.fitted_classes))
         if left_out:
             raise ValueError(f"labels: class {self.classes[left_out[0]]} was left out of the fit "
-                             f"({self.unfitted_reasons.get(left_out[0], 'not fitted')})")
+                             f"({self.unfitted_reasons[left_out[0]]})")
         out = np.empty((len(y_all), self.resolution, self.resolution), dtype=np.float32)
         gen = torch.Generator().manual_seed(self.seed + 7 if seed is None else seed)
         for start in range(0, len(y_all), 256):
