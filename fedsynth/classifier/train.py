@@ -302,7 +302,8 @@ def train_classifier(
     pneumonia = (labels > 0).astype(np.int64)  # the binary labels (= labels for the binary task)
     start = time.perf_counter()
     with seeded(seed):
-        model = build_classifier(arch, resolution, len(classes)).to(dev)
+        # channels-last: same float32 arithmetic, 1.2x faster per epoch on this project's CPU (benchmarks/speed.py)
+        model = build_classifier(arch, resolution, len(classes)).to(dev, memory_format=torch.channels_last)
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         steps_per_epoch = max(1, math.ceil(len(train_idx) / config.batch_size))
