@@ -154,6 +154,57 @@ def test_a_class_whose_noisy_target_is_noise_is_left_out_of_the_fit_and_cannot_b
     assert gen.sample(3, 1).shape == (3, RES, RES)
 
 
+def test_a_saved_generator_remembers_the_classes_its_fit_left_out(phantoms16, tmp_path):
+    gen = MeanEmbeddingGenerator(TINY, RES, seed=0)
+    keep = _few_of_class_zero(phantoms16.images, phantoms16.labels, 2)
+    gen.release_statistic(phantoms16.images[keep], phantoms16.labels[keep])
+    gen.statistic[0, :-1] += 3.0 * torch.randn(gen.statistic.shape[1] - 1, generator=torch.Generator().manual_seed(0),
+                                               dtype=torch.float64)
+    gen.fit_statistic()
+    assert gen.fitted_classes == (1,)
+    gen.save(tmp_path / "g.safetensors")
+    again = load_generator(tmp_path / "g.safetensors", device="cpu")
+    assert again.fitted_classes == (1,) and again.unfitted_reasons == gen.unfitted_reasons
+    with pytest.raises(ValueError, match="class normal was left out of the fit"):
+        again.sample(3, 0)
+    np.testing.assert_array_equal(again.sample(3, 1, seed=2), gen.sample(3, 1, seed=2))
+
+
+@pytest.mark.parametrize("field, message", [
+    ("{not json", "not JSON"),
+    ('["normal"]', "must map class names to reasons"),
+    ('{"normal": 3}', "must map class names to reasons"),
+    ('{"normal": "' + "x" * 1001 + '"}', "must map class names to reasons"),
+    ('{"covid": "noise"}', "names 'covid', not one of"),
+])
+def test_a_saved_generator_with_a_malformed_left_out_field_is_refused(phantoms16, tmp_path, field, message):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    gen = build_generator(TINY, RES, seed=1, device="cpu")
+    gen.fit(phantoms16.images, phantoms16.labels)
+    gen.save(tmp_path / "g.safetensors")
+    with safe_open(str(tmp_path / "g.safetensors"), framework="pt") as fh:
+        meta = fh.metadata()
+    save_file(load_file(str(tmp_path / "g.safetensors")), str(tmp_path / "bad.safetensors"),
+              metadata={**meta, "unfitted_classes": field})
+    with pytest.raises(ValueError, match=message):
+        load_generator(tmp_path / "bad.safetensors", device="cpu")
+
+
+def test_a_generator_saved_before_the_field_existed_loads_with_every_class(phantoms16, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    gen = build_generator(TINY, RES, seed=1, device="cpu")
+    gen.fit(phantoms16.images, phantoms16.labels)
+    gen.save(tmp_path / "g.safetensors")
+    with safe_open(str(tmp_path / "g.safetensors"), framework="pt") as fh:
+        meta = {k: v for k, v in fh.metadata().items() if k != "unfitted_classes"}
+    save_file(load_file(str(tmp_path / "g.safetensors")), str(tmp_path / "old.safetensors"), metadata=meta)
+    assert load_generator(tmp_path / "old.safetensors", device="cpu").fitted_classes == (0, 1)
+
+
 def test_no_class_with_a_usable_target_fits_nothing_and_samples_nothing():
     gen = MeanEmbeddingGenerator(TINY, RES)
     report = gen.fit_statistic()  # the statistic before any release: zero images of every class
@@ -221,3 +272,40 @@ def test_a_site_with_no_usable_class_records_what_it_spent_and_releases_nothing(
     with pytest.raises(DataError, match="no class left to release.*normal: not fitted.*pneumonia: not fitted"):
         Site(data, state, None, device="cpu").release(cfg, "run-1")
     assert [e["type"] for e in state.ledger().entries()] == [DP_TRAINING]  # the statistic's budget is on record
+
+
+# ---- under DP the release decisions read noisy counts, and exact counts stay at the site ---------------
+
+def _site_release(tmp_path, cfg, keep=None):
+    from dataclasses import replace
+
+    from fedsynth.client.site import Site
+    from fedsynth.client.site_data import simulated_site_state, simulated_sites
+
+    data = simulated_sites(cfg)[0]
+    if keep is not None:
+        data = replace(data, train=data.train.subset(keep(data.train.labels)))
+    state = simulated_site_state(cfg, tmp_path / "sites", data.name)
+    state.ensure_keys()
+    return Site(data, state, None, device="cpu").release(cfg, "run-1"), data
+
+
+def test_under_dp_merf_a_class_is_released_by_its_noisy_count_not_its_true_one(tmp_path, fixed_dp_noise):
+    # 60 normal images, min_class_images 61: the true count alone would withhold normal before any
+    # release; under DP the site decides on the statistic's noisy count (about 60, never the true one)
+    cfg = _merf_config(tmp_path, "privacy.epsilon=10", "release.min_class_images=61")
+    release, data = _site_release(tmp_path, cfg, lambda y: np.concatenate([np.flatnonzero(y == 0)[:60],
+                                                                         np.flatnonzero(y == 1)]))
+    assert int((data.train.labels == 0).sum()) == 60 and int((data.train.labels == 1).sum()) > 61
+    assert release.meta["withheld_classes"]["normal"].startswith("its noisy image count is ")
+    assert "release.min_class_images=61" in release.meta["withheld_classes"]["normal"]
+    assert set(np.unique(release.labels)) == {1}
+
+
+def test_a_private_release_sends_no_exact_counts_and_a_public_one_does(tmp_path, fixed_dp_noise):
+    private, _ = _site_release(tmp_path / "dp", _merf_config(tmp_path / "dp", "privacy.epsilon=10"))
+    assert private.meta["private"] is True
+    assert private.meta["train_counts"] is None and private.meta["test_counts"] is None
+    public, data = _site_release(tmp_path / "plain", _merf_config(tmp_path / "plain", "privacy=null"))
+    assert public.meta["private"] is False
+    assert public.meta["train_counts"] == data.train.class_counts()

@@ -106,12 +106,21 @@ class Site:
         conditions = class_indices(train, classes)  # what the generator conditions on, and the release's labels
         class_counts = {name: int((conditions == c).sum()) for c, name in enumerate(classes)}
         min_class = config.release.min_class_images
+        gen_cfg = self.generator_choice or config.generator_for(self.name)
+        family = FAMILIES[gen_cfg.family]
+        # which classes are big enough to release (release.min_class_images). Under DP a mechanism
+        # that releases noisy class counts (dp-merf) decides on those after its fit, post-processing;
+        # every other case decides here on the true counts (under DP an unaccounted bit per class,
+        # README: Privacy), and then the reason does not quote the count
+        noisy_decision = config.privacy is not None and family.statistics_only
         per_class, withheld = {}, {}
         for c, name in enumerate(classes):
-            if class_counts[name] >= min_class:
+            if noisy_decision or class_counts[name] >= min_class:
                 per_class[c] = config.release.n_per_class
             else:
-                withheld[name] = (f"{class_counts[name]} training images, fewer than "
+                withheld[name] = (f"fewer than release.min_class_images={min_class} training images"
+                                  if config.privacy is not None else
+                                  f"{class_counts[name]} training images, fewer than "
                                   f"release.min_class_images={min_class}")
         if not per_class:
             raise DataError(f"{self.name}: no class has release.min_class_images={min_class} training images")
@@ -120,12 +129,10 @@ class Site:
         self.check_policy(config, releasing=True)
         fingerprint = self.data.train.fingerprint()  # the site's data, whatever preprocessing made of it
         ledger, key = self.state.ledger(), self.state.signing_key()
-        gen_cfg = self.generator_choice or config.generator_for(self.name)
         statistic = None
         if config.alignment.enabled and config.privacy is not None:
             delta = config.privacy.delta or default_delta(len(train))
             statistic = statistic_mechanism(config.alignment.epsilon, delta, config.privacy.accountant)
-        family = FAMILIES[gen_cfg.family]
         plan = self._plan(config, lambda privacy, n: family.plan_privacy(privacy, n, gen_cfg),
                           (statistic,) if statistic else ())
 
@@ -148,6 +155,13 @@ class Site:
             del per_class[c]
             withheld[classes[c]] = f"not fitted: {gen.unfitted_reasons[c]}"
             log.warning("%s: class %s withheld: %s", self.name, classes[c], withheld[classes[c]])
+        if noisy_decision:
+            noisy = gen.released_class_counts()
+            for c in [c for c in per_class if noisy[c] < min_class]:
+                del per_class[c]
+                withheld[classes[c]] = (f"its noisy image count is {noisy[c]:.1f}, below "
+                                        f"release.min_class_images={min_class}")
+                log.warning("%s: class %s withheld: %s", self.name, classes[c], withheld[classes[c]])
         if not per_class:
             why = "; ".join(f"{k}: {v}" for k, v in withheld.items())
             raise DataError(f"{self.name}: no class left to release ({why})")
@@ -217,10 +231,11 @@ class Site:
             "generator": {"family": gen.family, **{k: v for k, v in report.to_dict().items() if k != "history"},
                           "sampled_images": sampling["images"], "sampling_seconds": sampling["seconds"],
                           "sampling_images_per_second": sampling["images"] / max(sampling["seconds"], 1e-9)},
-            "train_counts": counts,
-            "test_counts": self.data.test.class_counts(),
+            # exact counts are a statistic of the private images no accountant covers: not sent under DP
+            "train_counts": counts if plan is None else None,
+            "test_counts": self.data.test.class_counts() if plan is None else None,
             "label_set": list(classes),  # the release's labels index into it
-            **({} if len(classes) == 2 else {"train_class_counts": class_counts}),
+            **({} if len(classes) == 2 or plan is not None else {"train_class_counts": class_counts}),
             "released_per_class": release_entry["per_class"],
             "withheld_classes": withheld,
             "phantom": bool(train.phantom),

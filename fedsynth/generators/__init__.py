@@ -44,6 +44,7 @@ def load_generator(path: str | Path, device: str = "auto") -> Generator:
         raise ValueError(f"{path}: not a fedsynth generator file (family {family!r})")
     cls = FAMILIES[family]
     gen = cls.from_config_dict(json.loads(meta["config"]), int(meta["resolution"]), device=device)
+    gen.load_unfitted_classes(meta.get("unfitted_classes"), str(path))
     gen.load_sampling_state(load_file(str(path), device=str(gen.device)))
     return gen
 

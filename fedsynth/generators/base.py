@@ -167,6 +167,11 @@ class Generator(ABC):
         """The classes the fit learnt (indices into ``classes``): only these are sampled and released."""
         return tuple(c for c in range(self.num_classes) if c not in self.unfitted_reasons)
 
+    def released_class_counts(self) -> tuple[float, ...]:
+        """Each class's image count as the fit's released statistic estimates it (noisy under DP);
+        only a statistics-only family (``statistics_only``) has one."""
+        raise NotImplementedError(f"{self.family} releases no class counts")
+
     @classmethod
     def plan_privacy(cls, privacy: Any, n: int, config: Any, epochs: int | None = None,
                      calibrate_epochs: int | None = None) -> DPPlan:
@@ -305,10 +310,31 @@ class Generator(ABC):
                              f"({err})") from None
         return {"sha256": file_sha256(path), "public_source": meta.get("public_source", ""), "file": path.name}
 
+    def load_unfitted_classes(self, text: str | None, source: str) -> None:
+        """Restore ``unfitted_reasons`` from a saved file's ``unfitted_classes`` field (a JSON object
+        mapping class names to reasons; absent in files saved before it existed: nothing left out).
+        The file is untrusted: a malformed field is refused with what is wrong, never half-applied."""
+        if text is None:
+            self.unfitted_reasons = {}
+            return
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise ValueError(f"{source}: unfitted_classes is not JSON") from None
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(r, str) and len(r) <= 1000
+                                                  for k, r in value.items()):
+            raise ValueError(f"{source}: unfitted_classes must map class names to reasons (strings)")
+        unknown = sorted(set(value) - set(self.classes))
+        if unknown:
+            raise ValueError(f"{source}: unfitted_classes names {unknown[0]!r}, not one of {list(self.classes)}")
+        self.unfitted_reasons = {self.classes.index(k): r for k, r in value.items()}
+
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
 
         self._require_fitted()
-        meta = {"family": self.family, "resolution": str(self.resolution), "config": json.dumps(self.config_dict())}
+        meta = {"family": self.family, "resolution": str(self.resolution), "config": json.dumps(self.config_dict()),
+                # the classes the fit left out travel with the weights: a loaded generator refuses them too
+                "unfitted_classes": json.dumps({self.classes[c]: r for c, r in sorted(self.unfitted_reasons.items())})}
         state = {k: v.detach().cpu().contiguous() for k, v in self.sampling_state().items()}
         save_file(state, str(path), metadata=meta)

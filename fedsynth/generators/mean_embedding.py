@@ -138,6 +138,10 @@ class MeanEmbeddingGenerator(Generator):
                                            "count_weight": self.config.count_weight}
         return result
 
+    def released_class_counts(self) -> tuple[float, ...]:
+        """The class sizes the (noisy) statistic estimates: its constant feature's sums over ``b``."""
+        return tuple(float(v) for v in self.features.means(self.statistic.float())[1])
+
     # ---- post-processing ---------------------------------------------------------------------
     def fit(self, images: np.ndarray, labels: np.ndarray, privacy: DPPlan | None = None,
             progress: ProgressFn | None = None) -> FitReport:
