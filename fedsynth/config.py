@@ -474,6 +474,8 @@ class ClassifierSection(_Section):
     arch: Literal["auto", "small-cnn", "resnet18"] = Field(
         "auto", description="auto: small-cnn up to 32 px, resnet18 above."
     )
+    width: int = Field(32, ge=4, le=512, description="small-cnn: channels of its first block (the next two "
+                       "double it); its arithmetic grows with the square. Ignored by resnet18.")
     epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(64, ge=2, le=MAX_BATCH)
     lr: float = Field(1e-3, gt=0, le=MAX_LR)

@@ -43,6 +43,18 @@ def test_save_load_roundtrip(clf, tmp_path):
     assert again.threshold == clf.threshold and again.arch == "small-cnn"
 
 
+def test_a_narrower_small_cnn_is_saved_with_its_width_and_loads_as_it_was(tmp_path):
+    ds = make_phantoms(120, 16, seed=8)
+    narrow = train_classifier(ds.images, ds.labels, CFG.model_copy(update={"width": 8}), arch="small-cnn",
+                              resolution=16, seed=0, device="cpu")
+    first = narrow.model.features[0][0]
+    assert first.out_channels == 8 and narrow.header()["width"] == 8
+    narrow.save(tmp_path / "narrow.safetensors")
+    again = Classifier.load(tmp_path / "narrow.safetensors")
+    assert again.model.features[0][0].out_channels == 8
+    np.testing.assert_allclose(again.predict_proba(ds.images[:5]), narrow.predict_proba(ds.images[:5]), atol=1e-6)
+
+
 def test_resnet18_on_one_channel_runs():
     ds = make_phantoms(40, 64, seed=0)
     cfg = ClassifierSection(epochs=1, batch_size=16)

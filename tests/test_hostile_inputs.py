@@ -686,6 +686,11 @@ def classifier_file(path: Path, **header_changes) -> Path:
         ({"resolution": 48}, "resolution 48"),
         ({"resolution": 10**9}, "resolution"),
         ({"dp_compatible": "no"}, "dp_compatible"),
+        ({"width": 2}, "width 2 is not an integer"),
+        ({"width": "32"}, "width '32' is not an integer"),
+        ({"width": True}, "width True is not an integer"),
+        ({"width": 10**6}, "width 1000000 is not an integer"),
+        ({"width": 16}, "weights do not fit"),  # the weights are a width-32 network's
     ],
 )
 def test_bad_classifier_header_is_refused(tmp_path, changes, needle):

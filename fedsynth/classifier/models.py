@@ -82,11 +82,12 @@ def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     raise TypeError(f"no feature embedding for a {type(model).__name__}")
 
 
-def build_classifier(arch: str, resolution: int, num_classes: int = 2) -> nn.Module:
-    """A fresh classifier: one logit for two classes (normal / pneumonia), one per class above."""
+def build_classifier(arch: str, resolution: int, num_classes: int = 2, width: int = 32) -> nn.Module:
+    """A fresh classifier: one logit for two classes (normal / pneumonia), one per class above.
+    ``width``: the small CNN's first-block channels (``classifier.width``); resnet18 ignores it."""
     outputs = 1 if num_classes == 2 else num_classes
     if arch == "small-cnn":
-        return SmallCNN(outputs=outputs)
+        return SmallCNN(width=width, outputs=outputs)
     if arch == "resnet18":
         return ResNet18(resolution, outputs)
     raise ValueError(f"unknown classifier arch {arch!r} (use small-cnn or resnet18)")

@@ -194,10 +194,10 @@ class Classifier:
         """Rebuild a classifier from its header and weights; ValueError (with the reason) when
         the header is not one fedsynth wrote: an unknown arch, a resolution fedsynth never
         trains at, a threshold that is not a finite number in [0, 1], weights of another model."""
-        arch, resolution, threshold, private = _check_header(header)
+        arch, resolution, threshold, private, width = _check_header(header)
         classes = check_label_set(header.get("classes") or CLASS_NAMES)
         # a classifier trained with DP-SGD has GroupNorm where the plain one has BatchNorm
-        model = build_trainable(arch, resolution, private, len(classes))
+        model = build_trainable(arch, resolution, private, len(classes), width)
         try:
             model.load_state_dict(state)
         except (RuntimeError, TypeError, ValueError, AttributeError) as err:
@@ -243,8 +243,9 @@ KNOWN_ARCHS = ("small-cnn", "resnet18")
 KNOWN_RESOLUTIONS = (16, 32, 64, 128, 256)  # those of the run config (data.resolution)
 
 
-def _check_header(header: Any) -> tuple[str, int, float, bool]:
-    """(arch, resolution, threshold, dp_compatible) of a classifier header; ValueError otherwise."""
+def _check_header(header: Any) -> tuple[str, int, float, bool, int]:
+    """(arch, resolution, threshold, dp_compatible, width) of a classifier header; ValueError otherwise
+    (``width``: the small CNN's, 32 in files written before it was a setting)."""
     if not isinstance(header, dict):
         raise ValueError(f"the classifier header must be a JSON object, not {type(header).__name__}")
     missing = [k for k in ("arch", "resolution", "threshold") if k not in header]
@@ -265,7 +266,10 @@ def _check_header(header: Any) -> tuple[str, int, float, bool]:
     private = header.get("dp_compatible", False)
     if not isinstance(private, (bool, np.bool_)):
         raise ValueError(f"the classifier header's dp_compatible {repr(private)[:40]} is not true or false")
-    return arch, int(resolution), float(threshold), bool(private)
+    width = header.get("width", 32)
+    if isinstance(width, bool) or not isinstance(width, numbers.Integral) or not 4 <= width <= 512:
+        raise ValueError(f"the classifier header's width {repr(width)[:40]} is not an integer in [4, 512]")
+    return arch, int(resolution), float(threshold), bool(private), int(width)
 
 
 def train_classifier(
@@ -302,8 +306,9 @@ def train_classifier(
     pneumonia = (labels > 0).astype(np.int64)  # the binary labels (= labels for the binary task)
     start = time.perf_counter()
     with seeded(seed):
-        # channels-last: same float32 arithmetic, 1.2x faster per epoch on this project's CPU (benchmarks/speed.py)
-        model = build_classifier(arch, resolution, len(classes)).to(dev, memory_format=torch.channels_last)
+        # channels-last: same float32 arithmetic, 1.6x faster per epoch on this project's CPU (benchmarks/speed.py)
+        model = build_classifier(arch, resolution, len(classes), config.width)
+        model = model.to(dev, memory_format=torch.channels_last)
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         steps_per_epoch = max(1, math.ceil(len(train_idx) / config.batch_size))
@@ -354,6 +359,7 @@ def train_classifier(
         resolution=resolution,
         threshold=threshold,
         meta={
+            **({"width": config.width} if arch == "small-cnn" else {}),
             "trained_on": trained_on,
             "n_train": int(len(train_idx)),
             "n_val": int(len(val_idx)),
@@ -395,11 +401,11 @@ def _validation(model: nn.Module, x: torch.Tensor, labels: np.ndarray, n_classes
     return float(np.nanmean(aucs)), loss
 
 
-def build_trainable(arch: str, resolution: int, private: bool, num_classes: int = 2) -> nn.Module:
+def build_trainable(arch: str, resolution: int, private: bool, num_classes: int = 2, width: int = 32) -> nn.Module:
     """The classifier as a federation trains it: DP-compatible (GroupNorm) when private."""
     from fedsynth.privacy.dp import make_dp_compatible
 
-    model = build_classifier(arch, resolution, num_classes)
+    model = build_classifier(arch, resolution, num_classes, width)
     return make_dp_compatible(model) if private else model
 
 

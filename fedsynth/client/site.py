@@ -412,7 +412,8 @@ class Site:
         elif request.stage == CLASSIFIER_ROUND:
             plan = self._plan(config, lambda privacy, n: plan_training(privacy, n, config.classifier.batch_size,
                                                                        epochs, epochs * rounds))
-            clf = build_trainable(config.classifier_arch(), config.data.resolution, plan is not None)
+            clf = build_trainable(config.classifier_arch(), config.data.resolution, plan is not None,
+                                  width=config.classifier.width)
             load_exchangeable(clf, request.weights)
             result = train_local(clf, train.images, train.labels, config.classifier, epochs=epochs, seed=seed,
                                  device=self.device, privacy=plan)

@@ -125,20 +125,20 @@ def run_federated_generator(config, grid, transport, run_dir, registry, progress
 def run_fedavg_classifier(config, grid, transport, run_dir, registry, on_round) -> RunMetrics:
     record = RunRecord()
     private = config.privacy is not None
-    arch, res = config.classifier_arch(), config.data.resolution
+    arch, res, width = config.classifier_arch(), config.data.resolution, config.classifier.width
     with seeded(config.run.seed):
-        init = build_trainable(arch, res, private)
+        init = build_trainable(arch, res, private, width=width)
     with record.timed("rounds"):
         weights, state = run_rounds(config, grid, run_dir, registry, CLASSIFIER_ROUND,
                                     exchangeable(init.state_dict()), on_round)
     _record_rounds(record, state)
     header = {
-        "arch": arch, "resolution": res, "threshold": 0.5, "dp_compatible": private,
+        "arch": arch, "resolution": res, "threshold": 0.5, "dp_compatible": private, "width": width,
         "trained_on": "real (federated averaging)", "threshold_rule": "fixed 0.5 (the server holds no validation "
         "data in classic FL)", "phantom": any(c.phantom for c in record.contributions),
         "intensity": config.classifier.intensity,
     }
-    model = build_trainable(arch, res, private)
+    model = build_trainable(arch, res, private, width=width)
     load_exchangeable(model, weights)
     clf = Classifier.from_state(header, model.state_dict(), device=config.run.device)
     clf.save(run_dir.file(CLASSIFIER_FILE))
