@@ -8,6 +8,8 @@ typo in a YAML file never silently falls back to a default.
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -219,8 +221,26 @@ class FederationSection(_Section):
         120.0, ge=0, le=MAX_TIMEOUT_S, description="How long the server waits for num_sites SuperNodes to connect "
         "before going on."
     )
-    cpus_per_site: float = Field(1.0, gt=0, le=1024, description="CPU cores reserved for each simulated site.")
+    cpus_per_site: Annotated[float, Field(gt=0, le=1024)] | Literal["auto"] = Field(
+        "auto", description="CPU cores reserved for each simulated site; auto: the machine's cores shared out "
+        "among the sites, so that every site runs at once (each with as many torch threads as whole cores it "
+        "gets, at least one)."
+    )
     gpus_per_site: float = Field(0.0, ge=0, le=64, description="GPU share reserved for each simulated site.")
+
+    def site_cpus(self, machine_cpus: int | None = None) -> float:
+        """``cpus_per_site`` resolved: a number as given; auto shares ``machine_cpus`` (this machine's
+        cores by default) among ``num_sites``. On 2 cores and 3 sites that is 2/3 of a core each: all
+        three train at once, each on one thread, where whole cores would run two and leave one waiting."""
+        if self.cpus_per_site != "auto":
+            return float(self.cpus_per_site)
+        cpus = machine_cpus if machine_cpus is not None else (os.cpu_count() or 1)
+        # rounded down to Ray's resource precision (1e-4), or 3 x 0.6667 would ask for more than 2 cores
+        return math.floor(max(cpus, 1) / self.num_sites * 1e4) / 1e4
+
+    def site_threads(self, machine_cpus: int | None = None) -> int:
+        """Torch threads for one simulated site: the whole cores it is given, at least one."""
+        return max(1, int(self.site_cpus(machine_cpus)))
 
 
 class _WarmStartable(_Section):

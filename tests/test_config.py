@@ -146,3 +146,31 @@ def test_a_privacy_block_without_a_generator_section_gets_the_private_default():
         "a generator section the user wrote is theirs"
     resolved = load_config(None, ["privacy.epsilon=3"]).to_dict()
     assert resolved["generator"]["family"] == "dp-merf", "the resolved config records the choice"
+
+
+@pytest.mark.parametrize(("value", "machine", "sites", "cpus", "threads"), [
+    ("auto", 2, 3, 0.6666, 1),   # every site at once, one thread each, never more than the machine
+    ("auto", 16, 3, 5.3333, 5),
+    ("auto", 1, 8, 0.125, 1),
+    (1, 2, 3, 1.0, 1),           # a number is taken as given
+    (2.5, 2, 3, 2.5, 2),
+])
+def test_cpus_per_site_auto_shares_the_machine_among_the_sites(value, machine, sites, cpus, threads):
+    fed = load_config(None, [f"federation.cpus_per_site={value}", f"federation.num_sites={sites}"]).federation
+    assert fed.site_cpus(machine) == pytest.approx(cpus) and fed.site_threads(machine) == threads
+    if value == "auto":
+        assert fed.site_cpus(machine) * sites <= machine  # Ray can place every site at once
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many", "2000", ".nan"])
+def test_a_bad_cpus_per_site_is_refused_with_its_name(value):
+    with pytest.raises(ConfigError, match="cpus_per_site"):
+        load_config(None, [f"federation.cpus_per_site={value}"])
+
+
+def test_the_simulation_asks_ray_for_the_resolved_share():
+    from fedsynth.simulation.engine import backend_config
+
+    cfg = load_config(None, ["federation.cpus_per_site=auto"])
+    resources = backend_config(cfg)["client_resources"]
+    assert resources["num_cpus"] == cfg.federation.site_cpus() and resources["num_cpus"] > 0

@@ -83,7 +83,7 @@ def _prepare_worker(config: RunConfig, context: Context) -> None:
     if "partition-id" in context.node_config:
         # simulated sites share one machine, one per reserved core: keep torch from
         # oversubscribing it. A deployed site keeps all of its own machine.
-        torch.set_num_threads(max(1, int(config.federation.cpus_per_site)))
+        torch.set_num_threads(config.federation.site_threads())
     # a Flower worker process has no logging set up; show the site's progress lines
     root = logging.getLogger("fedsynth")
     if not root.handlers and not logging.getLogger().handlers:

@@ -10,6 +10,7 @@ neither the server nor the wire needs to know about simulated sites.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 
@@ -25,8 +26,8 @@ log = logging.getLogger("fedsynth.server")
 def backend_config(config: RunConfig) -> dict:
     fed = config.federation
     return {
-        "client_resources": {"num_cpus": fed.cpus_per_site, "num_gpus": fed.gpus_per_site},
-        "init_args": {"num_cpus": max(os.cpu_count() or 1, int(fed.cpus_per_site)), "logging_level": logging.ERROR,
+        "client_resources": {"num_cpus": fed.site_cpus(), "num_gpus": fed.gpus_per_site},
+        "init_args": {"num_cpus": max(os.cpu_count() or 1, math.ceil(fed.site_cpus())), "logging_level": logging.ERROR,
                       "log_to_driver": True},
     }
 
