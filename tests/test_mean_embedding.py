@@ -135,18 +135,37 @@ def test_a_statistic_over_the_budget_is_refused_before_any_release(tmp_path, pha
 
 # ---- a class whose noisy target is noise: left out of the fit and of the release ----------------------
 
-def _few_of_class_zero(images: np.ndarray, labels: np.ndarray, n0: int) -> np.ndarray:
+def _few_of_class_zero(labels: np.ndarray, n0: int) -> np.ndarray:
     return np.concatenate([np.flatnonzero(labels == 0)[:n0], np.flatnonzero(labels == 1)])
 
 
-def test_a_class_whose_noisy_target_is_noise_is_left_out_of_the_fit_and_cannot_be_sampled(phantoms16):
+def _fitted_with_normal_as_noise(phantoms16) -> MeanEmbeddingGenerator:
+    """A generator fitted to a statistic whose 2 normal images are buried in noise of norm ~24."""
     gen = MeanEmbeddingGenerator(TINY, RES, seed=0)
-    keep = _few_of_class_zero(phantoms16.images, phantoms16.labels, 2)
+    keep = _few_of_class_zero(phantoms16.labels, 2)
     gen.release_statistic(phantoms16.images[keep], phantoms16.labels[keep])
     noise = torch.randn(gen.statistic.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     noise[-1] = 0.0  # the count coordinate stays 2: the target is (2 images + noise of norm ~24) / 2
     gen.statistic[0] += 3.0 * noise
     gen.fit_statistic()
+    return gen
+
+
+def _resaved(gen, tmp_path, **meta_changes):
+    """``gen`` saved, then written again with its metadata changed (a value of None drops the key)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    gen.save(tmp_path / "g.safetensors")
+    with safe_open(str(tmp_path / "g.safetensors"), framework="pt") as fh:
+        meta = {**fh.metadata(), **meta_changes}
+    save_file(load_file(str(tmp_path / "g.safetensors")), str(tmp_path / "changed.safetensors"),
+              metadata={k: v for k, v in meta.items() if v is not None})
+    return tmp_path / "changed.safetensors"
+
+
+def test_a_class_whose_noisy_target_is_noise_is_left_out_of_the_fit_and_cannot_be_sampled(phantoms16):
+    gen = _fitted_with_normal_as_noise(phantoms16)
     assert gen.fitted_classes == (1,)
     assert "outweighs any signal" in gen.unfitted_reasons[0] and "about 2 images" in gen.unfitted_reasons[0]
     with pytest.raises(ValueError, match="class normal was left out of the fit"):
@@ -155,12 +174,7 @@ def test_a_class_whose_noisy_target_is_noise_is_left_out_of_the_fit_and_cannot_b
 
 
 def test_a_saved_generator_remembers_the_classes_its_fit_left_out(phantoms16, tmp_path):
-    gen = MeanEmbeddingGenerator(TINY, RES, seed=0)
-    keep = _few_of_class_zero(phantoms16.images, phantoms16.labels, 2)
-    gen.release_statistic(phantoms16.images[keep], phantoms16.labels[keep])
-    gen.statistic[0, :-1] += 3.0 * torch.randn(gen.statistic.shape[1] - 1, generator=torch.Generator().manual_seed(0),
-                                               dtype=torch.float64)
-    gen.fit_statistic()
+    gen = _fitted_with_normal_as_noise(phantoms16)
     assert gen.fitted_classes == (1,)
     gen.save(tmp_path / "g.safetensors")
     again = load_generator(tmp_path / "g.safetensors", device="cpu")
@@ -178,31 +192,16 @@ def test_a_saved_generator_remembers_the_classes_its_fit_left_out(phantoms16, tm
     ('{"covid": "noise"}', "names 'covid', not one of"),
 ])
 def test_a_saved_generator_with_a_malformed_left_out_field_is_refused(phantoms16, tmp_path, field, message):
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
     gen = build_generator(TINY, RES, seed=1, device="cpu")
     gen.fit(phantoms16.images, phantoms16.labels)
-    gen.save(tmp_path / "g.safetensors")
-    with safe_open(str(tmp_path / "g.safetensors"), framework="pt") as fh:
-        meta = fh.metadata()
-    save_file(load_file(str(tmp_path / "g.safetensors")), str(tmp_path / "bad.safetensors"),
-              metadata={**meta, "unfitted_classes": field})
     with pytest.raises(ValueError, match=message):
-        load_generator(tmp_path / "bad.safetensors", device="cpu")
+        load_generator(_resaved(gen, tmp_path, unfitted_classes=field), device="cpu")
 
 
 def test_a_generator_saved_before_the_field_existed_loads_with_every_class(phantoms16, tmp_path):
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
     gen = build_generator(TINY, RES, seed=1, device="cpu")
     gen.fit(phantoms16.images, phantoms16.labels)
-    gen.save(tmp_path / "g.safetensors")
-    with safe_open(str(tmp_path / "g.safetensors"), framework="pt") as fh:
-        meta = {k: v for k, v in fh.metadata().items() if k != "unfitted_classes"}
-    save_file(load_file(str(tmp_path / "g.safetensors")), str(tmp_path / "old.safetensors"), metadata=meta)
-    assert load_generator(tmp_path / "old.safetensors", device="cpu").fitted_classes == (0, 1)
+    assert load_generator(_resaved(gen, tmp_path, unfitted_classes=None), device="cpu").fitted_classes == (0, 1)
 
 
 def test_no_class_with_a_usable_target_fits_nothing_and_samples_nothing():
@@ -232,51 +231,9 @@ def fixed_dp_noise(monkeypatch):
     monkeypatch.setattr("fedsynth.privacy.dp.entropy_generator", lambda: torch.Generator().manual_seed(0))
 
 
-def test_a_site_withholds_a_class_its_noisy_target_left_out_and_keeps_the_spent_budget(tmp_path, fixed_dp_noise):
-    from dataclasses import replace
-
-    from fedsynth.client.site import Site
-    from fedsynth.client.site_data import simulated_site_state, simulated_sites
-    from fedsynth.privacy.ledger import DP_TRAINING, RELEASE
-
-    # epsilon 10: noise std ~0.5 on 4,001 coordinates, a noise norm ~33: the pneumonia images' mean
-    # outweighs it, 6 normal images cannot (a noisy count of 14 would still leave noise of norm ~2.4 in the mean)
-    cfg = _merf_config(tmp_path, "privacy.epsilon=10", "generator.n_frequencies=2000")
-    data = simulated_sites(cfg)[0]
-    train = data.train.subset(_few_of_class_zero(data.train.images, data.train.labels, 6))
-    data = replace(data, train=train)
-    state = simulated_site_state(cfg, tmp_path / "sites", data.name)
-    state.ensure_keys()
-    release = Site(data, state, None, device="cpu").release(cfg, "run-1")
-    assert set(np.unique(release.labels)) == {1}
-    assert release.meta["withheld_classes"]["normal"].startswith("not fitted: its noisy")
-    assert release.meta["released_per_class"] == {"pneumonia": cfg.release.n_per_class}
-    assert [e["type"] for e in state.ledger().entries()] == [DP_TRAINING, RELEASE]
-
-
-def test_a_site_with_no_usable_class_records_what_it_spent_and_releases_nothing(tmp_path, fixed_dp_noise):
-    from dataclasses import replace
-
-    from fedsynth.client.site import Site
-    from fedsynth.client.site_data import simulated_site_state, simulated_sites
-    from fedsynth.errors import DataError
-    from fedsynth.privacy.ledger import DP_TRAINING
-
-    # epsilon 0.2: noise std ~20 on 4,001 coordinates; 3 images of a class are nothing beside it
-    cfg = _merf_config(tmp_path, "privacy.epsilon=0.2", "release.min_class_images=1", "generator.n_frequencies=2000")
-    data = simulated_sites(cfg)[0]
-    few = np.concatenate([np.flatnonzero(data.train.labels == c)[:3] for c in (0, 1)])
-    data = replace(data, train=data.train.subset(few))
-    state = simulated_site_state(cfg, tmp_path / "sites", data.name)
-    state.ensure_keys()
-    with pytest.raises(DataError, match="no class left to release.*normal: not fitted.*pneumonia: not fitted"):
-        Site(data, state, None, device="cpu").release(cfg, "run-1")
-    assert [e["type"] for e in state.ledger().entries()] == [DP_TRAINING]  # the statistic's budget is on record
-
-
-# ---- under DP the release decisions read noisy counts, and exact counts stay at the site ---------------
-
-def _site_release(tmp_path, cfg, keep=None):
+def _simulated_site(tmp_path, cfg, keep=None):
+    """(site, its state, its data): the config's first simulated site, its training images cut to the
+    indices ``keep(labels)`` returns when given."""
     from dataclasses import replace
 
     from fedsynth.client.site import Site
@@ -287,15 +244,44 @@ def _site_release(tmp_path, cfg, keep=None):
         data = replace(data, train=data.train.subset(keep(data.train.labels)))
     state = simulated_site_state(cfg, tmp_path / "sites", data.name)
     state.ensure_keys()
-    return Site(data, state, None, device="cpu").release(cfg, "run-1"), data
+    return Site(data, state, None, device="cpu"), state, data
 
+
+def test_a_site_withholds_a_class_its_noisy_target_left_out_and_keeps_the_spent_budget(tmp_path, fixed_dp_noise):
+    from fedsynth.privacy.ledger import DP_TRAINING, RELEASE
+
+    # epsilon 10: noise std ~0.5 on 4,001 coordinates, a noise norm ~33: the pneumonia images' mean
+    # outweighs it, 6 normal images cannot (a noisy count of 14 would still leave noise of norm ~2.4 in the mean)
+    cfg = _merf_config(tmp_path, "privacy.epsilon=10", "generator.n_frequencies=2000")
+    site, state, _ = _simulated_site(tmp_path, cfg, lambda y: _few_of_class_zero(y, 6))
+    release = site.release(cfg, "run-1")
+    assert set(np.unique(release.labels)) == {1}
+    assert release.meta["withheld_classes"]["normal"].startswith("not fitted: its noisy")
+    assert release.meta["released_per_class"] == {"pneumonia": cfg.release.n_per_class}
+    assert [e["type"] for e in state.ledger().entries()] == [DP_TRAINING, RELEASE]
+
+
+def test_a_site_with_no_usable_class_records_what_it_spent_and_releases_nothing(tmp_path, fixed_dp_noise):
+    from fedsynth.errors import DataError
+    from fedsynth.privacy.ledger import DP_TRAINING
+
+    # epsilon 0.2: noise std ~20 on 4,001 coordinates; 3 images of a class are nothing beside it
+    cfg = _merf_config(tmp_path, "privacy.epsilon=0.2", "release.min_class_images=1", "generator.n_frequencies=2000")
+    site, state, _ = _simulated_site(tmp_path, cfg, lambda y: np.concatenate([np.flatnonzero(y == c)[:3]
+                                                                               for c in (0, 1)]))
+    with pytest.raises(DataError, match="no class left to release.*normal: not fitted.*pneumonia: not fitted"):
+        site.release(cfg, "run-1")
+    assert [e["type"] for e in state.ledger().entries()] == [DP_TRAINING]  # the statistic's budget is on record
+
+
+# ---- under DP the release decisions read noisy counts, and exact counts stay at the site ---------------
 
 def test_under_dp_merf_a_class_is_released_by_its_noisy_count_not_its_true_one(tmp_path, fixed_dp_noise):
     # 60 normal images, min_class_images 61: the true count alone would withhold normal before any
     # release; under DP the site decides on the statistic's noisy count (about 60, never the true one)
     cfg = _merf_config(tmp_path, "privacy.epsilon=10", "release.min_class_images=61")
-    release, data = _site_release(tmp_path, cfg, lambda y: np.concatenate([np.flatnonzero(y == 0)[:60],
-                                                                         np.flatnonzero(y == 1)]))
+    site, _, data = _simulated_site(tmp_path, cfg, lambda y: _few_of_class_zero(y, 60))
+    release = site.release(cfg, "run-1")
     assert int((data.train.labels == 0).sum()) == 60 and int((data.train.labels == 1).sum()) > 61
     assert release.meta["withheld_classes"]["normal"].startswith("its noisy image count is ")
     assert "release.min_class_images=61" in release.meta["withheld_classes"]["normal"]
@@ -303,9 +289,12 @@ def test_under_dp_merf_a_class_is_released_by_its_noisy_count_not_its_true_one(t
 
 
 def test_a_private_release_sends_no_exact_counts_and_a_public_one_does(tmp_path, fixed_dp_noise):
-    private, _ = _site_release(tmp_path / "dp", _merf_config(tmp_path / "dp", "privacy.epsilon=10"))
+    cfg = _merf_config(tmp_path / "dp", "privacy.epsilon=10")
+    private = _simulated_site(tmp_path / "dp", cfg)[0].release(cfg, "run-1")
     assert private.meta["private"] is True
     assert private.meta["train_counts"] is None and private.meta["test_counts"] is None
-    public, data = _site_release(tmp_path / "plain", _merf_config(tmp_path / "plain", "privacy=null"))
+    cfg = _merf_config(tmp_path / "plain", "privacy=null")
+    site, _, data = _simulated_site(tmp_path / "plain", cfg)
+    public = site.release(cfg, "run-1")
     assert public.meta["private"] is False
     assert public.meta["train_counts"] == data.train.class_counts()

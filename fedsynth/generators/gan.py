@@ -116,8 +116,8 @@ class GeneratorNet(nn.Module):
             ch = out
         self.to_image = nn.Conv2d(ch, 1, 3, 1, 1)
         # channels-last weights make every convolution run channels-last (float32, same arithmetic):
-        # a dp-merf fit step at 32 px took 0.85 s on one CPU thread in the default layout, 0.60 s in
-        # this one (transposed convolutions are where the generator's time goes)
+        # a dp-merf fit step at 32 px took 0.99 s on one CPU thread in the default layout, 0.55 s in
+        # this one (a scratch timing; README, Speed). The transposed convolutions take most of the time
         self.to(memory_format=torch.channels_last)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor, y_to: torch.Tensor | None = None,
