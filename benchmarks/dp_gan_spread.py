@@ -48,7 +48,7 @@ ARMS = ("continuous", "rounds", "batch-64")
 ENGINES = ("hooks", "ghost")
 
 
-def one_run(arm: str, engine: str, source: Path) -> dict:
+def one_run(arm: str, engine: str, source: Path, extra: tuple[str, ...] = ()) -> dict:
     from fedsynth.classifier.metrics import auroc
     from fedsynth.classifier.train import train_classifier
     from fedsynth.client.site_data import simulated_sites
@@ -60,6 +60,9 @@ def one_run(arm: str, engine: str, source: Path) -> dict:
             "classifier.epochs=5"]
     if arm == "batch-64":
         over += ["generator.batch_size=64", "generator.epochs=40"]
+    elif arm == "continuous":
+        over += ["generator.epochs=20"]
+    over += list(extra)  # --set: a candidate schedule on top of the arm's
     cfg = load_config(str(ROOT / "configs" / "kermany-private-cpu.yaml"), over)
     sites = simulated_sites(cfg)
     train, held_out = sites[0].train, sites[1].train
@@ -76,7 +79,7 @@ def one_run(arm: str, engine: str, source: Path) -> dict:
             state = gen.training_state()
         epsilon = None  # one round's; the site's ledger composes the four (about 10)
     else:
-        epochs = 20 if arm == "continuous" else gcfg.epochs
+        epochs = gcfg.epochs
         gen = build_generator(gcfg.model_copy(update={"epochs": epochs}), 32, seed=1)
         report = gen.fit(train.images, train.labels,
                          privacy=plan_training(cfg.privacy, len(train), gcfg.batch_size, epochs))
@@ -87,7 +90,7 @@ def one_run(arm: str, engine: str, source: Path) -> dict:
     clf = train_classifier(x, y, cfg.classifier, arch="small-cnn", resolution=32, seed=0, device="cpu")
     real_gap = np.abs(train.images[train.labels == 0].mean(0) - train.images[train.labels == 1].mean(0)).mean()
     return {
-        "arm": arm, "engine": engine,
+        "arm": arm, "engine": engine, "overrides": list(extra),
         "auroc_held_out": auroc(held_out.labels, clf.predict_proba(held_out.images)),
         "epsilon": epsilon, "mechanism": report.privacy["mechanism"],
         # the mean absolute difference of the two class means, synthetic against real (how much class
@@ -100,15 +103,21 @@ def one_run(arm: str, engine: str, source: Path) -> dict:
     }
 
 
+def _label(run: dict) -> str:
+    """An arm's name, with the --set overrides its runs used (a candidate schedule is its own arm)."""
+    extra = run.get("overrides") or []
+    return run["arm"] + (f" [{' '.join(extra)}]" if extra else "")
+
+
 def summary(runs: list[dict]) -> dict:
     """Per arm and engine: runs, min, median, max; per arm with both engines: in how many (hooks, ghost)
     pairs hooks scored higher, and the exact one-sided Mann-Whitney p that hooks score higher."""
     from scipy.stats import mannwhitneyu
 
     by, engines, comparisons = {}, [], []
-    for arm in ARMS:
+    for arm in dict.fromkeys(_label(r) for r in runs):
         for engine in ENGINES:
-            a = [r["auroc_held_out"] for r in runs if r["arm"] == arm and r["engine"] == engine]
+            a = [r["auroc_held_out"] for r in runs if _label(r) == arm and r["engine"] == engine]
             if a:
                 by[arm, engine] = a
                 engines.append({"arm": arm, "engine": engine, "runs": len(a), "min": min(a),
@@ -127,6 +136,8 @@ def main() -> None:
                     "of the runs the result file has)")
     ap.add_argument("--arms", default="continuous", help=f"comma-separated, of {', '.join(ARMS)}")
     ap.add_argument("--engines", default="hooks,ghost", help=f"comma-separated, of {', '.join(ENGINES)}")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override on top of each arm (a candidate schedule; repeatable; recorded per run)")
     args = ap.parse_args()
     arms, engines = args.arms.split(","), args.engines.split(",")
     bad = sorted(set(arms) - set(ARMS)) + sorted(set(engines) - set(ENGINES))
@@ -151,8 +162,8 @@ def main() -> None:
         for _ in range(args.runs):
             for arm in arms:
                 for engine in engines:
-                    runs.append(one_run(arm, engine, source))
-                    shown = ("arm", "engine", "auroc_held_out", "fit_s")
+                    runs.append(one_run(arm, engine, source, tuple(args.set)))
+                    shown = ("arm", "engine", "overrides", "auroc_held_out", "epsilon", "fit_s")
                     print(json.dumps({k: runs[-1][k] for k in shown}), flush=True)
                     write()
 

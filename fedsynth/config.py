@@ -257,6 +257,10 @@ class GANSection(_WarmStartable):
     base_channels: int = Field(32, ge=4, le=MAX_WIDTH, description="Width of the narrowest convolution (doubles per "
                                "level).")
     epochs: int = Field(40, ge=1, le=MAX_EPOCHS, description="Passes over the site's training images.")
+    discriminator_channels: int | None = Field(
+        None, ge=4, le=MAX_WIDTH, description="Width of the discriminator's first convolution (doubles per level); "
+        "empty: base_channels. Under DP a narrow discriminator has fewer weights for the same noise per weight, so "
+        "each step's noise vector is shorter against its clipped gradients.")
     batch_size: int = Field(16, ge=2, le=MAX_BATCH, description="Real images per discriminator step (the expected "
                             "size under DP).")
     lr_generator: float = Field(2e-4, gt=0, le=MAX_LR)

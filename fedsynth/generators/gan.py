@@ -201,7 +201,8 @@ class ConditionalGAN(Generator):
         with seeded(self.seed):
             self.generator = GeneratorNet(self.resolution, self.config.latent_dim, self.config.base_channels,
                                           self.num_classes)
-            self.discriminator = DiscriminatorNet(self.resolution, self.config.base_channels, self.num_classes)
+            self.discriminator = DiscriminatorNet(self.resolution, self.config.discriminator_channels
+                                                 or self.config.base_channels, self.num_classes)
         self.generator_ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
         self.ema_steps = 0  # steps the average has seen, across federated rounds too (its warm-up)
         self.generator.to(self.device)
