@@ -492,6 +492,12 @@ class ReleaseSection(_Section):
         10, ge=1, le=MAX_IMAGES, description="A site releases a class only if it trained on at least this many "
         "images of it."
     )
+    count_noise: float = Field(
+        20.0, ge=1.0, le=1e6, description="Under DP with a DP-SGD generator (gan, ddpm): the standard deviation, "
+        "in images, of the Gaussian noise on the class counts that release.min_class_images is decided on (one "
+        "image moves one count by 1). Accounted in the ledger, inside privacy.epsilon: the training's noise is "
+        "calibrated for both. dp-merf decides on the counts its own release carries."
+    )
 
 
 class ClassifierSection(_Section):

@@ -16,7 +16,9 @@ from fedsynth.data.phantom import make_phantoms
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FEDSYNTH_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
-torch.set_num_threads(2)
+# The cores shared out among pytest-xdist's workers (`-n auto`: one per core), so that parallel
+# tests do not oversubscribe the machine; all of them in a serial run (-n 0).
+torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
 def tiny_overrides(tmp_path: Path) -> list[str]:

@@ -14,7 +14,7 @@ from fedsynth.evaluation.alignment import (
     match_histograms,
     reference_cdf,
 )
-from fedsynth.privacy.accounting import epsilon
+from fedsynth.privacy.accounting import Mechanism, epsilon
 from fedsynth.privacy.dp import BudgetExceeded, plan_training, statistic_mechanism
 
 
@@ -80,10 +80,13 @@ def test_the_private_histogram_is_ledgered_and_budgeted(tiny_config, tmp_path):
     cfg.alignment.epsilon = 1.0
     cfg.gate.membership_audit = False
     data = simulated_sites(cfg)[0]
-    plan = plan_training(cfg.privacy, len(data.train), cfg.generator.batch_size, cfg.generator.epochs)
+    counts = Mechanism(cfg.release.count_noise, 1.0, 1)  # the noisy class counts, inside privacy.epsilon
+    plan = plan_training(cfg.privacy, len(data.train), cfg.generator.batch_size, cfg.generator.epochs,
+                         reserved=(counts,))
     stat = statistic_mechanism(1.0, 1e-3, "rdp")
-    train_only, both = epsilon([plan.mechanism()], 1e-3), epsilon([plan.mechanism(), stat], 1e-3)
-    assert both > train_only
+    train_only = epsilon([plan.mechanism(), counts], 1e-3)
+    both = epsilon([plan.mechanism(), counts, stat], 1e-3)
+    assert train_only <= 4 + 1e-9 and both > train_only
 
     cfg.sites.budget = cfg.sites.budget.model_copy(update={"epsilon": (train_only + both) / 2})
     state = simulated_site_state(cfg, tmp_path / "a", data.name)
@@ -96,8 +99,8 @@ def test_the_private_histogram_is_ledgered_and_budgeted(tiny_config, tmp_path):
     state.ensure_keys()
     rel = Site(data, state, None, device="cpu").release(cfg, "r")
     types = [e["type"] for e in rel.meta["ledger"]]
-    assert types == ["dp-training", "dp-statistic", "release"]
-    stat_entry = rel.meta["ledger"][1]
+    assert types == ["dp-statistic", "dp-training", "dp-statistic", "release"]  # counts, training, histogram
+    stat_entry = rel.meta["ledger"][2]
     assert stat_entry["epsilon"] == pytest.approx(epsilon([stat], 1e-3)) and stat_entry["epsilon"] <= 1.0 + 1e-9
     exact = class_intensity_histograms(data.train.images, data.train.labels, cfg.alignment.bins)
     released = np.asarray(rel.meta["intensity_histogram"])

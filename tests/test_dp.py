@@ -125,7 +125,7 @@ def test_budget_composes_across_runs_of_one_site(tiny_config, tmp_path):
     with pytest.raises(BudgetExceeded, match="already spent"):
         site.release(cfg, "run-2")  # two trainings at 4 compose to more than 5
     ledger = state.ledger().entries()
-    assert [e["type"] for e in ledger] == ["dp-training", RELEASE]
+    assert [e["type"] for e in ledger] == ["dp-statistic", "dp-training", RELEASE]  # noisy class counts first
     assert verify_ledger(state.ledger_path, __import__("fedsynth.privacy.keys", fromlist=["x"]).load_public_key(
         state.public_key_path)).ok
 
@@ -242,3 +242,86 @@ def test_auto_engine_is_ghost_clipping_with_a_criterion_and_hooks_without():
                  DataLoader(TensorDataset(torch.zeros(100, 4)), batch_size=16))
     assert (with_loss.grad_sample_mode, without.grad_sample_mode) == ("ghost", "hooks")
     assert without.criterion is None and with_loss.criterion is not None
+
+
+# ---- under DP a DP-SGD family decides release.min_class_images on noisy, accounted counts ----------
+
+@pytest.mark.parametrize("target,sample_rate,steps,count_noise", [(1.0, 1 / 82, 1640, 20.0), (3.0, 0.05, 400, 5.0),
+                                                                 (10.0, 0.2, 50, 2.0)])
+def test_noise_beside_a_reserved_mechanism_keeps_their_composition_within_target(target, sample_rate, steps,
+                                                                                 count_noise):
+    delta = 1e-5
+    counts = Mechanism(count_noise, 1.0, 1)
+    alone = noise_for_target(target, delta, sample_rate, steps)
+    beside = noise_for_target(target, delta, sample_rate, steps, "rdp", (counts,))
+    composed = epsilon([Mechanism(beside, sample_rate, steps), counts], delta)
+    assert beside >= alone
+    assert target - 0.02 <= composed <= target + 1e-9  # within target, and not needlessly below it
+    assert epsilon([Mechanism(alone, sample_rate, steps), counts], delta) > composed - 1e-9
+
+
+def test_a_reserved_mechanism_that_alone_spends_the_target_is_refused():
+    with pytest.raises(ValueError, match="reserved mechanisms alone spend"):
+        noise_for_target(0.1, 1e-5, 0.1, 100, "rdp", (Mechanism(1.0, 1.0, 1),))
+
+
+def _dp_gan_site(cfg, tmp_path, keep_normal: int | None = None):
+    from dataclasses import replace
+
+    data = simulated_sites(cfg)[0]
+    if keep_normal is not None:
+        y = data.train.labels
+        data = replace(data, train=data.train.subset(np.concatenate([np.flatnonzero(y == 0)[:keep_normal],
+                                                                     np.flatnonzero(y == 1)])))
+    state = simulated_site_state(cfg, tmp_path / "sites", data.name)
+    state.ensure_keys()
+    return Site(data, state, None, device="cpu"), state, data
+
+
+@pytest.mark.parametrize("true_normal,offset,released", [(3, +10.0, True), (10, -10.0, False)])
+def test_a_dp_sgd_site_decides_min_class_images_on_noisy_counts_in_its_ledger(tiny_config, tmp_path, monkeypatch,
+                                                                              true_normal, offset, released):
+    import fedsynth.client.site as site_module
+    from fedsynth.privacy.keys import load_public_key
+    from fedsynth.privacy.ledger import DP_STATISTIC, DP_TRAINING, spent_epsilon
+
+    cfg = tiny_config
+    cfg.privacy = PrivacySection(epsilon=4)
+    cfg.gate.membership_audit = False
+    drawn = []
+
+    def offset_noise(values, noise_multiplier):  # a fixed draw on the normal count, so the decision is known
+        drawn.append((values.copy(), noise_multiplier))
+        return values + np.array([offset, 0.0])
+
+    monkeypatch.setattr(site_module, "add_gaussian_noise", offset_noise)
+    site, state, data = _dp_gan_site(cfg, tmp_path, keep_normal=true_normal)
+    release = site.release(cfg, "run-1")
+    assert drawn[0][1] == cfg.release.count_noise
+    assert drawn[0][0].tolist() == [true_normal, int((data.train.labels == 1).sum())]  # the true counts, noised
+    entries = state.ledger().entries()
+    assert [e["type"] for e in entries] == [DP_STATISTIC, DP_TRAINING, RELEASE]
+    assert entries[0]["mechanism"]["name"] == "gaussian (class counts, sensitivity 1)"
+    assert entries[0]["mechanism"]["noise_multiplier"] == cfg.release.count_noise
+    assert verify_ledger(state.ledger_path, load_public_key(state.public_key_path)).ok  # epsilons recomputed
+    # the two mechanisms together stay within the run's epsilon; the training alone spends less
+    assert entries[1]["epsilon"] < 4 <= spent_epsilon(entries, state.budget.delta, "rdp") + 0.02
+    assert spent_epsilon(entries, state.budget.delta, "rdp") <= 4 + 1e-9
+    if released:  # 3 true images, below min_class_images=5, yet the noisy count (13) decides
+        assert set(np.unique(release.labels)) == {0, 1}
+    else:
+        assert set(np.unique(release.labels)) == {1}
+        assert release.meta["withheld_classes"]["normal"] == (
+            "its noisy image count is 0.0, below release.min_class_images=5")
+
+
+def test_without_dp_the_true_count_decides_and_no_count_is_noised(tiny_config, tmp_path, monkeypatch):
+    import fedsynth.client.site as site_module
+
+    monkeypatch.setattr(site_module, "add_gaussian_noise", lambda *a: pytest.fail("noise drawn without DP"))
+    cfg = tiny_config
+    cfg.gate.membership_audit = False
+    site, state, _ = _dp_gan_site(cfg, tmp_path, keep_normal=3)
+    release = site.release(cfg, "run-1")
+    assert release.meta["withheld_classes"]["normal"] == "3 training images, fewer than release.min_class_images=5"
+    assert "dp-statistic" not in [e["type"] for e in state.ledger().entries()]

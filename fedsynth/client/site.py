@@ -108,19 +108,19 @@ class Site:
         min_class = config.release.min_class_images
         gen_cfg = self.generator_choice or config.generator_for(self.name)
         family = FAMILIES[gen_cfg.family]
-        # which classes are big enough to release (release.min_class_images). Under DP a mechanism
-        # that releases noisy class counts (dp-merf) decides on those after its fit, post-processing;
-        # every other case decides here on the true counts (under DP an unaccounted bit per class,
-        # README: Privacy), and then the reason does not quote the count
+        # which classes are big enough to release (release.min_class_images). Without DP: the true
+        # counts, here. Under DP never the true counts: a mechanism that releases noisy class counts
+        # (dp-merf) decides on those after its fit (post-processing); a DP-SGD family on counts with
+        # Gaussian noise (release.count_noise), a mechanism of its own in the ledger, before its fit
         noisy_decision = config.privacy is not None and family.statistics_only
+        count_mechanism = (Mechanism(config.release.count_noise, 1.0, 1)
+                           if config.privacy is not None and not family.statistics_only else None)
         per_class, withheld = {}, {}
         for c, name in enumerate(classes):
-            if noisy_decision or class_counts[name] >= min_class:
+            if config.privacy is not None or class_counts[name] >= min_class:
                 per_class[c] = config.release.n_per_class
             else:
-                withheld[name] = (f"fewer than release.min_class_images={min_class} training images"
-                                  if config.privacy is not None else
-                                  f"{class_counts[name]} training images, fewer than "
+                withheld[name] = (f"{class_counts[name]} training images, fewer than "
                                   f"release.min_class_images={min_class}")
         if not per_class:
             raise DataError(f"{self.name}: no class has release.min_class_images={min_class} training images")
@@ -133,8 +133,20 @@ class Site:
         if config.alignment.enabled and config.privacy is not None:
             delta = config.privacy.delta or default_delta(len(train))
             statistic = statistic_mechanism(config.alignment.epsilon, delta, config.privacy.accountant)
-        plan = self._plan(config, lambda privacy, n: family.plan_privacy(privacy, n, gen_cfg),
-                          (statistic,) if statistic else ())
+        reserved = (count_mechanism,) if count_mechanism else ()
+        plan = self._plan(config, lambda privacy, n: family.plan_privacy(privacy, n, gen_cfg, reserved=reserved),
+                          (*((statistic,) if statistic else ()), *reserved))
+        if count_mechanism is not None:
+            noisy = self._noisy_class_counts(config, run_id, fingerprint, plan, count_mechanism,
+                                             np.array([class_counts[name] for name in classes], dtype=np.float64))
+            for c in [c for c in per_class if noisy[c] < min_class]:
+                del per_class[c]
+                withheld[classes[c]] = (f"its noisy image count is {noisy[c]:.1f}, below "
+                                        f"release.min_class_images={min_class}")
+                log.warning("%s: class %s withheld: %s", self.name, classes[c], withheld[classes[c]])
+            if not per_class:
+                why = "; ".join(f"{k}: {v}" for k, v in withheld.items())
+                raise DataError(f"{self.name}: no class left to release ({why})")
 
         gen = build_generator(gen_cfg, config.data.resolution, seed=seed, device=self.device, classes=classes)
         started = time.perf_counter()
@@ -304,6 +316,24 @@ class Site:
                  plan.noise_multiplier, plan.sample_rate, plan.steps, check.spent_before, check.spent_after,
                  self.state.budget.epsilon)
         return plan
+
+    def _noisy_class_counts(self, config: RunConfig, run_id: str, fingerprint: str, plan: DPPlan,
+                            mechanism: Mechanism, counts: np.ndarray) -> np.ndarray:
+        """The class counts with the mechanism's Gaussian noise (OS entropy), its ledger entry
+        written before anything is decided on them: one image moves one count by 1, so the
+        sensitivity is 1."""
+        noisy = add_gaussian_noise(counts, mechanism.noise_multiplier)
+        self.state.ledger().append({
+            "type": DP_STATISTIC,
+            "run_id": run_id,
+            "dataset_fingerprint": fingerprint,
+            "mechanism": {"name": "gaussian (class counts, sensitivity 1)", **mechanism.to_dict(),
+                          "delta": plan.delta, "accountant": plan.accountant, "max_grad_norm": None,
+                          "secure_rng": False, "noise_source": "os-entropy"},
+            "epsilon": epsilon([mechanism], plan.delta, plan.accountant),
+            "details": {"statistic": "class counts (release.min_class_images)", "classes": len(counts)},
+        }, self.state.signing_key())
+        return noisy
 
     def _intensity_histogram(self, config: RunConfig, run_id: str, fingerprint: str, plan: DPPlan | None,
                              statistic: Mechanism | None, seed: int) -> list:

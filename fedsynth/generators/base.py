@@ -174,13 +174,14 @@ class Generator(ABC):
 
     @classmethod
     def plan_privacy(cls, privacy: Any, n: int, config: Any, epochs: int | None = None,
-                     calibrate_epochs: int | None = None) -> DPPlan:
+                     calibrate_epochs: int | None = None, reserved: tuple = ()) -> DPPlan:
         """The DP mechanism a fit on ``n`` private images runs, fixed before any step: by default
         DP-SGD over ``epochs`` (the config's) at the config's batch size, its noise calibrated
-        for ``calibrate_epochs`` in all (every round of a federated run)."""
+        for ``calibrate_epochs`` in all (every round of a federated run), composed with the
+        ``reserved`` mechanisms (the site's noisy class counts) within the target."""
         from fedsynth.privacy.dp import plan_training
 
-        return plan_training(privacy, n, config.batch_size, epochs or config.epochs, calibrate_epochs)
+        return plan_training(privacy, n, config.batch_size, epochs or config.epochs, calibrate_epochs, reserved)
 
     @abstractmethod
     def fit(

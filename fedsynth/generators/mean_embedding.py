@@ -111,7 +111,9 @@ class MeanEmbeddingGenerator(Generator):
     # ---- the one contact with private images -------------------------------------------------
     @classmethod
     def plan_privacy(cls, privacy: Any, n: int, config: Any, epochs: int | None = None,
-                     calibrate_epochs: int | None = None) -> DPPlan:
+                     calibrate_epochs: int | None = None, reserved: tuple = ()) -> DPPlan:
+        if reserved:  # its release carries noisy class counts already (released_class_counts)
+            raise ValueError("dp-merf releases its class counts with its statistic; it reserves no mechanism")
         return plan_statistic(privacy, n, sensitivity=1.0)
 
     def release_statistic(self, images: np.ndarray, labels: np.ndarray,

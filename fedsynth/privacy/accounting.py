@@ -61,6 +61,9 @@ def accountant_epsilon(accountant, delta: float) -> float:
         warnings.simplefilter("ignore", UserWarning)  # "optimal order is the largest": orders are already wide
         if accountant.mechanism() == "rdp":
             return float(accountant.get_epsilon(delta=delta, alphas=RDP_ORDERS))
+        # PRV of a mechanism without subsampling (q = 1: a noisy statistic) takes log(1 - q) = -inf
+        # on purpose, where numpy warns
+        warnings.simplefilter("ignore", RuntimeWarning)
         return float(accountant.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
 
 
@@ -75,15 +78,21 @@ def epsilon(mechanisms: Iterable[Mechanism], delta: float, accountant: str = "rd
 
 @functools.lru_cache(maxsize=256)
 def noise_for_target(
-    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp",
+    reserved: tuple[Mechanism, ...] = (),
 ) -> float:
-    """The smallest noise multiplier (to 0.01 in epsilon) that keeps ``steps`` steps within target.
+    """The smallest noise multiplier (to 0.01 in epsilon) that keeps ``steps`` steps within target;
+    with ``reserved`` mechanisms (a noisy statistic the same request releases), the steps composed
+    with them stay within target.
 
     Cached: every round of a federated run asks the same question again."""
     from opacus.accountants.utils import get_noise_multiplier
 
     if not target_epsilon > 0:
         raise ValueError(f"target epsilon must be > 0, got {target_epsilon}")
+    if reserved:
+        alone = noise_for_target(target_epsilon, delta, sample_rate, steps, accountant)
+        return _noise_beside(target_epsilon, delta, sample_rate, steps, accountant, reserved, alone)
     kwargs = {"alphas": RDP_ORDERS} if accountant == "rdp" else {"eps_error": PRV_EPS_ERROR}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -98,6 +107,32 @@ def noise_for_target(
                 **kwargs,
             )
         )
+
+
+def _noise_beside(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str,
+                  reserved: tuple[Mechanism, ...], alone: float) -> float:
+    """Bisection on the noise multiplier of ``steps`` subsampled Gaussian steps composed with
+    ``reserved``: the smallest (to 0.01 in epsilon, as Opacus's own search) within target. It is
+    at least ``alone``, the noise the steps need by themselves."""
+    if epsilon(reserved, delta, accountant) >= target_epsilon:
+        raise ValueError(f"the reserved mechanisms alone spend epsilon {epsilon(reserved, delta, accountant):.3g}, "
+                         f"not below the target {target_epsilon:g}")
+
+    def spent(sigma: float) -> float:
+        return epsilon([Mechanism(sigma, sample_rate, steps), *reserved], delta, accountant)
+
+    low, high = alone, alone * 1.1
+    while spent(high) > target_epsilon:
+        low, high = high, 2 * high
+        if high > 1e6:
+            raise ValueError(f"no noise multiplier reaches epsilon {target_epsilon:g} beside the reserved mechanisms")
+    while spent(high) < target_epsilon - 0.01:
+        mid = (low + high) / 2
+        if spent(mid) > target_epsilon:
+            low = mid
+        else:
+            high = mid
+    return high
 
 
 def default_delta(n: int) -> float:

@@ -75,12 +75,14 @@ def opacus_steps_per_epoch(sample_rate: float) -> int:
     return int(1 / sample_rate)
 
 
-def plan_training(privacy: Any, n: int, batch_size: int, epochs: int, calibrate_epochs: int | None = None) -> DPPlan:
+def plan_training(privacy: Any, n: int, batch_size: int, epochs: int, calibrate_epochs: int | None = None,
+                  reserved: tuple[Mechanism, ...] = ()) -> DPPlan:
     """A DP-SGD plan for ``n`` private examples (``privacy`` is the config's privacy section).
 
     ``calibrate_epochs``: the noise is calibrated so that this many epochs in all (every
     round of a federated run) stay within the target epsilon, while the plan itself covers
-    ``epochs`` (one round)."""
+    ``epochs`` (one round). ``reserved``: mechanisms the same request also runs (a noisy
+    class count), inside the target: the steps composed with them stay within it."""
     if n < 2:
         raise ValueError("DP training needs at least 2 examples")
     batch_size = min(batch_size, n)
@@ -103,7 +105,7 @@ def plan_training(privacy: Any, n: int, batch_size: int, epochs: int, calibrate_
                 "privacy.secure_rng=true needs the torchcsprng package, which is not installed"
             ) from None
     total_steps = (calibrate_epochs or epochs) * per_epoch
-    sigma = noise_for_target(privacy.epsilon, delta, q, total_steps, privacy.accountant)
+    sigma = noise_for_target(privacy.epsilon, delta, q, total_steps, privacy.accountant, tuple(reserved))
     return DPPlan(
         target_epsilon=float(privacy.epsilon),
         delta=float(delta),
