@@ -9,7 +9,7 @@ per-example criterion Opacus wraps: the GAN's discriminator loss is one (``Discr
 so the GAN is measured with it; the DDPM's loss averages several noise levels per example
 inside fedsynth's step, so the DDPM is measured with hooks and functorch only.
 
-    .venv/bin/python -m benchmarks.dp_step_cost [--repeats 6] [--families gan,ddpm]
+    .venv/bin/python -m benchmarks.dp_step_cost [--repeats 6] [--families gan,ddpm,ddpm-one-draw]
 
 Writes benchmarks/results/dp_step_cost.json.
 """
@@ -27,11 +27,15 @@ from benchmarks.common import KERMANY_64, ROOT, record_start, require, write_res
 from fedsynth.config import load_config
 
 MODES = ("hooks", "functorch", "ghost")
-FAMILY_MODES = {"gan": MODES, "ddpm": ("hooks", "functorch")}
+FAMILY_MODES = {"gan": MODES, "ddpm": ("hooks", "functorch"), "ddpm-one-draw": ("hooks", "functorch")}
 FAMILIES = {
     "gan": ["generator.family=gan", "generator.epochs=1", "generator.batch_size=64"],
     "ddpm": ["generator.family=ddpm", "generator.epochs=1", "generator.batch_size=64",
              "generator.block_out_channels=[32,64,64]", "generator.augmentation_multiplicity=2"],
+    # the DDPM under DP with one noise draw per example: the same rows per step as without DP, so the
+    # ratio is the per-sample gradients' cost alone (with 2 draws DP also does twice the rows, by design)
+    "ddpm-one-draw": ["generator.family=ddpm", "generator.epochs=1", "generator.batch_size=64",
+                      "generator.block_out_channels=[32,64,64]", "generator.augmentation_multiplicity=1"],
 }
 
 
@@ -80,14 +84,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--images", type=int, default=640)
-    ap.add_argument("--families", default="gan,ddpm")
+    ap.add_argument("--families", default="gan,ddpm", help=f"comma-separated, of {', '.join(FAMILIES)}")
+    ap.add_argument("--name", default="dp_step_cost", help="result file name (another keeps this one's rows)")
     args = ap.parse_args()
     record_start()
     data = require(KERMANY_64)
     torch.set_num_threads(1)  # as one simulated site gets
     load_before = os.getloadavg()[0]
     rows = [measure(f, data, args.repeats, args.images) for f in args.families.split(",")]
-    write_result("dp_step_cost", {"data": data.name, "torch_threads": 1, "rows": rows, "table": markdown(rows),
+    write_result(args.name, {"data": data.name, "torch_threads": 1, "rows": rows, "table": markdown(rows),
                                   "load_average_1min": [load_before, os.getloadavg()[0]]})
     print(markdown(rows))
 
