@@ -18,6 +18,10 @@ images per class, trains the small CNN on them (5 epochs) and scores it on site-
 (also the official train split: the test split is never read here).
 
     .venv/bin/python -m benchmarks.dp_gan_spread --runs 2 --arms continuous --engines hooks,ghost
+    .venv/bin/python -m benchmarks.dp_gan_spread --runs 1 --arms continuous --engines ghost \
+        --set generator.discriminator_channels=8 --set generator.batch_size=64 --set generator.epochs=40
+
+``--set`` runs a candidate schedule on top of an arm (recorded per run; summarised as an arm of its own).
 
 Writes benchmarks/results/dp_gan_spread.json after every run (a rerun adds to the runs it has), with a
 summary per arm and engine and, where an arm has both engines, hooks against ghost (pairs won, exact
