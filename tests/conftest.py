@@ -87,11 +87,7 @@ TRAINS = ("simulate(", "_serve(", "run_simulation", "subprocess", "Popen", ".fit
 
 
 def _trains(func) -> bool:
-    try:
-        src = inspect.getsource(func)
-    except (OSError, TypeError):
-        return False
-    return any(token in src for token in TRAINS)
+    return _source_names(func, TRAINS)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -104,3 +100,23 @@ def pytest_collection_modifyitems(config, items):
             funcs += [d.func for d in defs if str(getattr(d, "baseid", "")).startswith("tests")]
         if any(f is not None and _trains(f) for f in funcs):
             item.add_marker(pytest.mark.slow)
+    # whole federations first, then the other slow tests, then the quick ones (a stable sort, so
+    # each group keeps its order): pytest-xdist hands tests out in this order, and an end-to-end
+    # run started last would leave one worker busy alone at the end
+    def group(item) -> int:
+        if item.get_closest_marker("slow") is None:
+            return 2
+        return 0 if _source_names(getattr(item, "function", None), END_TO_END) else 1
+
+    items.sort(key=group)
+
+
+END_TO_END = ("simulate(", "_serve(", "run_simulation", "subprocess", "Popen", '"simulate"')
+
+
+def _source_names(func, tokens) -> bool:
+    try:
+        src = inspect.getsource(func)
+    except (OSError, TypeError):
+        return False
+    return any(token in src for token in tokens)
