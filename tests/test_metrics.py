@@ -2,6 +2,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedsynth.classifier.metrics import (
     BinaryMetrics,
@@ -126,3 +128,38 @@ def test_adaptive_edges_keep_resolution_for_a_narrow_score_range():
     fine_auc = pooled_metrics([fine], [(0, 0, 0, 0)], 0.5, n_boot=0).auroc
     assert coarse_auc == pytest.approx(0.5)  # one bin holds everything
     assert fine_auc == pytest.approx(exact, abs=0.01)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 6)), min_size=2, max_size=60),
+       st.integers(0, 2**16))
+def test_the_vectorised_bootstrap_statistics_equal_sklearn_on_each_resample(rows, seed):
+    """AUROC and average precision computed from resample counts equal sklearn's on the resampled
+    arrays themselves, ties included (scores on a coarse grid make many)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from fedsynth.classifier.metrics import _weighted_rank_statistic
+
+    labels = np.array([r[0] for r in rows] + [0, 1])
+    scores = np.array([r[1] for r in rows] + [3, 3], dtype=np.float64) / 6
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, labels.size, labels.size) for _ in range(5)]
+    draws = [d for d in draws if 0 < labels[d].sum() < labels.size]  # both classes, as a stratified resample
+    if not draws:
+        return
+    counts = np.stack([np.bincount(d, minlength=labels.size) for d in draws]).astype(np.float64)
+    fast_auroc = _weighted_rank_statistic(labels, scores, counts, "auroc")
+    fast_ap = _weighted_rank_statistic(labels, scores, counts, "aupr")
+    for i, d in enumerate(draws):
+        assert fast_auroc[i] == pytest.approx(roc_auc_score(labels[d], scores[d]), abs=1e-12)
+        assert fast_ap[i] == pytest.approx(average_precision_score(labels[d], scores[d]), abs=1e-12)
+
+
+def test_the_bootstrap_interval_is_the_one_the_resampling_loop_gives():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 300)
+    scores = np.round(rng.random(300) * 20) / 20
+    for statistic in (auroc, aupr):
+        fast = stratified_bootstrap(labels, scores, statistic, 300, seed=7)
+        loop = stratified_bootstrap(labels, scores, lambda y, s, f=statistic: f(y, s), 300, seed=7)  # generic path
+        assert fast == pytest.approx(loop, abs=1e-12)

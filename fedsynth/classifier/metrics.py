@@ -66,12 +66,44 @@ def stratified_bootstrap(
     if n_boot <= 0 or pos.size == 0 or neg.size == 0:
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
-    stats = np.empty(n_boot)
-    for b in range(n_boot):
-        idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
-        stats[b] = statistic(labels[idx], scores[idx])
+    if statistic is auroc or statistic is aupr:
+        # the same resamples, as counts per image, and both statistics computed for all of them at
+        # once from the sorted scores (a Python loop over sklearn took a quarter of a site's evaluation)
+        counts = np.zeros((n_boot, labels.size))
+        for b in range(n_boot):
+            idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
+            counts[b] = np.bincount(idx, minlength=labels.size)
+        stats = _weighted_rank_statistic(labels, scores, counts, "auroc" if statistic is auroc else "aupr")
+    else:
+        stats = np.empty(n_boot)
+        for b in range(n_boot):
+            idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
+            stats[b] = statistic(labels[idx], scores[idx])
     alpha = (1 - level) / 2
     return (float(np.nanquantile(stats, alpha)), float(np.nanquantile(stats, 1 - alpha)))
+
+
+def _weighted_rank_statistic(labels: np.ndarray, scores: np.ndarray, counts: np.ndarray, kind: str) -> np.ndarray:
+    """AUROC or average precision (sklearn's definitions, ties included) of each row of ``counts``:
+    the data set in which image i appears counts[r, i] times. Per distinct score, the weight of
+    positives and negatives; AUROC is the chance a positive outranks a negative (ties count half),
+    average precision the precision at each distinct threshold, from the highest, weighted by the
+    recall it adds."""
+    order = np.argsort(scores, kind="stable")
+    sorted_scores = scores[order]
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])  # one group per value
+    c = counts[:, order]
+    is_pos = (labels[order] == 1)
+    p = np.add.reduceat(c * is_pos, starts, axis=1)  # (resamples, distinct values), ascending
+    n = np.add.reduceat(c * ~is_pos, starts, axis=1)
+    total_p, total_n = p.sum(axis=1), n.sum(axis=1)
+    if kind == "auroc":
+        below = np.cumsum(n, axis=1) - 0.5 * n  # negatives under each value, ties half
+        return (p * below).sum(axis=1) / (total_p * total_n)
+    p, n = p[:, ::-1], n[:, ::-1]  # from the highest threshold down
+    tp, fp = np.cumsum(p, axis=1), np.cumsum(n, axis=1)
+    precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
+    return (p * precision).sum(axis=1) / total_p
 
 
 def choose_threshold(labels: np.ndarray, probs: np.ndarray, rule: str = "youden") -> float:
