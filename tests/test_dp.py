@@ -325,3 +325,17 @@ def test_without_dp_the_true_count_decides_and_no_count_is_noised(tiny_config, t
     release = site.release(cfg, "run-1")
     assert release.meta["withheld_classes"]["normal"] == "3 training images, fewer than release.min_class_images=5"
     assert "dp-statistic" not in [e["type"] for e in state.ledger().entries()]
+
+
+def test_a_budget_the_noisy_counts_alone_would_spend_is_refused_before_any_training(tiny_config, tmp_path,
+                                                                                   monkeypatch):
+    import fedsynth.client.site as site_module
+    from fedsynth.errors import ConfigError
+
+    cfg = tiny_config
+    cfg.privacy = PrivacySection(epsilon=0.1)  # release.count_noise=20 alone spends about 0.18 at delta 1e-5
+    monkeypatch.setattr(site_module, "build_generator", lambda *a, **k: pytest.fail("a generator was built"))
+    site, state, _ = _dp_gan_site(cfg, tmp_path)
+    with pytest.raises(ConfigError, match=r"release.count_noise=20\) spend epsilon 0.1\d+ .*privacy.epsilon=0.1"):
+        site.release(cfg, "run-1")
+    assert state.ledger().entries() == []

@@ -36,7 +36,7 @@ from fedsynth.data.dataset import ImageSet, to_uint8
 from fedsynth.data.labels import class_indices
 from fedsynth.data.markers import clean_training_set
 from fedsynth.data.partition import SiteSplit
-from fedsynth.errors import DataError, FedsynthError
+from fedsynth.errors import ConfigError, DataError, FedsynthError
 from fedsynth.evaluation.alignment import add_gaussian_noise, class_intensity_histograms, intensity_histogram
 from fedsynth.evaluation.grids import image_grid
 from fedsynth.generators import FAMILIES, build_generator
@@ -115,6 +115,13 @@ class Site:
         noisy_decision = config.privacy is not None and family.statistics_only
         count_mechanism = (Mechanism(config.release.count_noise, 1.0, 1)
                            if config.privacy is not None and not family.statistics_only else None)
+        if count_mechanism is not None:
+            delta = config.privacy.delta or default_delta(len(train))
+            alone = epsilon([count_mechanism], delta, config.privacy.accountant)
+            if alone >= config.privacy.epsilon:
+                raise ConfigError(f"{self.name}: the noisy class counts alone (release.count_noise="
+                                  f"{config.release.count_noise:g}) spend epsilon {alone:.3g} at delta {delta:g}, "
+                                  f"not below privacy.epsilon={config.privacy.epsilon:g}; raise release.count_noise")
         per_class, withheld = {}, {}
         for c, name in enumerate(classes):
             if config.privacy is not None or class_counts[name] >= min_class:
