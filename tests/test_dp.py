@@ -246,8 +246,11 @@ def test_auto_engine_is_ghost_clipping_with_a_criterion_and_hooks_without():
 
 # ---- under DP a DP-SGD family decides release.min_class_images on noisy, accounted counts ----------
 
-@pytest.mark.parametrize("target,sample_rate,steps,count_noise", [(1.0, 1 / 82, 1640, 20.0), (3.0, 0.05, 400, 5.0),
-                                                                 (10.0, 0.2, 50, 2.0)])
+@pytest.mark.parametrize("target,sample_rate,steps,count_noise", [
+    (1.0, 1 / 82, 1640, 20.0),
+    pytest.param(3.0, 0.05, 400, 5.0, marks=pytest.mark.slow),  # each search takes seconds: outside the quick subset
+    pytest.param(10.0, 0.2, 50, 2.0, marks=pytest.mark.slow),
+])
 def test_noise_beside_a_reserved_mechanism_keeps_their_composition_within_target(target, sample_rate, steps,
                                                                                  count_noise):
     delta = 1e-5
