@@ -16,6 +16,12 @@ from fedsynth.data.phantom import make_phantoms
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FEDSYNTH_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per core, at most 4. Each worker holds torch, and some start a Ray
+    federation; more workers than that could run a many-core CI machine out of memory."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 # The cores shared out among pytest-xdist's workers (`-n auto`: one per core), so that parallel
 # tests do not oversubscribe the machine; all of them in a serial run (-n 0).
 torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
