@@ -16,15 +16,26 @@ from fedsynth.data.phantom import make_phantoms
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FEDSYNTH_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
+def _cores() -> int:
+    """The cores this process may run on (a container's or taskset's limit, not the machine's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def pytest_xdist_auto_num_workers(config):
-    """`-n auto`: one worker per core, at most 4. Each worker holds torch, and some start a Ray
-    federation; more workers than that could run a many-core CI machine out of memory."""
-    return max(1, min(4, os.cpu_count() or 1))
+    """`-n auto`: one worker per core, at most 4 (PYTEST_XDIST_AUTO_NUM_WORKERS overrides). Each
+    worker holds torch, and some start a Ray federation; more could run a many-core CI machine out
+    of memory."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    return min(4, _cores())
 
 
-# The cores shared out among pytest-xdist's workers (`-n auto`: one per core), so that parallel
-# tests do not oversubscribe the machine; all of them in a serial run (-n 0).
-torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+# The cores shared out among pytest-xdist's workers, at most 2 torch threads each (what the tests
+# were written and checked with), so that parallel tests do not oversubscribe the machine.
+torch.set_num_threads(max(1, min(2, _cores() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 
 
 def tiny_overrides(tmp_path: Path) -> list[str]:
@@ -50,6 +61,22 @@ def tiny_overrides(tmp_path: Path) -> list[str]:
 @pytest.fixture
 def tiny_config(tmp_path: Path) -> RunConfig:
     return load_config(None, tiny_overrides(tmp_path))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def clear_class_counts():
+    """Under DP a GAN site decides which classes to release on noisy counts (noise std 20, released
+    only 40 above release.min_class_images): a tiny site's 20-odd images per class would be withheld
+    at random. Every test fixes that draw to counts every class clears (the tests of the decision
+    itself fix their own); the mechanism, its ledger entry and its budget stay as they are."""
+    from fedsynth.client.site import Site
+
+    # session-wide, so that module-scoped federations see it too (a process the tests start, a Ray
+    # worker, draws real noise: none of those runs a private GAN)
+    patch = pytest.MonkeyPatch()
+    patch.setattr(Site, "_count_noise", staticmethod(lambda counts, std: counts + 3 * std))
+    yield
+    patch.undo()
 
 
 @pytest.fixture(scope="session")

@@ -281,7 +281,7 @@ def _dp_gan_site(cfg, tmp_path, keep_normal: int | None = None):
     return Site(data, state, None, device="cpu"), state, data
 
 
-@pytest.mark.parametrize("true_normal,offset,released", [(3, +10.0, True), (10, -10.0, False)])
+@pytest.mark.parametrize("true_normal,offset,released", [(3, +50.0, True), (10, +20.0, False), (10, -10.0, False)])
 def test_a_dp_sgd_site_decides_min_class_images_on_noisy_counts_in_its_ledger(tiny_config, tmp_path, monkeypatch,
                                                                               true_normal, offset, released):
     import fedsynth.client.site as site_module
@@ -293,11 +293,11 @@ def test_a_dp_sgd_site_decides_min_class_images_on_noisy_counts_in_its_ledger(ti
     cfg.gate.membership_audit = False
     drawn = []
 
-    def offset_noise(values, noise_multiplier):  # a fixed draw on the normal count, so the decision is known
+    def offset_noise(values, noise_multiplier):  # a fixed draw, so the decision is known: pneumonia clears it
         drawn.append((values.copy(), noise_multiplier))
-        return values + np.array([offset, 0.0])
+        return values + np.array([offset, 100.0])
 
-    monkeypatch.setattr(site_module, "add_gaussian_noise", offset_noise)
+    monkeypatch.setattr(site_module.Site, "_count_noise", staticmethod(offset_noise))
     site, state, data = _dp_gan_site(cfg, tmp_path, keep_normal=true_normal)
     release = site.release(cfg, "run-1")
     assert drawn[0][1] == cfg.release.count_noise
@@ -310,18 +310,20 @@ def test_a_dp_sgd_site_decides_min_class_images_on_noisy_counts_in_its_ledger(ti
     # the two mechanisms together stay within the run's epsilon; the training alone spends less
     assert entries[1]["epsilon"] < 4 <= spent_epsilon(entries, state.budget.delta, "rdp") + 0.02
     assert spent_epsilon(entries, state.budget.delta, "rdp") <= 4 + 1e-9
-    if released:  # 3 true images, below min_class_images=5, yet the noisy count (13) decides
+    # released when the noisy count less two noise deviations (2 x 20) reaches min_class_images=5
+    if released:  # 3 true images, below min_class_images, yet the noisy count (53) decides
         assert set(np.unique(release.labels)) == {0, 1}
-    else:
+    else:  # noisy 30 or 0: not confidently 5 or more
         assert set(np.unique(release.labels)) == {1}
         assert release.meta["withheld_classes"]["normal"] == (
-            "its noisy image count is 0.0, below release.min_class_images=5")
+            f"its noisy image count is {true_normal + offset:.1f} (noise std 20), less than "
+            "release.min_class_images=5 plus two standard deviations")
 
 
 def test_without_dp_the_true_count_decides_and_no_count_is_noised(tiny_config, tmp_path, monkeypatch):
     import fedsynth.client.site as site_module
 
-    monkeypatch.setattr(site_module, "add_gaussian_noise", lambda *a: pytest.fail("noise drawn without DP"))
+    monkeypatch.setattr(site_module.Site, "_count_noise", staticmethod(lambda *a: pytest.fail("noise drawn")))
     cfg = tiny_config
     cfg.gate.membership_audit = False
     site, state, _ = _dp_gan_site(cfg, tmp_path, keep_normal=3)

@@ -24,6 +24,7 @@ from scipy.stats import norm
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 LOGIT_RANGE = 16.0
+BOOT_BLOCK = 64  # bootstrap resamples computed at once
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -67,13 +68,19 @@ def stratified_bootstrap(
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
     if statistic is auroc or statistic is aupr:
-        # the same resamples, as counts per image, and both statistics computed for all of them at
-        # once from the sorted scores (a Python loop over sklearn took a quarter of a site's evaluation)
-        counts = np.zeros((n_boot, labels.size))
-        for b in range(n_boot):
-            idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
-            counts[b] = np.bincount(idx, minlength=labels.size)
-        stats = _weighted_rank_statistic(labels, scores, counts, "auroc" if statistic is auroc else "aupr")
+        # the same resamples, as counts per image, and the statistic computed for a block of them at
+        # once from the sorted scores (a Python loop over sklearn took a quarter of a site's evaluation);
+        # blocks keep memory at BOOT_BLOCK rows of the data, whatever n_boot
+        if not np.isfinite(scores).all():
+            raise ValueError("scores must be finite (NaN or infinity found)")
+        kind = "auroc" if statistic is auroc else "aupr"
+        stats = np.empty(n_boot)
+        for start in range(0, n_boot, BOOT_BLOCK):
+            counts = np.zeros((min(BOOT_BLOCK, n_boot - start), labels.size))
+            for row in range(len(counts)):
+                idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
+                counts[row] = np.bincount(idx, minlength=labels.size)
+            stats[start : start + len(counts)] = _weighted_rank_statistic(labels, scores, counts, kind)
     else:
         stats = np.empty(n_boot)
         for b in range(n_boot):

@@ -63,7 +63,7 @@ def accountant_epsilon(accountant, delta: float) -> float:
             return float(accountant.get_epsilon(delta=delta, alphas=RDP_ORDERS))
         # PRV of a mechanism without subsampling (q = 1: a noisy statistic) takes log(1 - q) = -inf
         # on purpose, where numpy warns
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.filterwarnings("ignore", message="divide by zero encountered in log", category=RuntimeWarning)
         return float(accountant.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
 
 
@@ -126,7 +126,11 @@ def _noise_beside(target_epsilon: float, delta: float, sample_rate: float, steps
         low, high = high, 2 * high
         if high > 1e6:
             raise ValueError(f"no noise multiplier reaches epsilon {target_epsilon:g} beside the reserved mechanisms")
-    while spent(high) < target_epsilon - 0.01:
+    # ``high`` always stays within target; stop at Opacus's tolerance, or after enough halvings
+    # that a numerical accountant (PRV, error 0.01 itself) cannot keep it from ending
+    for _ in range(60):
+        if spent(high) >= target_epsilon - 0.01 or high - low <= 1e-9 * high:
+            break
         mid = (low + high) / 2
         if spent(mid) > target_epsilon:
             low = mid
