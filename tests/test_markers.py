@@ -117,6 +117,17 @@ def test_a_site_cleans_its_training_images_and_checks_its_release(tmp_path, trai
     assert all(isinstance(v, (int, float, str)) for v in summary["training"].values())
 
 
+def test_under_dp_the_release_says_what_the_marker_step_did_but_sends_no_count_of_it(tmp_path):
+    from fedsynth.config import PrivacySection
+
+    cfg, site = _marked_site(tmp_path, "drop", "report")
+    cfg.privacy = PrivacySection(epsilon=8)
+    cfg.gate.membership_audit = False
+    summary = site.release(cfg, "r").meta["markers"]
+    assert summary["training"] == {"action": "drop", "counts": "not sent under DP"}
+    assert summary["release"]["checked"] == 20  # synthetic images: their check is public
+
+
 def test_drop_leaves_flagged_synthetic_images_out_of_the_release(tmp_path, monkeypatch):
     import fedsynth.client.site as site_module
 

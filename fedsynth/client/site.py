@@ -116,7 +116,7 @@ class Site:
         count_mechanism = (Mechanism(config.release.count_noise, 1.0, 1)
                            if config.privacy is not None and not family.statistics_only else None)
         if count_mechanism is not None:
-            delta = config.privacy.delta or default_delta(len(self.data.train))  # as the plan's
+            delta = config.privacy.delta or default_delta(len(train))  # as the plan's
             alone = epsilon([count_mechanism], delta, config.privacy.accountant)
             if alone >= config.privacy.epsilon:
                 raise ConfigError(f"{self.name}: the noisy class counts alone (release.count_noise="
@@ -138,11 +138,11 @@ class Site:
         ledger, key = self.state.ledger(), self.state.signing_key()
         statistic = None
         if config.alignment.enabled and config.privacy is not None:
-            delta = config.privacy.delta or default_delta(len(self.data.train))  # as the plan's
+            delta = config.privacy.delta or default_delta(len(train))  # as the plan's
             statistic = statistic_mechanism(config.alignment.epsilon, delta, config.privacy.accountant)
         reserved = (count_mechanism,) if count_mechanism else ()
         plan = self._plan(config, lambda privacy, n: family.plan_privacy(privacy, n, gen_cfg, reserved=reserved),
-                          (*((statistic,) if statistic else ()), *reserved))
+                          (*((statistic,) if statistic else ()), *reserved), n=len(train))
         if count_mechanism is not None:
             noisy = self._noisy_class_counts(run_id, fingerprint, plan, count_mechanism,
                                              np.array([class_counts[name] for name in classes], dtype=np.float64))
@@ -317,14 +317,15 @@ class Site:
         return ScoreHistogram.from_scores(labels, probs, self.checked_edges(edges)).coarsened(self.policy.min_bin_count)
 
     def _plan(self, config: RunConfig, make_plan: Callable[[Any, int], DPPlan],
-              extra: tuple[Mechanism, ...] = ()) -> DPPlan | None:
-        """The DP plan ``make_plan(privacy, n)`` fixes for this site's n training images (None
-        without DP), after the budget check (which also counts ``extra`` mechanisms the same
-        request will run)."""
+              extra: tuple[Mechanism, ...] = (), n: int | None = None) -> DPPlan | None:
+        """The DP plan ``make_plan(privacy, n)`` fixes for the n images the training will see (the
+        site's training split unless given: a generator's after data.markers.training), or None
+        without DP, after the budget check (which also counts ``extra`` mechanisms the same request
+        will run)."""
         entries = self.state.checked_entries()  # a damaged or rolled-back ledger stops the site here
         if config.privacy is None:
             return None
-        plan = make_plan(config.privacy, len(self.data.train))
+        plan = make_plan(config.privacy, len(self.data.train) if n is None else n)
         check: BudgetCheck = check_budget(self.name, entries, plan, self.state.budget, extra)
         log.info("%s: DP plan noise=%.3f q=%.4f steps=%d; budget spent %.3g -> %.3g of %g", self.name,
                  plan.noise_multiplier, plan.sample_rate, plan.steps, check.spent_before, check.spent_after,
@@ -446,7 +447,7 @@ class Site:
             gen_cfg = config.generator.model_copy(update={"init": ""} if family.statistics_only
                                                   else {"epochs": epochs, "init": ""})
             plan = self._plan(config, lambda privacy, n: family.plan_privacy(privacy, n, gen_cfg, epochs,
-                                                                             epochs * rounds))
+                                                                             epochs * rounds), n=len(train))
             model = build_generator(gen_cfg, config.data.resolution, seed=seed, device=self.device,
                                     classes=config.data.label_set)
             model.load_training_state(request.weights)
