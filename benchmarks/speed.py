@@ -140,10 +140,13 @@ def demo() -> dict:
 
 
 def tests(quick: bool) -> dict:
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE"]
     args += ["-m", "not slow and not shared_data"] if quick else []
     wall, done = _run(args)
-    return {"seconds": wall, "result": done.stdout.strip().splitlines()[-1] if done.stdout else done.stderr[-500:]}
+    lines = done.stdout.strip().splitlines()
+    return {"seconds": wall, "result": lines[-1] if lines else done.stderr[-500:],
+            # which tests failed, if any: a timing row must not hide a red suite
+            "failures": [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))]}
 
 
 def kermany() -> dict:
