@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
 from pathlib import Path
 
@@ -61,6 +62,23 @@ def tiny_overrides(tmp_path: Path) -> list[str]:
 @pytest.fixture
 def tiny_config(tmp_path: Path) -> RunConfig:
     return load_config(None, tiny_overrides(tmp_path))
+
+
+@pytest.fixture
+def fixed_dp_noise(monkeypatch):
+    """The DP noise and Poisson batches from a generator seeded 0 at every draw (production draws
+    them from OS entropy): a deterministic test of one mechanism."""
+    monkeypatch.setattr("fedsynth.privacy.dp.entropy_generator", lambda: torch.Generator().manual_seed(0))
+
+
+@pytest.fixture
+def seeded_dp_noise(monkeypatch):
+    """Each DP draw from its own seed, 0, 1, 2, ... in the order of the draws: a federation run in
+    this process (sites one after another) is deterministic, and its sites' noise is independent
+    (one seed for all would add the sites' noise up coherently in a pooled statistic)."""
+    seeds = itertools.count()
+    monkeypatch.setattr("fedsynth.privacy.dp.entropy_generator",
+                        lambda: torch.Generator().manual_seed(next(seeds)))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -92,7 +92,7 @@ def _merf_config(tmp_path, *extra):
                               *extra])
 
 
-def test_substitution_with_dp_merf_verifies_and_recomputes(tmp_path):
+def test_substitution_with_dp_merf_verifies_and_recomputes(tmp_path, seeded_dp_noise):
     from fedsynth.privacy.keys import load_public_key
     from fedsynth.privacy.ledger import DP_TRAINING, verify_ledger
     from fedsynth.simulation import simulate
@@ -106,7 +106,7 @@ def test_substitution_with_dp_merf_verifies_and_recomputes(tmp_path):
         assert training.stored_epsilon == pytest.approx(training.recomputed_epsilon) and training.stored_epsilon <= 2
 
 
-def test_federated_dp_merf_sends_only_the_statistic_once(tmp_path):
+def test_federated_dp_merf_sends_only_the_statistic_once(tmp_path, seeded_dp_noise):
     from fedsynth.simulation import simulate
 
     with pytest.raises(Exception, match="exactly 1 round"):
@@ -223,12 +223,6 @@ def test_a_noiseless_target_is_never_left_out(features, images, labels):
     sums = torch.stack([phi[torch.from_numpy(labels == c)].sum(0) for c in (0, 1)])
     means, counts = features.means(sums.float())
     assert MeanEmbeddingGenerator(TINY, RES).left_out(means, counts) == {}
-
-
-@pytest.fixture
-def fixed_dp_noise(monkeypatch):
-    """The DP noise from a seeded generator (production draws it from OS entropy): a deterministic test."""
-    monkeypatch.setattr("fedsynth.privacy.dp.entropy_generator", lambda: torch.Generator().manual_seed(0))
 
 
 def _simulated_site(tmp_path, cfg, keep=None):

@@ -267,7 +267,7 @@ def test_the_server_refuses_a_release_of_another_label_set(release, message, tin
 
 
 @pytest.mark.parametrize("mode", ["substitution", "federated-merf"])
-def test_the_subtype_task_runs_end_to_end_on_phantoms(mode, tmp_path):
+def test_the_subtype_task_runs_end_to_end_on_phantoms(mode, tmp_path, seeded_dp_noise):
     from tests.conftest import tiny_overrides
 
     extra = (["run.mode=federated", "generator.family=dp-merf", "generator.steps=20", "federation.rounds=1",
