@@ -34,20 +34,6 @@ from benchmarks.private_utility import tuning_source
 REFERENCE = 32  # the width every earlier benchmark row used
 
 
-def paired_difference_ci(labels: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int = 1000,
-                         seed: int = 0) -> tuple[float, float]:
-    """95% percentile CI of AUROC(a) - AUROC(b) over the same stratified resamples of the images."""
-    from fedsynth.classifier.metrics import auroc
-
-    rng = np.random.default_rng(seed)
-    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
-    diffs = np.empty(n_boot)
-    for i in range(n_boot):
-        idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
-        diffs[i] = auroc(labels[idx], a[idx]) - auroc(labels[idx], b[idx])
-    return float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--widths", default="8,16,32", help="comma-separated classifier widths (32 is always run)")
@@ -100,8 +86,10 @@ def main() -> None:
         if r["width"] != REFERENCE:
             r["minus_width_32"] = r["auroc"] - next(o["auroc"] for o in runs
                                                     if o["width"] == REFERENCE and o["seed"] == r["seed"])
-            r["minus_width_32_ci"] = paired_difference_ci(held_labels, scores[r["width"], r["seed"]],
-                                                          scores[REFERENCE, r["seed"]], seed=r["seed"])
+            # the same stratified resamples for both widths: a column each
+            pair = np.stack([scores[r["width"], r["seed"]], scores[REFERENCE, r["seed"]]], axis=1)
+            r["minus_width_32_ci"] = stratified_bootstrap(
+                held_labels, pair, lambda y, s: auroc(y, s[:, 0]) - auroc(y, s[:, 1]), 1000, seed=r["seed"])
     by_width = [{"width": w, "median_auroc": statistics.median(r["auroc"] for r in runs if r["width"] == w),
                  "median_train_s": statistics.median(r["train_s"] for r in runs if r["width"] == w)}
                 for w in widths]

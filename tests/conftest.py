@@ -59,6 +59,27 @@ def tiny_overrides(tmp_path: Path) -> list[str]:
     ]
 
 
+def few_of_class_zero(labels: np.ndarray, n0: int) -> np.ndarray:
+    """Indices keeping only the first ``n0`` images of class 0 and every other image."""
+    return np.concatenate([np.flatnonzero(labels == 0)[:n0], np.flatnonzero(labels != 0)])
+
+
+def simulated_site_of(tmp_path: Path, cfg: RunConfig, keep=None):
+    """(site, its state, its data): the config's first simulated site, its training images cut to the
+    indices ``keep(labels)`` returns when given, its keys made."""
+    from dataclasses import replace
+
+    from fedsynth.client.site import Site
+    from fedsynth.client.site_data import simulated_site_state, simulated_sites
+
+    data = simulated_sites(cfg)[0]
+    if keep is not None:
+        data = replace(data, train=data.train.subset(keep(data.train.labels)))
+    state = simulated_site_state(cfg, tmp_path / "sites", data.name)
+    state.ensure_keys()
+    return Site(data, state, None, device="cpu"), state, data
+
+
 @pytest.fixture
 def tiny_config(tmp_path: Path) -> RunConfig:
     return load_config(None, tiny_overrides(tmp_path))
@@ -137,8 +158,6 @@ TRAINS = ("simulate(", "_serve(", "run_simulation", "subprocess", "Popen", ".fit
           "train_local(", "CliRunner", "serve_app(", "TestClient(", "make_release(", "release(")
 
 
-def _trains(func) -> bool:
-    return _source_names(func, TRAINS)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -149,7 +168,7 @@ def pytest_collection_modifyitems(config, items):
         info = getattr(item, "_fixtureinfo", None)
         for defs in (info.name2fixturedefs.values() if info else ()):
             funcs += [d.func for d in defs if str(getattr(d, "baseid", "")).startswith("tests")]
-        if any(f is not None and _trains(f) for f in funcs):
+        if any(f is not None and _source_names(f, TRAINS) for f in funcs):
             item.add_marker(pytest.mark.slow)
     # whole federations first, then the other slow tests, then the quick ones (a stable sort, so
     # each group keeps its order): pytest-xdist hands tests out in this order, and an end-to-end

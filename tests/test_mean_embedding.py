@@ -14,6 +14,7 @@ from fedsynth.generators import FAMILIES, MeanEmbeddingGenerator, build_generato
 from fedsynth.generators.mean_embedding import MECHANISM_NAME, RandomFourierFeatures
 from fedsynth.privacy.accounting import Mechanism, epsilon
 from fedsynth.privacy.dp import BudgetExceeded, plan_statistic
+from tests.conftest import few_of_class_zero, simulated_site_of
 
 RES = 16
 TINY = MeanEmbeddingSection(n_frequencies=32, steps=20, batch_size=8, base_channels=8, latent_dim=8)
@@ -135,14 +136,10 @@ def test_a_statistic_over_the_budget_is_refused_before_any_release(tmp_path, pha
 
 # ---- a class whose noisy target is noise: left out of the fit and of the release ----------------------
 
-def _few_of_class_zero(labels: np.ndarray, n0: int) -> np.ndarray:
-    return np.concatenate([np.flatnonzero(labels == 0)[:n0], np.flatnonzero(labels == 1)])
-
-
 def _fitted_with_normal_as_noise(phantoms16) -> MeanEmbeddingGenerator:
     """A generator fitted to a statistic whose 2 normal images are buried in noise of norm ~24."""
     gen = MeanEmbeddingGenerator(TINY, RES, seed=0)
-    keep = _few_of_class_zero(phantoms16.labels, 2)
+    keep = few_of_class_zero(phantoms16.labels, 2)
     gen.release_statistic(phantoms16.images[keep], phantoms16.labels[keep])
     noise = torch.randn(gen.statistic.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     noise[-1] = 0.0  # the count coordinate stays 2: the target is (2 images + noise of norm ~24) / 2
@@ -225,29 +222,13 @@ def test_a_noiseless_target_is_never_left_out(features, images, labels):
     assert MeanEmbeddingGenerator(TINY, RES).left_out(means, counts) == {}
 
 
-def _simulated_site(tmp_path, cfg, keep=None):
-    """(site, its state, its data): the config's first simulated site, its training images cut to the
-    indices ``keep(labels)`` returns when given."""
-    from dataclasses import replace
-
-    from fedsynth.client.site import Site
-    from fedsynth.client.site_data import simulated_site_state, simulated_sites
-
-    data = simulated_sites(cfg)[0]
-    if keep is not None:
-        data = replace(data, train=data.train.subset(keep(data.train.labels)))
-    state = simulated_site_state(cfg, tmp_path / "sites", data.name)
-    state.ensure_keys()
-    return Site(data, state, None, device="cpu"), state, data
-
-
 def test_a_site_withholds_a_class_its_noisy_target_left_out_and_keeps_the_spent_budget(tmp_path, fixed_dp_noise):
     from fedsynth.privacy.ledger import DP_TRAINING, RELEASE
 
     # epsilon 10: noise std ~0.5 on 4,001 coordinates, a noise norm ~33: the pneumonia images' mean
     # outweighs it, 6 normal images cannot (a noisy count of 14 would still leave noise of norm ~2.4 in the mean)
     cfg = _merf_config(tmp_path, "privacy.epsilon=10", "generator.n_frequencies=2000")
-    site, state, _ = _simulated_site(tmp_path, cfg, lambda y: _few_of_class_zero(y, 6))
+    site, state, _ = simulated_site_of(tmp_path, cfg, lambda y: few_of_class_zero(y, 6))
     release = site.release(cfg, "run-1")
     assert set(np.unique(release.labels)) == {1}
     assert release.meta["withheld_classes"]["normal"].startswith("not fitted: its noisy")
@@ -261,7 +242,7 @@ def test_a_site_with_no_usable_class_records_what_it_spent_and_releases_nothing(
 
     # epsilon 0.2: noise std ~20 on 4,001 coordinates; 3 images of a class are nothing beside it
     cfg = _merf_config(tmp_path, "privacy.epsilon=0.2", "release.min_class_images=1", "generator.n_frequencies=2000")
-    site, state, _ = _simulated_site(tmp_path, cfg, lambda y: np.concatenate([np.flatnonzero(y == c)[:3]
+    site, state, _ = simulated_site_of(tmp_path, cfg, lambda y: np.concatenate([np.flatnonzero(y == c)[:3]
                                                                                for c in (0, 1)]))
     with pytest.raises(DataError, match="no class left to release.*normal: not fitted.*pneumonia: not fitted"):
         site.release(cfg, "run-1")
@@ -274,7 +255,7 @@ def test_under_dp_merf_a_class_is_released_by_its_noisy_count_not_its_true_one(t
     # 60 normal images, min_class_images 61: the true count alone would withhold normal before any
     # release; under DP the site decides on the statistic's noisy count (about 60, never the true one)
     cfg = _merf_config(tmp_path, "privacy.epsilon=10", "release.min_class_images=61")
-    site, _, data = _simulated_site(tmp_path, cfg, lambda y: _few_of_class_zero(y, 60))
+    site, _, data = simulated_site_of(tmp_path, cfg, lambda y: few_of_class_zero(y, 60))
     release = site.release(cfg, "run-1")
     assert int((data.train.labels == 0).sum()) == 60 and int((data.train.labels == 1).sum()) > 61
     assert release.meta["withheld_classes"]["normal"].startswith("its noisy image count is ")
@@ -284,11 +265,11 @@ def test_under_dp_merf_a_class_is_released_by_its_noisy_count_not_its_true_one(t
 
 def test_a_private_release_sends_no_exact_counts_and_a_public_one_does(tmp_path, fixed_dp_noise):
     cfg = _merf_config(tmp_path / "dp", "privacy.epsilon=10")
-    private = _simulated_site(tmp_path / "dp", cfg)[0].release(cfg, "run-1")
+    private = simulated_site_of(tmp_path / "dp", cfg)[0].release(cfg, "run-1")
     assert private.meta["private"] is True
     assert private.meta["train_counts"] is None and private.meta["test_counts"] is None
     cfg = _merf_config(tmp_path / "plain", "privacy=null")
-    site, _, data = _simulated_site(tmp_path / "plain", cfg)
+    site, _, data = simulated_site_of(tmp_path / "plain", cfg)
     public = site.release(cfg, "run-1")
     assert public.meta["private"] is False
     assert public.meta["train_counts"] == data.train.class_counts()

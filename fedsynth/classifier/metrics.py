@@ -67,6 +67,7 @@ def stratified_bootstrap(
     if n_boot <= 0 or pos.size == 0 or neg.size == 0:
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
+    resamples = (np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)]) for _ in range(n_boot))
     if statistic is auroc or statistic is aupr:
         # the same resamples, as counts per image, and the statistic computed for a block of them at
         # once from the sorted scores (a Python loop over sklearn took a quarter of a site's evaluation);
@@ -76,16 +77,11 @@ def stratified_bootstrap(
         kind = "auroc" if statistic is auroc else "aupr"
         stats = np.empty(n_boot)
         for start in range(0, n_boot, BOOT_BLOCK):
-            counts = np.zeros((min(BOOT_BLOCK, n_boot - start), labels.size))
-            for row in range(len(counts)):
-                idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
-                counts[row] = np.bincount(idx, minlength=labels.size)
+            counts = np.stack([np.bincount(next(resamples), minlength=labels.size)
+                               for _ in range(min(BOOT_BLOCK, n_boot - start))]).astype(np.float64)
             stats[start : start + len(counts)] = _weighted_rank_statistic(labels, scores, counts, kind)
     else:
-        stats = np.empty(n_boot)
-        for b in range(n_boot):
-            idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
-            stats[b] = statistic(labels[idx], scores[idx])
+        stats = np.array([statistic(labels[idx], scores[idx]) for idx in resamples], dtype=np.float64)
     alpha = (1 - level) / 2
     return (float(np.nanquantile(stats, alpha)), float(np.nanquantile(stats, 1 - alpha)))
 

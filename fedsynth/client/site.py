@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +115,9 @@ class Site:
         noisy_decision = config.privacy is not None and family.statistics_only
         count_mechanism = (Mechanism(config.release.count_noise, 1.0, 1)
                            if config.privacy is not None and not family.statistics_only else None)
+        # the delta of this request's noisy statistics: the plan's (made for len(train) images)
+        delta = (config.privacy.delta or default_delta(len(train))) if config.privacy is not None else None
         if count_mechanism is not None:
-            delta = config.privacy.delta or default_delta(len(train))  # as the plan's
             alone = epsilon([count_mechanism], delta, config.privacy.accountant)
             if alone >= config.privacy.epsilon:
                 raise ConfigError(f"{self.name}: the noisy class counts alone (release.count_noise="
@@ -138,7 +139,6 @@ class Site:
         ledger, key = self.state.ledger(), self.state.signing_key()
         statistic = None
         if config.alignment.enabled and config.privacy is not None:
-            delta = config.privacy.delta or default_delta(len(train))  # as the plan's
             statistic = statistic_mechanism(config.alignment.epsilon, delta, config.privacy.accountant)
         reserved = (count_mechanism,) if count_mechanism else ()
         plan = self._plan(config, lambda privacy, n: family.plan_privacy(privacy, n, gen_cfg, reserved=reserved),
@@ -150,14 +150,10 @@ class Site:
             # min_class_images: a class with no images passes about 2% of the time, not a third, and a
             # generator never releases a class it was not shown
             sd = count_mechanism.noise_multiplier
-            for c in [c for c in per_class if noisy[c] - 2 * sd < min_class]:
-                del per_class[c]
-                withheld[classes[c]] = (f"its noisy image count is {noisy[c]:.1f} (noise std {sd:g}), less than "
-                                        f"release.min_class_images={min_class} plus two standard deviations")
-                log.warning("%s: class %s withheld: %s", self.name, classes[c], withheld[classes[c]])
-            if not per_class:
-                why = "; ".join(f"{k}: {v}" for k, v in withheld.items())
-                raise DataError(f"{self.name}: no class left to release ({why})")
+            self._withhold(per_class, withheld, classes, {
+                c: (f"its noisy image count is {noisy[c]:.1f} (noise std {sd:g}), less than "
+                    f"release.min_class_images={min_class} plus two standard deviations")
+                for c in per_class if noisy[c] - 2 * sd < min_class})
 
         gen = build_generator(gen_cfg, config.data.resolution, seed=seed, device=self.device, classes=classes)
         started = time.perf_counter()
@@ -174,20 +170,13 @@ class Site:
         )
         # a class the fit left out (its noisy target carried no signal: dp-merf) is not released; the
         # training entry above stays, since the budget was spent
-        for c in [c for c in per_class if c not in gen.fitted_classes]:
-            del per_class[c]
-            withheld[classes[c]] = f"not fitted: {gen.unfitted_reasons[c]}"
-            log.warning("%s: class %s withheld: %s", self.name, classes[c], withheld[classes[c]])
+        self._withhold(per_class, withheld, classes, {
+            c: f"not fitted: {gen.unfitted_reasons[c]}" for c in per_class if c not in gen.fitted_classes})
         if noisy_decision:
             noisy = gen.released_class_counts()
-            for c in [c for c in per_class if noisy[c] < min_class]:
-                del per_class[c]
-                withheld[classes[c]] = (f"its noisy image count is {noisy[c]:.1f}, below "
-                                        f"release.min_class_images={min_class}")
-                log.warning("%s: class %s withheld: %s", self.name, classes[c], withheld[classes[c]])
-        if not per_class:
-            why = "; ".join(f"{k}: {v}" for k, v in withheld.items())
-            raise DataError(f"{self.name}: no class left to release ({why})")
+            self._withhold(per_class, withheld, classes, {
+                c: f"its noisy image count is {noisy[c]:.1f}, below release.min_class_images={min_class}"
+                for c in per_class if noisy[c] < min_class})
 
         histogram = None
         if config.alignment.enabled:
@@ -271,9 +260,9 @@ class Site:
             },
             "gate": gate_summary,
             # the marker step's counts describe the private training images: under DP only what it did
-            "markers": markers if plan is None or not markers else {
-                k: ({"action": v.get("action"), "counts": "not sent under DP"} if k == "training" else v)
-                for k, v in markers.items()},
+            "markers": ({**markers, "training": {"action": markers["training"]["action"],
+                                                 "counts": "not sent under DP"}}
+                        if plan is not None and markers and "training" in markers else markers),
             "membership_auc": mia,
             "membership_audit": audit,
             "seconds": time.perf_counter() - started,
@@ -331,6 +320,18 @@ class Site:
                  plan.noise_multiplier, plan.sample_rate, plan.steps, check.spent_before, check.spent_after,
                  self.state.budget.epsilon)
         return plan
+
+    def _withhold(self, per_class: dict[int, int], withheld: dict[str, str], classes: Sequence[str],
+                  reasons: dict[int, str]) -> None:
+        """Take the classes of ``reasons`` out of the release, each with its reason (logged), and
+        refuse the release when none is left."""
+        for c, reason in reasons.items():
+            del per_class[c]
+            withheld[classes[c]] = reason
+            log.warning("%s: class %s withheld: %s", self.name, classes[c], reason)
+        if not per_class:
+            why = "; ".join(f"{k}: {v}" for k, v in withheld.items())
+            raise DataError(f"{self.name}: no class left to release ({why})")
 
     @staticmethod
     def _count_noise(counts: np.ndarray, std: float) -> np.ndarray:
