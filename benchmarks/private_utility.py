@@ -16,8 +16,9 @@ run. Methods (``METHODS``; each row records the overrides it ran with):
   classifier on real images with DP-SGD at every site (4 rounds of 3 local epochs).
 
 Candidates measured on the tuning split only (``--only`` names them): a large-batch GAN
-(batch 256, learning rates 5e-4: few steps, less noise per step), and warm starts from public
-phantoms (``generator.init``) for the GAN and the federated mean embedding.
+(batch 256, learning rates 5e-4: few steps, less noise per step), warm starts from public
+phantoms (``generator.init``) for the GAN and the federated mean embedding, and the mean
+embedding with patch features beside the whole-image ones (``generator.features``).
 
 Two splits, so no choice looks at the test set:
 
@@ -74,6 +75,11 @@ METHODS: dict[str, list[str]] = {
                             "generator.init={phantom_init:dp-merf}"],
     "substitution-gan-warm": ["run.mode=substitution", "generator.family=gan", "generator.epochs=20",
                               "generator.init={phantom_init:gan}"],
+    # the mean embedding with a second, local kernel beside the whole-image one (generator.features)
+    "federated-merf-patches": ["run.mode=federated", "generator.family=dp-merf", "federation.rounds=1",
+                               "generator.features=image+patches"],
+    "substitution-merf-patches": ["run.mode=substitution", "generator.family=dp-merf",
+                                  "generator.features=image+patches"],
 }
 FINAL_METHODS = ("substitution-gan", "federated-gan", "substitution-merf", "federated-merf", "fedavg-classifier")
 PRETRAIN_PHANTOMS = 3000  # public images a warm start is trained on

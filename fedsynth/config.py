@@ -340,6 +340,12 @@ class MeanEmbeddingSection(_WarmStartable):
                                "cosines and sines (2x this many), scaled to unit norm.")
     bandwidth_scale: float = Field(1.0, gt=0, le=100, description="Kernel bandwidth as a multiple of the median "
                                    "pairwise distance of public phantoms at the run's resolution.")
+    features: Literal["image", "image+patches"] = Field(
+        "image", description="What the random Fourier features see: the whole image (one Gaussian kernel on "
+        "pixels), or the whole image and, beside it, its local patches (a kernel on patches of a quarter of the "
+        "image's side, averaged within each quadrant), half the feature norm each.")
+    patch_frequencies: int = Field(500, ge=8, le=20000, description="Random frequencies of the patch kernel "
+                                   "(with features: image+patches).")
     count_weight: float = Field(0.2, gt=0, lt=1, description="Weight of the constant feature whose noisy sum "
                                 "estimates each class's size (the features are scaled so the total norm stays 1).")
     feature_seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the random frequencies (public: part of the "

@@ -11,7 +11,7 @@ from hypothesis.extra.numpy import arrays
 
 from fedsynth.config import MeanEmbeddingSection, PrivacySection, load_config
 from fedsynth.generators import FAMILIES, MeanEmbeddingGenerator, build_generator, load_generator
-from fedsynth.generators.mean_embedding import MECHANISM_NAME, RandomFourierFeatures
+from fedsynth.generators.mean_embedding import MECHANISM_NAME, PATCH_MECHANISM_NAME, RandomFourierFeatures
 from fedsynth.privacy.accounting import Mechanism, epsilon
 from fedsynth.privacy.dp import BudgetExceeded, plan_statistic
 from tests.conftest import few_of_class_zero, simulated_site_of
@@ -25,6 +25,14 @@ def features():
     return RandomFourierFeatures(TINY, RES, torch.device("cpu"))
 
 
+PATCHES = TINY.model_copy(update={"features": "image+patches", "patch_frequencies": 16})
+
+
+@pytest.fixture(scope="module")
+def patch_features():
+    return RandomFourierFeatures(PATCHES, RES, torch.device("cpu"))
+
+
 @settings(max_examples=40, deadline=None)
 @given(arrays(np.float32, (3, RES, RES), elements=st.floats(0, 1, width=32)))
 @pytest.mark.slow  # over 0.6 s: outside the quick subset
@@ -33,27 +41,68 @@ def test_every_image_has_a_feature_vector_of_norm_one(features, images):
     assert torch.allclose(phi.norm(dim=1), torch.ones(3), atol=1e-5)
 
 
-def test_removing_one_image_moves_the_sums_by_at_most_one(phantoms16):
-    gen = MeanEmbeddingGenerator(TINY, RES)
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.float32, (3, RES, RES), elements=st.floats(0, 1, width=32)))
+@pytest.mark.slow
+def test_with_patches_every_feature_vector_has_norm_at_most_one(patch_features, images):
+    phi = patch_features(torch.from_numpy(images))
+    assert phi.shape == (3, patch_features.size) and bool((phi.norm(dim=1) <= 1.0 + 1e-5).all())
+    # the constant keeps its weight, so the noisy sums still count each class
+    assert torch.allclose(phi[:, -1], torch.full((3,), PATCHES.count_weight))
+
+
+def test_a_flat_image_reaches_the_norm_bound_with_patches(patch_features):
+    # every patch of a flat image is the same, so the quadrant means are unit vectors: the bound is tight
+    phi = patch_features(torch.full((2, RES, RES), 0.3))
+    assert torch.allclose(phi.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_the_patch_block_is_a_quadrant_average_of_per_patch_features(patch_features):
+    x = torch.rand(4, 1, RES, RES, generator=torch.Generator().manual_seed(0))
+    side, stride = patch_features.patch_side, patch_features.patch_stride
+    cols = torch.nn.functional.unfold(x, side, stride=stride).transpose(1, 2) @ patch_features.w_patch
+    per_patch = torch.cat([torch.cos(cols), torch.sin(cols)], dim=2)  # (N, L, 2G)
+    grid = round(len(cols[0]) ** 0.5)
+    expected = torch.nn.functional.adaptive_avg_pool2d(per_patch.transpose(1, 2).reshape(4, -1, grid, grid), 2)
+    g = PATCHES.patch_frequencies
+    block = patch_features(x)[:, 2 * TINY.n_frequencies:-1]
+    scale = patch_features.patch_weight / (2 * g**0.5)
+    assert torch.allclose(block.view(4, 2 * g, 4), expected.flatten(2) * scale, atol=1e-6)
+
+
+def test_the_whole_image_features_are_the_same_with_or_without_patches(features, patch_features):
+    x = torch.rand(3, RES, RES, generator=torch.Generator().manual_seed(1))
+    ratio = patch_features.image_weight / features.image_weight
+    assert torch.allclose(patch_features(x)[:, :2 * TINY.n_frequencies], features(x)[:, :-1] * ratio, atol=1e-6)
+
+
+@pytest.mark.parametrize("config", [TINY, PATCHES], ids=["image", "image+patches"])
+def test_removing_one_image_moves_the_sums_by_at_most_one(phantoms16, config):
+    gen = MeanEmbeddingGenerator(config, RES)
     gen.release_statistic(phantoms16.images, phantoms16.labels)
     full = gen.statistic.clone()
-    gen.release_statistic(phantoms16.images[1:], phantoms16.labels[1:])
-    assert float((full - gen.statistic).norm()) <= 1.0 + 1e-6
+    for i in range(len(phantoms16.labels)):
+        keep = np.arange(len(phantoms16.labels)) != i
+        gen.release_statistic(phantoms16.images[keep], phantoms16.labels[keep])
+        assert float((full - gen.statistic).norm()) <= 1.0 + 1e-6
     counts = full[:, -1] / TINY.count_weight
     assert counts.round().tolist() == [float((phantoms16.labels == c).sum()) for c in (0, 1)]
 
 
-def test_the_release_is_noisy_and_its_epsilon_is_the_accountants(phantoms16):
+@pytest.mark.parametrize("features", ["image", "image+patches"])
+def test_the_release_is_noisy_and_its_epsilon_is_the_accountants(phantoms16, features):
     plan = plan_statistic(PrivacySection(epsilon=1.0, delta=1e-5), len(phantoms16))
-    # 2 x 8001 noisy coordinates: their std is within 10% of sigma with overwhelming probability (12 SE)
-    gen = MeanEmbeddingGenerator(TINY.model_copy(update={"n_frequencies": 4000}), RES)
+    # 2 x 8001 noisy coordinates or more: their std is within 10% of sigma with overwhelming probability (12 SE)
+    gen = MeanEmbeddingGenerator(TINY.model_copy(update={"n_frequencies": 4000, "features": features}), RES)
     result = gen.release_statistic(phantoms16.images, phantoms16.labels, plan)
     noisy = gen.statistic.clone()
     gen.release_statistic(phantoms16.images, phantoms16.labels)
     residual = (noisy - gen.statistic).flatten()
     assert abs(float(residual.std()) / plan.noise_multiplier - 1) < 0.1  # std = sigma x sensitivity 1
     mech = result["mechanism"]
-    assert mech["name"] == MECHANISM_NAME and mech["sample_rate"] == 1.0 and mech["steps"] == 1
+    assert mech["name"] == (MECHANISM_NAME if features == "image" else PATCH_MECHANISM_NAME)
+    assert mech["sample_rate"] == 1.0 and mech["steps"] == 1
+    assert mech["features"]["kind"].endswith("patches") == (features == "image+patches")
     assert result["epsilon"] == pytest.approx(epsilon([Mechanism(mech["noise_multiplier"], 1.0, 1)], 1e-5, "rdp"))
     assert result["epsilon"] <= 1.0 + 1e-6 and result["epsilon"] > 0.9
 
@@ -93,12 +142,14 @@ def _merf_config(tmp_path, *extra):
                               *extra])
 
 
-def test_substitution_with_dp_merf_verifies_and_recomputes(tmp_path, seeded_dp_noise):
+@pytest.mark.parametrize("features", ["image", "image+patches"])
+def test_substitution_with_dp_merf_verifies_and_recomputes(tmp_path, seeded_dp_noise, features):
     from fedsynth.privacy.keys import load_public_key
     from fedsynth.privacy.ledger import DP_TRAINING, verify_ledger
     from fedsynth.simulation import simulate
 
-    run_dir, m = simulate(_merf_config(tmp_path), engine="inprocess")
+    run_dir, m = simulate(_merf_config(tmp_path, f"generator.features={features}",
+                                       "generator.patch_frequencies=16"), engine="inprocess")
     assert m.private and all(s.status == "ok" for s in m.sites.values())
     for _site, ledger, pub in run_dir.ledger_files():
         v = verify_ledger(ledger, load_public_key(pub))

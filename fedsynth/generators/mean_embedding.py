@@ -13,6 +13,14 @@ the L2 sensitivity is 1 whatever the data, and Gaussian noise of std ``sigma`` o
 coordinate is the whole mechanism (one release, sample rate 1; the accountant computes its
 epsilon, and ``fedsynth audit verify`` recomputes it from the ledger entry).
 
+With ``features: image+patches`` the Fourier part is split in two halves of norm ``a / sqrt 2``:
+the whole-image features above, and features of local patches (a quarter of the image's side,
+half-overlapping: 7 x 7 of them), each patch's unit-norm Fourier features averaged within each
+quadrant of the image and the four quadrant means concatenated at weight 1/2. An average of
+unit vectors has norm at most 1, so ``phi(x)`` has norm at most 1 and the sensitivity stays 1.
+A kernel on whole 32 px images mostly sees the global layout of grey levels; the patch kernel
+sees local texture (an opacity, a consolidation) wherever in the quadrant it lies.
+
 Everything after the release is post-processing: a class-conditional generator (the GAN's
 generator network) is trained to make images whose mean feature vector per class matches
 the noisy class mean ``S_c / count_c`` (the maximum mean discrepancy in the kernel's
@@ -54,6 +62,8 @@ from fedsynth.torch_utils import exchangeable, load_exchangeable, seeded
 
 NOISE_DOMINATED = 2.0  # a target beyond this multiple of the largest reachable mean norm is noise (above)
 MECHANISM_NAME = "gaussian (class-wise sums of unit-norm random Fourier features, sensitivity 1)"
+PATCH_MECHANISM_NAME = ("gaussian (class-wise sums of random Fourier features of the image and its patches, "
+                        "norm at most 1, sensitivity 1)")
 BANDWIDTH_PHANTOMS = 400  # public images the bandwidth is measured on
 
 
@@ -68,29 +78,100 @@ def phantom_bandwidth(resolution: int) -> float:
     return float(d[d > 0].median())
 
 
+def patch_geometry(resolution: int) -> tuple[int, int]:
+    """(side, stride) of the local patches: a quarter of the image's side, half-overlapping (7 x 7 patches)."""
+    side = max(2, resolution // 4)
+    return side, max(1, side // 2)
+
+
+@functools.lru_cache(maxsize=8)
+def phantom_patch_bandwidth(resolution: int) -> float:
+    """The median pairwise distance of 2,000 patches of public phantoms: the patch kernel's bandwidth unit."""
+    from fedsynth.data.phantom import make_phantoms
+
+    side, stride = patch_geometry(resolution)
+    x = torch.from_numpy(make_phantoms(BANDWIDTH_PHANTOMS, resolution, seed=20211).images)[:, None]
+    patches = torch.nn.functional.unfold(x, side, stride=stride).transpose(1, 2).reshape(-1, side * side)
+    pick = torch.randperm(len(patches), generator=torch.Generator().manual_seed(20211))[:2000]
+    d = torch.cdist(patches[pick], patches[pick])
+    return float(d[d > 0].median())
+
+
+QUADRANTS = 4  # the patch features are averaged within each quadrant of the image (2 x 2)
+
+
 class RandomFourierFeatures:
-    """``phi(x) = [a cos(W x), a sin(W x)] / sqrt(F)`` and a constant ``b``; ``||phi(x)|| = 1``."""
+    """``phi(x) = [a cos(W x), a sin(W x)] / sqrt(F)`` and a constant ``b``; ``||phi(x)|| = 1``.
+
+    With ``features: image+patches``, ``[a/sqrt2 * rff(x), a/sqrt2 * patch features, b]``, norm at most 1
+    (module docstring)."""
 
     def __init__(self, config: MeanEmbeddingSection, resolution: int, device: torch.device):
+        self.resolution = resolution
         self.dim = resolution * resolution
         self.bandwidth = phantom_bandwidth(resolution) * config.bandwidth_scale
         gen = torch.Generator().manual_seed(config.feature_seed)
         self.w = (torch.randn(self.dim, config.n_frequencies, generator=gen) / self.bandwidth).to(device)
         self.b = config.count_weight
-        self.a = math.sqrt(1.0 - self.b**2)
+        self.a = math.sqrt(1.0 - self.b**2)  # the largest norm of the Fourier part (all of it but b)
+        self.patches = config.features == "image+patches"
+        self.image_weight = self.a / math.sqrt(2.0) if self.patches else self.a
         self.size = 2 * config.n_frequencies + 1
+        if self.patches:
+            self.patch_side, self.patch_stride = patch_geometry(resolution)
+            self.patch_bandwidth = phantom_patch_bandwidth(resolution) * config.bandwidth_scale
+            # drawn after W from the same public seed, so the whole-image features are the same with or without
+            self.w_patch = (torch.randn(self.patch_side**2, config.patch_frequencies, generator=gen)
+                            / self.patch_bandwidth).to(device)
+            self.patch_weight = self.a / math.sqrt(2.0)
+            self.size += QUADRANTS * 2 * config.patch_frequencies
+
+    def describe(self) -> dict[str, Any]:
+        """The features as the ledger records them (public: the mechanism's description)."""
+        out: dict[str, Any] = {"kind": "random-fourier", "n_frequencies": self.w.shape[1],
+                               "bandwidth": self.bandwidth, "count_weight": self.b}
+        if self.patches:
+            out.update(kind="random-fourier image+patches", patch_frequencies=self.w_patch.shape[1],
+                       patch_side=self.patch_side, patch_stride=self.patch_stride,
+                       patch_bandwidth=self.patch_bandwidth, patch_pooling="mean per quadrant")
+        return out
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Features of images ``x`` (N, S, S) or (N, 1, S, S) with pixels in [0, 1]."""
-        proj = x.reshape(len(x), self.dim) @ self.w
-        scale = self.a / math.sqrt(self.w.shape[1])
-        const = torch.full((len(x), 1), self.b, device=x.device, dtype=proj.dtype)
-        return torch.cat([torch.cos(proj) * scale, torch.sin(proj) * scale, const], dim=1)
+        n = len(x)
+        proj = x.reshape(n, self.dim) @ self.w
+        scale = self.image_weight / math.sqrt(self.w.shape[1])
+        parts = [torch.cos(proj) * scale, torch.sin(proj) * scale]
+        if self.patches:
+            parts.append(self._patch_features(x.reshape(n, 1, self.resolution, self.resolution)))
+        parts.append(torch.full((n, 1), self.b, device=x.device, dtype=proj.dtype))
+        return torch.cat(parts, dim=1)
 
     def means(self, sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(class-wise mean of the Fourier part, estimated class sizes) from (noisy) sums."""
         counts = sums[:, -1] / self.b
         return sums[:, :-1] / counts.clamp_min(1.0)[:, None], counts
+
+    def _patch_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Each patch's unit-norm Fourier features, averaged per quadrant; norm at most ``patch_weight``."""
+        # every patch's projections at once: a strided convolution whose G filters are the frequencies
+        filters = self.w_patch.T.reshape(-1, 1, self.patch_side, self.patch_side)
+        proj = torch.nn.functional.conv2d(x, filters, stride=self.patch_stride).flatten(2)  # (N, G, L)
+        pool = quadrant_means(round(math.sqrt(proj.shape[2])), proj.device, proj.dtype).T  # (L, 4)
+        scale = self.patch_weight / math.sqrt(QUADRANTS * self.w_patch.shape[1])
+        # (N, G, 4) each: a quadrant's mean of its patches' cosines, and of their sines
+        return torch.cat([torch.cos(proj) @ pool, torch.sin(proj) @ pool], dim=1).flatten(1) * scale
+
+
+@functools.lru_cache(maxsize=8)
+def quadrant_means(grid: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(4, grid^2): row q averages the patches of quadrant q of a grid x grid layout (the middle row and
+    column, when grid is odd, belong to both halves, as adaptive average pooling splits them)."""
+    halves = [range(0, (grid + 1) // 2), range(grid // 2, grid)]
+    pool = torch.zeros(QUADRANTS, grid, grid, dtype=dtype)
+    for q, (rows, cols) in enumerate((r, c) for r in halves for c in halves):
+        pool[q, rows.start:rows.stop, cols.start:cols.stop] = 1.0 / (len(rows) * len(cols))
+    return pool.flatten(1).to(device)
 
 
 class MeanEmbeddingGenerator(Generator):
@@ -132,12 +213,10 @@ class MeanEmbeddingGenerator(Generator):
         if privacy is None:
             self.statistic = sums
             return None
-        mechanism = GaussianStatistic(privacy, MECHANISM_NAME)
+        mechanism = GaussianStatistic(privacy, PATCH_MECHANISM_NAME if self.features.patches else MECHANISM_NAME)
         self.statistic = mechanism.noisy(sums)
         result = mechanism.result()
-        result["mechanism"]["features"] = {"kind": "random-fourier", "n_frequencies": self.config.n_frequencies,
-                                           "bandwidth": self.features.bandwidth, "seed": self.config.feature_seed,
-                                           "count_weight": self.config.count_weight}
+        result["mechanism"]["features"] = {**self.features.describe(), "seed": self.config.feature_seed}
         return result
 
     def released_class_counts(self) -> tuple[float, ...]:
