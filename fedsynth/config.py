@@ -343,7 +343,7 @@ class MeanEmbeddingSection(_WarmStartable):
     features: Literal["image", "image+patches"] = Field(
         "image", description="What the random Fourier features see: the whole image (one Gaussian kernel on "
         "pixels), or the whole image and, beside it, its local patches (a kernel on patches of a quarter of the "
-        "image's side, averaged within each quadrant), half the feature norm each.")
+        "image's side, averaged within each quadrant), each block at norm a/sqrt(2), half the squared norm.")
     patch_frequencies: int = Field(500, ge=8, le=20000, description="Random frequencies of the patch kernel "
                                    "(with features: image+patches).")
     count_weight: float = Field(0.2, gt=0, lt=1, description="Weight of the constant feature whose noisy sum "

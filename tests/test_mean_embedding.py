@@ -57,8 +57,10 @@ def test_a_flat_image_reaches_the_norm_bound_with_patches(patch_features):
     assert torch.allclose(phi.norm(dim=1), torch.ones(2), atol=1e-5)
 
 
-def test_the_patch_block_is_a_quadrant_average_of_per_patch_features(patch_features):
-    x = torch.rand(4, 1, RES, RES, generator=torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("res", [RES, 12, 20], ids=["grid 7", "grid 10", "grid 8, border pixels unseen"])
+def test_the_patch_block_is_a_quadrant_average_of_per_patch_features(res):
+    patch_features = RandomFourierFeatures(PATCHES, res, torch.device("cpu"))
+    x = torch.rand(4, 1, res, res, generator=torch.Generator().manual_seed(0))
     side, stride = patch_features.patch_side, patch_features.patch_stride
     cols = torch.nn.functional.unfold(x, side, stride=stride).transpose(1, 2) @ patch_features.w_patch
     per_patch = torch.cat([torch.cos(cols), torch.sin(cols)], dim=2)  # (N, L, 2G)
@@ -68,6 +70,7 @@ def test_the_patch_block_is_a_quadrant_average_of_per_patch_features(patch_featu
     block = patch_features(x)[:, 2 * TINY.n_frequencies:-1]
     scale = patch_features.patch_weight / (2 * g**0.5)
     assert torch.allclose(block.view(4, 2 * g, 4), expected.flatten(2) * scale, atol=1e-6)
+    assert bool((patch_features(x).norm(dim=1) <= 1.0 + 1e-5).all())
 
 
 def test_the_whole_image_features_are_the_same_with_or_without_patches(features, patch_features):
@@ -85,7 +88,7 @@ def test_removing_one_image_moves_the_sums_by_at_most_one(phantoms16, config):
         keep = np.arange(len(phantoms16.labels)) != i
         gen.release_statistic(phantoms16.images[keep], phantoms16.labels[keep])
         assert float((full - gen.statistic).norm()) <= 1.0 + 1e-6
-    counts = full[:, -1] / TINY.count_weight
+    counts = full[:, -1] / config.count_weight
     assert counts.round().tolist() == [float((phantoms16.labels == c).sum()) for c in (0, 1)]
 
 

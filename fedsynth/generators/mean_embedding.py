@@ -15,9 +15,10 @@ epsilon, and ``fedsynth audit verify`` recomputes it from the ledger entry).
 
 With ``features: image+patches`` the Fourier part is split in two halves of norm ``a / sqrt 2``:
 the whole-image features above, and features of local patches (a quarter of the image's side,
-half-overlapping: 7 x 7 of them), each patch's unit-norm Fourier features averaged within each
-quadrant of the image and the four quadrant means concatenated at weight 1/2. An average of
-unit vectors has norm at most 1, so ``phi(x)`` has norm at most 1 and the sensitivity stays 1.
+half-overlapping: 7 x 7 of them at every resolution the config allows), each patch's unit-norm
+Fourier features averaged within each quadrant of the image, and the four quadrant means
+concatenated, each scaled by 1/2 (so four of them have norm at most 1). An average of unit
+vectors has norm at most 1, so ``phi(x)`` has norm at most 1 and the sensitivity stays 1.
 A kernel on whole 32 px images mostly sees the global layout of grey levels; the patch kernel
 sees local texture (an opacity, a consolidation) wherever in the quadrant it lies.
 
@@ -28,7 +29,8 @@ feature space). The frequencies are public randomness (``feature_seed``) and the
 bandwidth comes from public phantoms, never from the site's images.
 
 A class whose noisy target is farther from the origin than twice the largest norm a class mean
-can have (``a``: every image's Fourier part has norm ``a``, so their mean has at most that) is
+can have (``a``: every image's Fourier part has norm ``a``, at most ``a`` with patches, so their
+mean has at most that) is
 left out of the fit and of the release: by the triangle inequality its noise then has a norm
 above ``a``, larger than any signal the class could carry. This happens to a class with a handful
 of images at a site (label skew), whose target is then almost pure noise; fitted anyway, its
@@ -79,7 +81,9 @@ def phantom_bandwidth(resolution: int) -> float:
 
 
 def patch_geometry(resolution: int) -> tuple[int, int]:
-    """(side, stride) of the local patches: a quarter of the image's side, half-overlapping (7 x 7 patches)."""
+    """(side, stride) of the local patches: a quarter of the image's side, half-overlapping (7 x 7 patches
+    when the side is a multiple of 8, as every resolution the config allows is; otherwise a few border
+    pixels fall outside every patch, which changes no bound)."""
     side = max(2, resolution // 4)
     return side, max(1, side // 2)
 
@@ -101,7 +105,7 @@ QUADRANTS = 4  # the patch features are averaged within each quadrant of the ima
 
 
 class RandomFourierFeatures:
-    """``phi(x) = [a cos(W x), a sin(W x)] / sqrt(F)`` and a constant ``b``; ``||phi(x)|| = 1``.
+    """``phi(x) = [a cos(W x), a sin(W x)] / sqrt(F)`` and a constant ``b``; ``||phi(x)|| = 1`` (features: image).
 
     With ``features: image+patches``, ``[a/sqrt2 * rff(x), a/sqrt2 * patch features, b]``, norm at most 1
     (module docstring)."""
@@ -156,8 +160,9 @@ class RandomFourierFeatures:
         """Each patch's unit-norm Fourier features, averaged per quadrant; norm at most ``patch_weight``."""
         # every patch's projections at once: a strided convolution whose G filters are the frequencies
         filters = self.w_patch.T.reshape(-1, 1, self.patch_side, self.patch_side)
-        proj = torch.nn.functional.conv2d(x, filters, stride=self.patch_stride).flatten(2)  # (N, G, L)
-        pool = quadrant_means(round(math.sqrt(proj.shape[2])), proj.device, proj.dtype).T  # (L, 4)
+        proj = torch.nn.functional.conv2d(x, filters, stride=self.patch_stride)  # (N, G, grid, grid)
+        pool = quadrant_means(proj.shape[-1], proj.device, proj.dtype).T  # (grid^2, 4)
+        proj = proj.flatten(2)
         scale = self.patch_weight / math.sqrt(QUADRANTS * self.w_patch.shape[1])
         # (N, G, 4) each: a quadrant's mean of its patches' cosines, and of their sines
         return torch.cat([torch.cos(proj) @ pool, torch.sin(proj) @ pool], dim=1).flatten(1) * scale
