@@ -78,8 +78,6 @@ METHODS: dict[str, list[str]] = {
     # the mean embedding with a second, local kernel beside the whole-image one (generator.features)
     "federated-merf-patches": ["run.mode=federated", "generator.family=dp-merf", "federation.rounds=1",
                                "generator.features=image+patches"],
-    "substitution-merf-patches": ["run.mode=substitution", "generator.family=dp-merf",
-                                  "generator.features=image+patches"],
 }
 FINAL_METHODS = ("substitution-gan", "federated-gan", "substitution-merf", "federated-merf", "fedavg-classifier")
 PRETRAIN_PHANTOMS = 3000  # public images a warm start is trained on

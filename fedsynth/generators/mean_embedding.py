@@ -70,14 +70,23 @@ BANDWIDTH_PHANTOMS = 400  # public images the bandwidth is measured on
 
 
 @functools.lru_cache(maxsize=8)
+def bandwidth_phantoms(resolution: int) -> torch.Tensor:
+    """The public images both kernels' bandwidths are measured on, (N, 1, S, S) in [0, 1]."""
+    from fedsynth.data.phantom import make_phantoms
+
+    return torch.from_numpy(make_phantoms(BANDWIDTH_PHANTOMS, resolution, seed=20211).images)[:, None]
+
+
+def median_distance(rows: torch.Tensor) -> float:
+    d = torch.cdist(rows, rows)
+    return float(d[d > 0].median())
+
+
+@functools.lru_cache(maxsize=8)
 def phantom_bandwidth(resolution: int) -> float:
     """The median pairwise distance of public phantoms at ``resolution`` (pixels in [0, 1]):
     the kernel bandwidth's unit, chosen without looking at any site's images."""
-    from fedsynth.data.phantom import make_phantoms
-
-    x = torch.from_numpy(make_phantoms(BANDWIDTH_PHANTOMS, resolution, seed=20211).images).flatten(1)
-    d = torch.cdist(x, x)
-    return float(d[d > 0].median())
+    return median_distance(bandwidth_phantoms(resolution).flatten(1))
 
 
 def patch_geometry(resolution: int) -> tuple[int, int]:
@@ -91,14 +100,11 @@ def patch_geometry(resolution: int) -> tuple[int, int]:
 @functools.lru_cache(maxsize=8)
 def phantom_patch_bandwidth(resolution: int) -> float:
     """The median pairwise distance of 2,000 patches of public phantoms: the patch kernel's bandwidth unit."""
-    from fedsynth.data.phantom import make_phantoms
-
     side, stride = patch_geometry(resolution)
-    x = torch.from_numpy(make_phantoms(BANDWIDTH_PHANTOMS, resolution, seed=20211).images)[:, None]
-    patches = torch.nn.functional.unfold(x, side, stride=stride).transpose(1, 2).reshape(-1, side * side)
+    cols = torch.nn.functional.unfold(bandwidth_phantoms(resolution), side, stride=stride)
+    patches = cols.transpose(1, 2).reshape(-1, side * side)
     pick = torch.randperm(len(patches), generator=torch.Generator().manual_seed(20211))[:2000]
-    d = torch.cdist(patches[pick], patches[pick])
-    return float(d[d > 0].median())
+    return median_distance(patches[pick])
 
 
 QUADRANTS = 4  # the patch features are averaged within each quadrant of the image (2 x 2)
@@ -119,7 +125,8 @@ class RandomFourierFeatures:
         self.b = config.count_weight
         self.a = math.sqrt(1.0 - self.b**2)  # the largest norm of the Fourier part (all of it but b)
         self.patches = config.features == "image+patches"
-        self.image_weight = self.a / math.sqrt(2.0) if self.patches else self.a
+        # with patches the Fourier part is two halves of norm a / sqrt 2 each
+        self.image_weight = self.patch_weight = self.a / math.sqrt(2.0) if self.patches else self.a
         self.size = 2 * config.n_frequencies + 1
         if self.patches:
             self.patch_side, self.patch_stride = patch_geometry(resolution)
@@ -127,7 +134,6 @@ class RandomFourierFeatures:
             # drawn after W from the same public seed, so the whole-image features are the same with or without
             self.w_patch = (torch.randn(self.patch_side**2, config.patch_frequencies, generator=gen)
                             / self.patch_bandwidth).to(device)
-            self.patch_weight = self.a / math.sqrt(2.0)
             self.size += QUADRANTS * 2 * config.patch_frequencies
 
     def describe(self) -> dict[str, Any]:
@@ -161,22 +167,11 @@ class RandomFourierFeatures:
         # every patch's projections at once: a strided convolution whose G filters are the frequencies
         filters = self.w_patch.T.reshape(-1, 1, self.patch_side, self.patch_side)
         proj = torch.nn.functional.conv2d(x, filters, stride=self.patch_stride)  # (N, G, grid, grid)
-        pool = quadrant_means(proj.shape[-1], proj.device, proj.dtype).T  # (grid^2, 4)
-        proj = proj.flatten(2)
-        scale = self.patch_weight / math.sqrt(QUADRANTS * self.w_patch.shape[1])
-        # (N, G, 4) each: a quadrant's mean of its patches' cosines, and of their sines
-        return torch.cat([torch.cos(proj) @ pool, torch.sin(proj) @ pool], dim=1).flatten(1) * scale
-
-
-@functools.lru_cache(maxsize=8)
-def quadrant_means(grid: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(4, grid^2): row q averages the patches of quadrant q of a grid x grid layout (the middle row and
-    column, when grid is odd, belong to both halves, as adaptive average pooling splits them)."""
-    halves = [range(0, (grid + 1) // 2), range(grid // 2, grid)]
-    pool = torch.zeros(QUADRANTS, grid, grid, dtype=dtype)
-    for q, (rows, cols) in enumerate((r, c) for r in halves for c in halves):
-        pool[q, rows.start:rows.stop, cols.start:cols.stop] = 1.0 / (len(rows) * len(cols))
-    return pool.flatten(1).to(device)
+        per_patch = torch.cat([torch.cos(proj), torch.sin(proj)], dim=1)
+        # 2 x 2 adaptive pooling: the mean over each quadrant's patches (an odd grid's middle row and column
+        # count in both halves); four means of unit vectors, each scaled by 1/2
+        quadrants = torch.nn.functional.adaptive_avg_pool2d(per_patch, 2).flatten(1)
+        return quadrants * (self.patch_weight / math.sqrt(QUADRANTS * self.w_patch.shape[1]))
 
 
 class MeanEmbeddingGenerator(Generator):
