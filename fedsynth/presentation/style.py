@@ -16,7 +16,7 @@ table{border-collapse:collapse}th,td{text-align:left}
 .ok{color:var(--ok);font-weight:700}.bad{color:var(--bad);font-weight:700}.warn{color:var(--amber);font-weight:700}
 .muted,small{color:var(--muted)}
 figure{margin:0}figcaption{font-size:.8em;color:var(--muted)}
-code{background:#eef0f3;padding:0 .25em;border-radius:3px}
+code{background:#eef0f3;padding:0 .25rem;border-radius:3px}
 
 /* documents: a report to read, print or mail */
 .doc,.doc *{box-sizing:border-box}
