@@ -202,11 +202,6 @@ class FederationSection(_Section):
         "(true for the defaults).",
     )
 
-    @field_validator("secure_aggregation", mode="before")
-    @classmethod
-    def _secure_aggregation_flag(cls, v: Any) -> Any:
-        # `secure_aggregation: true` means SecAgg+ with its defaults; false means off
-        return {} if v is True else None if v is False else v
     site_keys: dict[str, str] = Field(
         default_factory=dict, description="Server's registry: site name -> Ed25519 public key file. Empty in "
         "a simulation: each simulated site gets a key pair in sites.state_dir.",
@@ -227,6 +222,12 @@ class FederationSection(_Section):
         "gets, at least one)."
     )
     gpus_per_site: float = Field(0.0, ge=0, le=64, description="GPU share reserved for each simulated site.")
+
+    @field_validator("secure_aggregation", mode="before")
+    @classmethod
+    def _secure_aggregation_flag(cls, v: Any) -> Any:
+        # `secure_aggregation: true` means SecAgg+ with its defaults; false means off
+        return {} if v is True else None if v is False else v
 
     def site_cpus(self, machine_cpus: int | None = None) -> float:
         """``cpus_per_site`` resolved: a number as given; auto shares ``machine_cpus`` (this machine's
@@ -581,6 +582,13 @@ class RunConfig(_Section):
         default_factory=GANSection, description="The generator family and its settings. Without this section: "
         "the GAN, or, with a privacy block, dp-merf (measured best under DP: README, Privacy).")
     privacy: PrivacySection | None = Field(None, description="Absent: no DP, and every output says not private.")
+    sites: SitesSection = Field(default_factory=SitesSection)
+    gate: GateSection = Field(default_factory=GateSection)
+    alignment: AlignmentSection = Field(default_factory=AlignmentSection)
+    release: ReleaseSection = Field(default_factory=ReleaseSection)
+    classifier: ClassifierSection = Field(default_factory=ClassifierSection)
+    calibration: CalibrationSection = Field(default_factory=CalibrationSection)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
 
     @model_validator(mode="before")
     @classmethod
@@ -590,16 +598,19 @@ class RunConfig(_Section):
         if isinstance(data, dict) and data.get("privacy") is not None and "generator" not in data:
             return {**data, "generator": {"family": PRIVATE_DEFAULT_FAMILY}}
         return data
-    sites: SitesSection = Field(default_factory=SitesSection)
-    gate: GateSection = Field(default_factory=GateSection)
-    alignment: AlignmentSection = Field(default_factory=AlignmentSection)
-    release: ReleaseSection = Field(default_factory=ReleaseSection)
-    classifier: ClassifierSection = Field(default_factory=ClassifierSection)
-    calibration: CalibrationSection = Field(default_factory=CalibrationSection)
-    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+
+    # ---- rules between sections: one method per section they constrain, checked in this order ----
 
     @model_validator(mode="after")
-    def _consistent(self) -> RunConfig:
+    def _sections_agree(self) -> RunConfig:
+        self._check_privacy()
+        self._check_classifier()
+        self._check_alignment()
+        self._check_generators()
+        self._check_federation()
+        return self
+
+    def _check_privacy(self) -> None:
         if self.privacy is not None and self.privacy.delta is not None:
             for name, b in {"sites.budget": self.sites.budget, **{f"sites.budgets.{k}": v for k, v in
                                                                 self.sites.budgets.items()}}.items():
@@ -613,6 +624,8 @@ class RunConfig(_Section):
                 what = f"generator family {others[0]}" if others else "run.mode fedavg-classifier"
                 raise ValueError(f"privacy.grad_sample_mode: ghost clipping is built for the GAN's discriminator; "
                                  f"{what} trains with DP-SGD through another loss (use hooks or functorch)")
+
+    def _check_classifier(self) -> None:
         if self.classifier.task == "subtype":
             if self.data.label_set == BINARY_LABELS:
                 raise ValueError("classifier.task: subtype needs a finer data.label_set than the binary one "
@@ -620,35 +633,39 @@ class RunConfig(_Section):
             if self.run.mode == "fedavg-classifier":
                 raise ValueError("classifier.task: subtype runs in the substitution, federated and centralized-real "
                                  "modes; fedavg-classifier trains the binary task only")
+
+    def _check_alignment(self) -> None:
         if self.alignment.enabled and self.data.label_set != BINARY_LABELS:
             raise ValueError("alignment.enabled: the intensity alignment matches normal and pneumonia histograms; "
                              "it does not take a finer data.label_set")
         if self.alignment.enabled and self.run.mode != "substitution":
             raise ValueError("alignment.enabled: post-hoc alignment applies to run.mode=substitution")
+
+    def _check_generators(self) -> None:
+        """The run's generator and the sites' own, against the federated mode."""
         if (self.run.mode == "federated" and isinstance(self.generator, MeanEmbeddingSection)
                 and self.federation.rounds != 1):
             raise ValueError("federation.rounds: a dp-merf generator's sites send their statistic once, so the "
                              "federated mode runs exactly 1 round (set federation.rounds: 1)")
         if self.sites.generators and self.run.mode == "federated":
             raise ValueError("sites.generators: federated averaging needs one generator architecture at every site")
-        if self.federation.secure_aggregation is not None:
+
+    def _check_federation(self) -> None:
+        fed = self.federation
+        if fed.secure_aggregation is not None:
             if self.run.mode not in ("federated", "fedavg-classifier"):
                 raise ValueError("federation.secure_aggregation: masks model updates, so it applies to the federated "
                                  "and fedavg-classifier modes (a synthetic release is public by design)")
-            if self.federation.client_dp is not None:
+            if fed.client_dp is not None:
                 raise ValueError("federation.secure_aggregation with federation.client_dp: the server-side DP "
                                  "wrapper clips each site's update, which secure aggregation hides from it")
-            if self.federation.num_sites < 3:
+            if fed.num_sites < 3:
                 raise ValueError("federation.secure_aggregation needs at least 3 sites (with 2, each learns "
                                  "the other's update from the average)")
-        if self.federation.client_dp is not None and self.run.mode not in ("federated", "fedavg-classifier"):
+        if fed.client_dp is not None and self.run.mode not in ("federated", "fedavg-classifier"):
             raise ValueError("federation.client_dp applies to the federated and fedavg-classifier modes only")
-        if self.federation.min_sites > self.federation.num_sites:
-            raise ValueError(
-                f"federation.min_sites ({self.federation.min_sites}) exceeds "
-                f"federation.num_sites ({self.federation.num_sites})"
-            )
-        return self
+        if fed.min_sites > fed.num_sites:
+            raise ValueError(f"federation.min_sites ({fed.min_sites}) exceeds federation.num_sites ({fed.num_sites})")
 
     # ---- conversions -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import sys
 
 
 def test_log_lines_are_plain_when_not_a_terminal(tmp_path):
-    code = ("import logging; from fedsynth.cli.common import setup_logging; setup_logging(False); "
+    code = ("import logging; from fedsynth.logging_setup import setup_logging; setup_logging(False); "
             "logging.getLogger('fedsynth.site').info('site-0: ' + 'x' * 300)")
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "40"}
     env.pop("FORCE_COLOR", None)
@@ -21,7 +21,7 @@ def test_log_lines_are_plain_when_not_a_terminal(tmp_path):
 
 
 def test_ray_lines_lose_their_colour_codes_off_a_terminal(monkeypatch):
-    from fedsynth.cli.common import setup_logging
+    from fedsynth.logging_setup import setup_logging
 
     monkeypatch.delenv("RAY_COLOR_PREFIX", raising=False)
     setup_logging(False)  # pytest captures the output: not a terminal

@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "fedsynth"
 LAYERS = ["data", "privacy", "generators", "classifier", "evaluation", "client", "server", "simulation",
           "webapp", "deploy", "cli"]
-GROUND = {"config", "errors", "rundir", "metrics_schema", "torch_utils", "progress"}
+GROUND = {"config", "errors", "rundir", "metrics_schema", "torch_utils", "progress", "logging_setup", "presentation"}
 
 
 def _runtime_nodes(tree: ast.AST):

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from fedsynth.cli.common import friendly, setup_logging
+from fedsynth.cli.common import friendly
+from fedsynth.logging_setup import setup_logging
 from fedsynth.progress import console
 
 generator_app = typer.Typer(help="Generators: warm starts from public data.", no_args_is_help=True)

@@ -11,7 +11,8 @@ import typer
 from rich.table import Table
 
 from fedsynth import __version__
-from fedsynth.cli.common import friendly, setup_logging
+from fedsynth.cli.common import friendly
+from fedsynth.logging_setup import setup_logging
 from fedsynth.progress import console
 
 if TYPE_CHECKING:

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from fedsynth.cli.common import friendly
+from fedsynth.logging_setup import setup_logging
 from fedsynth.progress import console
 
 
@@ -33,6 +34,7 @@ def serve(
 
     from fedsynth.webapp import create_app
 
+    setup_logging(False)
     web = create_app(run_dir, real_data=real_data, db_path=db, max_upload_mb=max_upload_mb, study_size=study_size,
                      seed=seed, study_phases=study_phases)
     study = web.state.study
@@ -56,5 +58,6 @@ def serve(
         console.print(f"[yellow]warning:[/] listening on {host} over plain http: anyone who can reach this machine "
                       "can score images" + (", and invitation tokens cross the network unencrypted"
                                             if study is not None else ""), highlight=False)
-    # no access log: it would keep readers' names and client addresses beside the answers
-    uvicorn.run(web, host=host, port=port, log_level="info", ws="none", access_log=False)
+    # no access log: it would keep readers' names and client addresses beside the answers; no
+    # log_config: uvicorn's lines go through fedsynth's own logging (setup_logging above)
+    uvicorn.run(web, host=host, port=port, log_level="info", ws="none", access_log=False, log_config=None)

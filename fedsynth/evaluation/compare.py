@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from fedsynth.errors import FedsynthError
-from fedsynth.evaluation.report.format import as_number, dig, fmt_bytes, fmt_seconds
+from fedsynth.evaluation.report.run_data import dig
 from fedsynth.metrics_schema import Figures, RunMetrics
+from fedsynth.presentation import as_number, fmt_bytes, fmt_seconds, markdown_table
 from fedsynth.rundir import RunDir, RunDirError
 
 
@@ -190,8 +191,7 @@ def display_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     headers = [h for _, h in COLUMNS]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in display_rows(rows)]
+    lines = markdown_table(headers, display_rows(rows))
     notes = ("AUROC/AUPR: pooled over every site's real test split, with bootstrap CIs. TRTR: each site's own "
              "classifier trained on its real images (pooled). FD, precision, recall: fidelity of the pooled "
              "synthetic sample, averaged over sites (each site's own encoder; compare only runs with the same "

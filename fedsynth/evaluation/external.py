@@ -15,7 +15,6 @@ and the out-of-distribution rate, with the figures recomputed without the flagge
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
@@ -40,7 +39,7 @@ from fedsynth.evaluation.calibration import (
     operating_points,
     subgroup_metrics,
 )
-from fedsynth.evaluation.report.format import esc, fmt, fmt_ci, img, table
+from fedsynth.presentation import esc, facts, figure_png, fmt, fmt_ci, img, page_shell, pct, pyplot, table
 
 EVALUATION_JSON = "evaluation.json"
 EVALUATION_HTML = "evaluation.html"
@@ -258,11 +257,7 @@ def _write(out_dir: Path, text: str, page: str) -> tuple[Path, Path]:
 def reliability_png(calibration: dict[str, Any], *, phantom: bool = False) -> bytes:
     """The reliability diagram: observed pneumonia rate against mean predicted probability per bin
     (the diagonal is perfect calibration), and the count of images in each bin below it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     bins = calibration["bins"]
     n_bins = len(bins)
     centres = np.array([(b["lower"] + b["upper"]) / 2 for b in bins])
@@ -289,61 +284,66 @@ def reliability_png(calibration: dict[str, Any], *, phantom: bool = False) -> by
     if phantom:
         fig.suptitle("PHANTOM classifier - not for clinical use", color="#b35900", fontsize=10, fontweight="bold")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _pct(x: Any) -> str:
-    return "–" if x is None else f"{100 * float(x):.1f}%"
-
-
-def _headline_rows(label: str, m: dict[str, Any] | None) -> list[str]:
-    if m is None:
-        return [label, "–", "–", "–", "–", "–", "–"]
-    return [label, str(m["n"]), str(m["n_positive"]), _pct(m["prevalence"]), fmt_ci(m["auroc"], m["auroc_ci"]),
-            fmt_ci(m["aupr"], m["aupr_ci"]),
-            f"{fmt_ci(m['sensitivity'], m['sensitivity_ci'])} / {fmt_ci(m['specificity'], m['specificity_ci'])}"]
+    return figure_png(fig, dpi=100)
 
 
 def render_html(result: dict[str, Any], reliability: bytes) -> str:
     """The evaluation on one page: no script, no external resource, the figure inline."""
-    from fedsynth.evaluation.report.page import CSS
+    parts = [_heading(result), _discrimination(result), _calibration(result, reliability), _operating_points(result),
+             _subgroups(result), _out_of_distribution(result)]
+    skipped = result["data"]["skipped"]
+    if skipped:
+        parts.append("<section><h2>Skipped inputs</h2>" + table(
+            ["input", "reason"], [[s["path"], s["reason"]] for s in skipped], cls="wide") + "</section>")
+    parts.append("<footer>Written by fedsynth " + esc(result["fedsynth_version"]) + ". This page and "
+                 f"{EVALUATION_JSON} hold aggregate figures only, no per-image score. Research software, not a "
+                 "medical device.</footer>")
+    return page_shell(f"fedsynth evaluation: {Path(result['data']['source']).name}", "\n".join(parts))
 
-    level = result["settings"]["ci_level"]
-    clf, data, m, cal, ood = (result["classifier"], result["data"], result["metrics"], result["calibration"],
-                              result["ood"])
-    parts = [f"<h1>External validation of the consortium's classifier on {esc(Path(data['source']).name)}</h1>",
-             "<dl class='facts'>" + "".join(
-                 f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in (
-                     ("classifier", f"{clf['arch']} at {clf['resolution']} px ({clf['path']})"),
-                     ("trained on", clf.get("trained_on") or "–"),
-                     ("threshold", f"{clf['threshold']:.3f} ({clf.get('threshold_rule') or 'rule not recorded'})"),
-                     ("data", data["source"]),
-                     ("images", f"{data['n']} ({data['class_counts']['normal']} normal, "
-                                f"{data['class_counts']['pneumonia']} pneumonia)"),
-                     ("created", result["created"]), ("fedsynth", result["fedsynth_version"]))) + "</dl>"]
+
+def _heading(result: dict[str, Any]) -> str:
+    clf, data = result["classifier"], result["data"]
+    out = [f"<h1>External validation of the consortium's classifier on {esc(Path(data['source']).name)}</h1>",
+           facts([("classifier", f"{clf['arch']} at {clf['resolution']} px ({clf['path']})"),
+                  ("trained on", clf.get("trained_on") or "–"),
+                  ("threshold", f"{clf['threshold']:.3f} ({clf.get('threshold_rule') or 'rule not recorded'})"),
+                  ("data", data["source"]),
+                  ("images", f"{data['n']} ({data['class_counts']['normal']} normal, "
+                             f"{data['class_counts']['pneumonia']} pneumonia)"),
+                  ("created", result["created"]), ("fedsynth", result["fedsynth_version"])])]
     for w in result["warnings"]:
         cls = "phantom" if "PHANTOM" in w else "dropped"
-        parts.append(f"<div class='banner {cls}'><strong>warning</strong>{esc(w)}</div>")
+        out.append(f"<div class='banner {cls}'><strong>warning</strong>{esc(w)}</div>")
+    return "\n".join(out)
 
-    # discrimination
-    rows = [_headline_rows("all images", m)]
+
+def _headline_row(label: str, m: dict[str, Any] | None) -> list[str]:
+    if m is None:
+        return [label, "–", "–", "–", "–", "–", "–"]
+    return [label, str(m["n"]), str(m["n_positive"]), pct(m["prevalence"]), fmt_ci(m["auroc"], m["auroc_ci"]),
+            fmt_ci(m["aupr"], m["aupr_ci"]),
+            f"{fmt_ci(m['sensitivity'], m['sensitivity_ci'])} / {fmt_ci(m['specificity'], m['specificity_ci'])}"]
+
+
+def _discrimination(result: dict[str, Any]) -> str:
+    level, ood = result["settings"]["ci_level"], result["ood"]
+    rows = [_headline_row("all images", result["metrics"])]
     if ood.get("available"):
-        rows.append(_headline_rows("without the out-of-distribution images", ood.get("metrics_in_distribution")))
-    parts.append("<section><h2>Discrimination</h2>" + table(
+        rows.append(_headline_row("without the out-of-distribution images", ood.get("metrics_in_distribution")))
+    return ("<section><h2>Discrimination</h2>" + table(
         ["images", "n", "pneumonia", "prevalence", f"AUROC [{level:.0%} CI]", f"AUPR [{level:.0%} CI]",
-         f"sensitivity / specificity at {clf['threshold']:.3f}"], rows, cls="wide")
+         f"sensitivity / specificity at {result['classifier']['threshold']:.3f}"], rows, cls="wide")
         + f"<p class='explain'>AUROC: the chance that a random pneumonia X-ray scores above a random normal one "
           f"(0.5 is a coin toss). AUPR's chance level is the prevalence. Brackets: {level:.0%} stratified "
           f"bootstrap intervals ({result['settings']['bootstrap']} resamples); Wilson intervals for sensitivity "
           "and specificity.</p></section>")
 
-    # calibration
+
+def _calibration(result: dict[str, Any], reliability: bytes) -> str:
+    cal = result["calibration"]
     bin_rows = [[f"{b['lower']:.1f}–{b['upper']:.1f}", str(b["n"]), fmt(b["mean_probability"]),
                  fmt(b["fraction_positive"])] for b in cal["bins"]]
-    parts.append(
+    return (
         "<section><h2>Calibration</h2><div class='cards'>"
         f"<div class='card'><div class='k'>expected calibration error (ECE)</div><div class='v' id='ece'>"
         f"{fmt(cal['ece'])}</div><div class='s'>{cal['n_bins']} equal-width bins, weighted by their counts; "
@@ -356,63 +356,55 @@ def render_html(result: dict[str, Any], reliability: bytes) -> str:
           "have pneumonia. Calibration depends on the prevalence: a hospital whose prevalence differs from the "
           "synthetic training data's (balanced) sees a shift even when the ranking (AUROC) is good.</p></section>")
 
-    # operating points
-    op_rows = []
+
+def _operating_points(result: dict[str, Any]) -> str:
+    level = result["settings"]["ci_level"]
+    rows = []
     for p in result["operating_points"]:
         name = esc(p["name"]) + (" <b class='warn'>(descriptive)</b>" if p["descriptive"] else "")
-        op_rows.append([name, esc(fmt(p["threshold"], 4)), esc(fmt_ci(p["sensitivity"], p["sensitivity_ci"])),
-                        esc(fmt_ci(p["specificity"], p["specificity_ci"])),
-                        esc(f"{p['tp']} / {p['fp']} / {p['tn']} / {p['fn']}"), esc(p["chosen_on"])])
-    parts.append("<section><h2>Operating points</h2>" + table(
+        rows.append([name, esc(fmt(p["threshold"], 4)), esc(fmt_ci(p["sensitivity"], p["sensitivity_ci"])),
+                     esc(fmt_ci(p["specificity"], p["specificity_ci"])),
+                     esc(f"{p['tp']} / {p['fp']} / {p['tn']} / {p['fn']}"), esc(p["chosen_on"])])
+    return ("<section><h2>Operating points</h2>" + table(
         ["operating point", "threshold", f"sensitivity [{level:.0%} CI]", f"specificity [{level:.0%} CI]",
-         "TP / FP / TN / FN", "threshold chosen on"], op_rows, cls="wide", raw=True)
+         "TP / FP / TN / FN", "threshold chosen on"], rows, cls="wide", raw=True)
         + "<p class='explain'>The run's threshold was fixed before these images were seen. The other rows "
           "(descriptive) use the highest threshold that reaches the target sensitivity on these very images: it "
           "is reached by construction here and the specificity is optimistic, so such a threshold is no validated "
           "operating point; validate it on other images before relying on it.</p></section>")
 
-    # subgroups
-    sub = ["<section><h2>Subgroups</h2>"]
+
+def _subgroups(result: dict[str, Any]) -> str:
+    level = result["settings"]["ci_level"]
+    out = ["<section><h2>Subgroups</h2>"]
     if not result["subgroups"]:
-        sub.append("<p class='note'>No metadata column (source, view, sex, age) in the data: no subgroup table. "
+        out.append("<p class='note'>No metadata column (source, view, sex, age) in the data: no subgroup table. "
                    "Give them as npz arrays or labels.csv columns of those names.</p>")
     for col, groups in result["subgroups"].items():
-        sub.append(f"<h3 id='subgroup-{esc(col)}'>by {esc(col)}</h3>" + table(
+        out.append(f"<h3 id='subgroup-{esc(col)}'>by {esc(col)}</h3>" + table(
             [col, "n", "pneumonia", "prevalence", f"AUROC [{level:.0%} CI]", "sensitivity", "specificity", ""],
-            [[g["group"], str(g["n"]), str(g["n_positive"]), _pct(g["prevalence"]), fmt_ci(g["auroc"], g["auroc_ci"]),
+            [[g["group"], str(g["n"]), str(g["n_positive"]), pct(g["prevalence"]), fmt_ci(g["auroc"], g["auroc_ci"]),
               fmt_ci(g["sensitivity"], g["sensitivity_ci"]), fmt_ci(g["specificity"], g["specificity_ci"]),
               g["note"]] for g in groups], cls="wide"))
     if result["subgroups"]:
-        sub.append(f"<p class='explain'>Sensitivity and specificity at the run's threshold "
-                   f"({clf['threshold']:.3f}). Small groups have wide intervals.</p>")
-    parts.append("".join(sub) + "</section>")
+        out.append(f"<p class='explain'>Sensitivity and specificity at the run's threshold "
+                   f"({result['classifier']['threshold']:.3f}). Small groups have wide intervals.</p>")
+    return "".join(out) + "</section>"
 
-    # out of distribution
-    if ood.get("available"):
-        by_class = ood["n_flagged_by_class"]
-        body = (f"<p id='ood-rate'><b>{ood['n_flagged']}</b> of {data['n']} images ({_pct(ood['rate'])}) are out of "
-                f"distribution ({by_class['normal']} normal, {by_class['pneumonia']} pneumonia).</p>"
-                + "<p class='explain'>An image is flagged when the classifier's internal features lie further from "
-                  "those of its training images than " + esc(f"{100 * float(ood.get('quantile') or 0.99):.0f}")
-                + "% of " + esc(ood.get("reference") or "its reference images") + " (diagonal Mahalanobis distance "
-                + esc(f"> {ood['threshold']:.3f}") + "; median here " + esc(fmt(ood["score_quantiles"]["0.5"]))
-                + "). Such an image is unlike anything the classifier learnt from: its score is unreliable. A high "
-                  "rate means the hospital's images differ from the synthetic training data.</p>")
-        if ood.get("note"):
-            body += f"<p class='note'>{esc(ood['note'])}</p>"
-    else:
-        body = f"<p class='note'>{esc(ood['note'])}</p>"
-    parts.append(f"<section><h2>Out-of-distribution inputs</h2>{body}</section>")
 
-    # skipped
-    skipped = data["skipped"]
-    if skipped:
-        parts.append("<section><h2>Skipped inputs</h2>" + table(
-            ["input", "reason"], [[s["path"], s["reason"]] for s in skipped], cls="wide") + "</section>")
-    parts.append("<footer>Written by fedsynth " + esc(result["fedsynth_version"]) + ". This page and "
-                 f"{EVALUATION_JSON} hold aggregate figures only, no per-image score. Research software, not a "
-                 "medical device.</footer>")
-    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<title>fedsynth evaluation: {esc(Path(data['source']).name)}</title><style>{CSS}</style></head><body>"
-            + "\n".join(parts) + "</body></html>\n")
+def _out_of_distribution(result: dict[str, Any]) -> str:
+    ood = result["ood"]
+    if not ood.get("available"):
+        return f"<section><h2>Out-of-distribution inputs</h2><p class='note'>{esc(ood['note'])}</p></section>"
+    by_class = ood["n_flagged_by_class"]
+    body = (f"<p id='ood-rate'><b>{ood['n_flagged']}</b> of {result['data']['n']} images ({pct(ood['rate'])}) are "
+            f"out of distribution ({by_class['normal']} normal, {by_class['pneumonia']} pneumonia).</p>"
+            + "<p class='explain'>An image is flagged when the classifier's internal features lie further from "
+              "those of its training images than " + esc(f"{100 * float(ood.get('quantile') or 0.99):.0f}")
+            + "% of " + esc(ood.get("reference") or "its reference images") + " (diagonal Mahalanobis distance "
+            + esc(f"> {ood['threshold']:.3f}") + "; median here " + esc(fmt(ood["score_quantiles"]["0.5"]))
+            + "). Such an image is unlike anything the classifier learnt from: its score is unreliable. A high "
+              "rate means the hospital's images differ from the synthetic training data.</p>")
+    if ood.get("note"):
+        body += f"<p class='note'>{esc(ood['note'])}</p>"
+    return f"<section><h2>Out-of-distribution inputs</h2>{body}</section>"

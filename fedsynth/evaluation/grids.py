@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedsynth.presentation import figure_png, pyplot
+
 PHANTOM_NOTE = "PHANTOM DATA - not medical images"
 
 
@@ -17,13 +19,8 @@ def image_grid(
     phantom: bool = False,
 ) -> Path:
     """Write a grid with one titled row per ``(name, images)``; images (k, S, S) in [0, 1]."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cols = max((len(imgs) for _, imgs in rows), default=1) or 1
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.3 * cols, 1.45 * len(rows) + 0.5), squeeze=False)
+    fig, axes = pyplot().subplots(len(rows), cols, figsize=(1.3 * cols, 1.45 * len(rows) + 0.5), squeeze=False)
     for r, (name, imgs) in enumerate(rows):
         for c in range(cols):
             ax = axes[r][c]
@@ -35,6 +32,5 @@ def image_grid(
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path.write_bytes(figure_png(fig, dpi=110))
     return path

@@ -25,7 +25,6 @@ The model under test is one of:
 
 from __future__ import annotations
 
-import io
 import json
 import time
 import warnings
@@ -41,8 +40,8 @@ from fedsynth.classifier.metrics import auroc, stratified_bootstrap
 from fedsynth.data.dataset import CLASS_NAMES
 from fedsynth.errors import DataError
 from fedsynth.evaluation.editing import ssim
-from fedsynth.evaluation.report.format import esc, fmt, fmt_ci, img, table
 from fedsynth.evaluation.shifts import SHIFTS, shifted
+from fedsynth.presentation import esc, figure_png, fmt, fmt_ci, img, page_shell, pyplot, table
 
 STRESS_JSON = "stress.json"
 STRESS_HTML = "stress.html"
@@ -247,12 +246,7 @@ def check_out_dir(out: str | Path) -> Path:
 
 
 def _plot(result: dict[str, Any]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    fig, ax = pyplot().subplots(figsize=(6.4, 3.6), dpi=110)
     base = result["unshifted"]["auroc"]
     for kind, rows in result["shifts"].items():
         ax.plot([0, 1, 2, 3], [base] + [r["auroc"] for r in rows.values()], marker="o", label=kind)
@@ -262,15 +256,10 @@ def _plot(result: dict[str, Any]) -> bytes:
     ax.legend(fontsize=8, ncol=3)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def render_html(result: dict[str, Any]) -> str:
-    from fedsynth.evaluation.report.page import CSS
-
     m, g, u = result["model"], result["generator"], result["unshifted"]
     names = result.get("classes") or list(CLASS_NAMES)
     parts = [f"<h1>Stress test: {esc(m['name'])}</h1>",
@@ -305,9 +294,7 @@ def render_html(result: dict[str, Any]) -> str:
          "SSIM to source", "images"], rows, cls="wide") + "</section>")
     parts.append(f"<footer>Written by fedsynth {esc(result['fedsynth_version'])} in {result['seconds']:.0f} s. "
                  "Research software, not a medical device.</footer>")
-    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-            f"<title>fedsynth stress test: {esc(m['name'])}</title><style>{CSS}</style></head><body>"
-            + "\n".join(parts) + "</body></html>\n")
+    return page_shell(f"fedsynth stress test: {m['name']}", "\n".join(parts))
 
 
 def write_stress(out: Path, result: dict[str, Any]) -> tuple[Path, Path]:

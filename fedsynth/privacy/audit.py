@@ -7,11 +7,11 @@ epsilon. Written as Markdown and as self-contained HTML.
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedsynth.presentation import esc, markdown_table, page_shell, table
 from fedsynth.privacy.keys import load_public_key
 from fedsynth.privacy.ledger import (
     DP_STATISTIC,
@@ -199,39 +199,23 @@ def render_markdown(title: str, sections: list[Section]) -> str:
         out += [f"## {s.title}", ""]
         out += [p + "\n" for p in s.paragraphs]
         if s.headers:
-            out.append("| " + " | ".join(s.headers) + " |")
-            out.append("|" + "---|" * len(s.headers))
-            out += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in s.rows]
-            if not s.rows:
-                out.append("| " + " | ".join(["-"] * len(s.headers)) + " |")
+            out += markdown_table(s.headers, s.rows or [["-"] * len(s.headers)])
             out.append("")
     return "\n".join(out)
 
 
-CSS = (
-    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-    "table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}"
-    "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}th{background:#f0f0f0}"
-    ".bad{color:#b00020;font-weight:600}"
-)
+def _alarming(paragraph: str) -> bool:
+    return paragraph.startswith(("PROBLEM", "NOT PRIVATE"))
 
 
 def render_html(title: str, sections: list[Section]) -> str:
-    esc = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
-             f"<style>{CSS}</style></head><body><h1>{esc(title)}</h1>"]
+    parts = [f"<h1>{esc(title)}</h1>"]
     for s in sections:
         parts.append(f"<h2>{esc(s.title)}</h2>")
-        for p in s.paragraphs:
-            cls = " class='bad'" if p.startswith(("PROBLEM", "NOT PRIVATE")) else ""
-            parts.append(f"<p{cls}>{esc(p)}</p>")
+        parts += [f"<p class='bad'>{esc(p)}</p>" if _alarming(p) else f"<p>{esc(p)}</p>" for p in s.paragraphs]
         if s.headers:
-            parts.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in s.headers) + "</tr>")
-            for row in s.rows:
-                parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>")
-            parts.append("</table>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+            parts.append(table(s.headers, s.rows))
+    return page_shell(title, "\n".join(parts))
 
 
 def write_report(pairs: list[tuple[Path, Path, str]], out_dir: Path,

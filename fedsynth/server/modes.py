@@ -40,8 +40,6 @@ from fedsynth.torch_utils import exchangeable, load_exchangeable, seeded
 
 log = logging.getLogger("fedsynth.server")
 
-FEDERATION_MODES = ("substitution", "federated", "fedavg-classifier")
-
 
 def run_mode(
     config: RunConfig,

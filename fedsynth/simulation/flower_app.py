@@ -16,6 +16,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsynth.config import load_config
+from fedsynth.logging_setup import ensure_logging
 from fedsynth.rundir import METRICS_FILE, RunDir
 from fedsynth.server.server_app import deployment_registry, serve
 from fedsynth.simulation.engine import serve_simulation
@@ -28,12 +29,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     # Flower streams the ServerApp's output to `flwr run --stream`: make fedsynth's lines part of it
-    root = logging.getLogger("fedsynth")
-    if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
+    ensure_logging()
     path = str(context.run_config.get("config", "") or "")
     config = load_config(Path(path) if path else None)
     config.run.output_dir = str(Path(config.run.output_dir).resolve())

@@ -1,5 +1,7 @@
 """What every route of the web app shares: the run, its classifier, the study, and the
 helpers that wrap answers in the app's page layout or JSON (with the phantom warning).
+:func:`create_app <fedsynth.webapp.app.create_app>` keeps one :class:`AppContext` on
+``app.state``; a route receives it as a FastAPI dependency (:data:`Context`).
 
 Also the app's access rules (docs/webapp.md, "Who can see what"):
 
@@ -18,9 +20,9 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 import fedsynth.webapp.pages as pages
@@ -71,6 +73,9 @@ FORM_CSRF = ("this form has no valid security token for your session (it came fr
 NO_READER_COOKIE = ("this answer carries no invitation (it came from another site, or cookies are off): open your "
                     "invitation link again")
 CROSS_SITE = "cross-site requests that change anything are refused: use this app's own pages"
+STUDY_OFF = ("It runs at a site, where the real images are: start the app there with "
+             "`fedsynth serve RUN_DIR --real-data PATH` (PATH: the site's images, an npz bundle or a folder, "
+             "as for `fedsynth data ingest`).")
 
 
 class Denied(Exception):
@@ -79,6 +84,15 @@ class Denied(Exception):
     def __init__(self, message: str, status: int):
         super().__init__(message)
         self.status = status
+
+
+class StudyOff(Exception):
+    """A study route asked of an app without a reader study (started without the site's images)."""
+
+
+def wants_json(path: str) -> bool:
+    """Whether a refusal at ``path`` is JSON (the API, a study image, a CSV export) rather than a page."""
+    return path.startswith(("/api", "/study/image/", "/study/export/"))
 
 
 def bearer_token(request: Request) -> str | None:
@@ -196,3 +210,11 @@ class AppContext:
         if not isinstance(given, str) or not value or not hmac.compare_digest(
                 given.encode("utf-8", "surrogatepass"), self.csrf_for(purpose, value).encode()):
             raise Denied(FORM_CSRF, 403)
+
+
+def app_context(request: Request) -> AppContext:
+    """The app's one context (a FastAPI dependency)."""
+    return request.app.state.context
+
+
+Context = Annotated[AppContext, Depends(app_context)]

@@ -10,20 +10,23 @@ parameter is checked and a bad one is answered with 400 naming it.
 
 from __future__ import annotations
 
-from html import escape
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+import fedsynth.webapp.pages as pages
+from fedsynth.classifier.train import Classifier
 from fedsynth.config import check_label_set
 from fedsynth.data.dataset import CLASS_NAMES
+from fedsynth.presentation import esc, png_base64
 from fedsynth.rundir import GENERATOR_FILE, RunDir
-from fedsynth.webapp.context import AppContext
-from fedsynth.webapp.scoring import b64, png_bytes, upscale
+from fedsynth.webapp.context import Context
+from fedsynth.webapp.scoring import png_bytes, upscale
 
 MAX_IMAGES = 16
 FEDERATION = "federation"
@@ -87,25 +90,37 @@ def parse_request(params: dict[str, str], sources: dict[str, Path],
             "n": integer("n", 8, 1, MAX_IMAGES), "seed": integer("seed", 0, 0, 2**31 - 1)}
 
 
-def generate_router(ctx: AppContext, run_dir: Path) -> APIRouter:
-    router = APIRouter()
-    sources = available_generators(run_dir)
-    classes = run_label_set(run_dir)
-    loaded: dict[str, Any] = {}
+@dataclass
+class RunGenerators:
+    """The run's generators as the page offers them: name -> file, the label set they condition on,
+    and each one loaded at its first use (kept for the next request)."""
 
-    def generator(name: str):
-        if name not in loaded:
+    sources: dict[str, Path]
+    classes: tuple[str, ...]
+    loaded: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of_run(cls, run_dir: Path) -> RunGenerators:
+        return cls(available_generators(run_dir), run_label_set(run_dir))
+
+    def form(self, req: dict[str, Any] | None = None) -> str:
+        """The request form, filled in with ``req`` (the defaults when None)."""
+        return pages.generate_form(list(self.sources), self.classes, req, max_images=MAX_IMAGES)
+
+    def generator(self, name: str):
+        if name not in self.loaded:
             from fedsynth.generators import load_generator
 
-            loaded[name] = load_generator(sources[name], device="cpu")
-        return loaded[name]
+            self.loaded[name] = load_generator(self.sources[name], device="cpu")
+        return self.loaded[name]
 
-    def run(req: dict[str, Any]) -> dict[str, Any]:
+    def run(self, req: dict[str, Any], clf: Classifier) -> dict[str, Any]:
+        """Sample (or sample and edit) as ``req`` asks; each image with the classifier's score when the
+        classifier reads the generator's resolution."""
         from fedsynth.evaluation.editing import ssim
 
-        gen = generator(req["source"])
-        cls = classes.index(req["label"])
-        clf = ctx.classifier
+        gen = self.generator(req["source"])
+        cls = self.classes.index(req["label"])
         scored = clf.resolution == gen.resolution
 
         def scores(x: np.ndarray) -> list[float] | None:
@@ -115,87 +130,52 @@ def generate_router(ctx: AppContext, run_dir: Path) -> APIRouter:
                                "threshold": clf.threshold, "synthetic": True}
         if req["edit_to"] is None:
             images = gen.sample(req["n"], cls, seed=req["seed"])
-            out["images"] = [{"png_base64": b64(png_bytes(upscale(im))), "score": s}
+            out["images"] = [{"png_base64": png_base64(png_bytes(upscale(im))), "score": s}
                              for im, s in zip(images, scores(images) or [None] * len(images))]
             return out
         try:
-            src, edited = gen.edit(req["n"], cls, classes.index(req["edit_to"]), req["strength"],
+            src, edited = gen.edit(req["n"], cls, self.classes.index(req["edit_to"]), req["strength"],
                                    seed=req["seed"])
         except NotImplementedError as err:
             raise BadRequest(str(err)) from None
         before, after = scores(src) or [None] * len(src), scores(edited) or [None] * len(src)
-        out["images"] = [{"png_base64": b64(png_bytes(upscale(a))), "edited_png_base64": b64(png_bytes(upscale(b))),
+        out["images"] = [{"png_base64": png_base64(png_bytes(upscale(a))),
+                          "edited_png_base64": png_base64(png_bytes(upscale(b))),
                           "score": s0, "edited_score": s1, "ssim": ssim(a, b)}
                          for a, b, s0, s1 in zip(src, edited, before, after)]
         return out
 
-    def form(req: dict[str, Any] | None) -> str:
-        req = req or {"source": next(iter(sources), ""), "label": classes[-1], "edit_to": None, "strength": 0.5,
-                      "n": 8, "seed": 0}
 
-        def options(values, chosen) -> str:
-            return "".join(f"<option value='{escape(v)}'{' selected' if v == chosen else ''}>{escape(v or '–')}"
-                           "</option>" for v in values)
+def run_generators(request: Request) -> RunGenerators:
+    """The run's generators (a FastAPI dependency), found once when the app was built."""
+    return request.app.state.generators
 
-        return f"""
-<h1>Synthetic X-rays to a specification</h1>
-<div class="card"><form method="get" action="/generate" id="generate-form">
-  <label>generator <select name="source">{options(list(sources), req['source'])}</select></label>
-  <label>class <select name="label">{options(classes, req['label'])}</select></label>
-  <label>images <input type="number" name="n" min="1" max="{MAX_IMAGES}" value="{req['n']}"></label>
-  <label>edit to <select name="edit_to">{options(['', *classes], req['edit_to'] or '')}</select></label>
-  <label>strength <input type="number" name="strength" min="0" max="1" step="0.05" value="{req['strength']}">
-  </label>
-  <label>seed <input type="number" name="seed" min="0" value="{req['seed']}"></label>
-  <button type="submit" id="generate-button">Generate</button>
-</form>
-<p><small>Synthetic images only, sampled from the run's generators; nothing real is shown. The same seed draws
-the same images. JSON: <code>/api/generate?label=pneumonia&amp;n=4</code></small></p></div>"""
 
-    def figures(result: dict[str, Any]) -> str:
-        def p(x) -> str:
-            return "–" if x is None else f"{x:.3f}"
+Generators = Annotated[RunGenerators, Depends(run_generators)]
+router = APIRouter()
 
-        cells = []
-        for i, im in enumerate(result["images"]):
-            if "edited_png_base64" in im:
-                cells.append(f"""<figure class="pair"><img class="view" alt="synthetic {i + 1}"
-  src="data:image/png;base64,{im['png_base64']}"><img class="view" alt="edited {i + 1}"
-  src="data:image/png;base64,{im['edited_png_base64']}"><figcaption>pneumonia {p(im['score'])} &rarr;
-  {p(im['edited_score'])}; SSIM {im['ssim']:.3f}</figcaption></figure>""")
-            else:
-                cells.append(f"""<figure><img class="view" alt="synthetic {i + 1}"
-  src="data:image/png;base64,{im['png_base64']}"><figcaption>pneumonia {p(im['score'])}</figcaption></figure>""")
-        req = result["request"]
-        what = (f"{req['label']} edited to {req['edit_to']} at strength {req['strength']:g}" if req["edit_to"]
-                else f"{req['label']}")
-        return (f"<div class='card' id='generated'><h2>{len(result['images'])} synthetic {escape(what)} "
-                f"({escape(result['family'])}, {result['resolution']} px, {escape(req['source'])})</h2>"
-                f"<div class='row'>{''.join(cells)}</div><p><small>Classifier threshold {result['threshold']:.3f}. "
-                "Synthetic images: for teaching and testing, not for diagnosis.</small></p></div>")
 
-    @router.get("/generate", response_class=HTMLResponse)
-    async def generate_page(request: Request) -> HTMLResponse:
-        params = dict(request.query_params)
-        if not sources:
-            return ctx.page("Generate", "<div class='error'>This run directory holds no generator.</div>", 404)
-        if "label" not in params:
-            return ctx.page("Generate", form(None))
-        try:
-            req = parse_request(params, sources, classes)
-            result = await run_in_threadpool(run, req)
-        except BadRequest as err:
-            return ctx.page("Generate", f"<div class='error' id='error'>{escape(str(err))}</div>" + form(None), 400)
-        return ctx.page("Generate", form(req) + figures(result))
+@router.get("/generate", response_class=HTMLResponse)
+async def generate_page(request: Request, ctx: Context, gens: Generators) -> HTMLResponse:
+    params = dict(request.query_params)
+    if not gens.sources:
+        return ctx.page("Generate", "<div class='error'>This run directory holds no generator.</div>", 404)
+    if "label" not in params:
+        return ctx.page("Generate", gens.form())
+    try:
+        req = parse_request(params, gens.sources, gens.classes)
+        result = await run_in_threadpool(gens.run, req, ctx.classifier)
+    except BadRequest as err:
+        return ctx.page("Generate", f"<div class='error' id='error'>{esc(str(err))}</div>" + gens.form(), 400)
+    return ctx.page("Generate", gens.form(req) + pages.generated_images(result))
 
-    @router.get("/api/generate")
-    async def api_generate(request: Request) -> JSONResponse:
-        if not sources:
-            return ctx.problem("this run directory holds no generator", 404)
-        try:
-            req = parse_request(dict(request.query_params), sources, classes)
-            return ctx.answer(await run_in_threadpool(run, req))
-        except BadRequest as err:
-            return ctx.problem(str(err), 400)
 
-    return router
+@router.get("/api/generate")
+async def api_generate(request: Request, ctx: Context, gens: Generators) -> JSONResponse:
+    if not gens.sources:
+        return ctx.problem("this run directory holds no generator", 404)
+    try:
+        req = parse_request(dict(request.query_params), gens.sources, gens.classes)
+        return ctx.answer(await run_in_threadpool(gens.run, req, ctx.classifier))
+    except BadRequest as err:
+        return ctx.problem(str(err), 400)

@@ -20,7 +20,6 @@ from pathlib import Path
 from fedsynth.errors import DataError
 from fedsynth.webapp.study import StudyError, _connect, _private_db, reader_key, validate_reader
 
-ROLES = ("owner", "reader")
 TOKEN_DAYS = 30  # how long an invitation or an owner token is valid by default
 TOKEN_DAYS_MAX = 366
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{32,64}$")  # what secrets.token_urlsafe(32) makes (43 characters)

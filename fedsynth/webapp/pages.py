@@ -1,38 +1,17 @@
 """The app's HTML: plain strings, every value escaped, no external resources.
 
-The stylesheet (:data:`CSS`) and the one script (:data:`SCRIPT`) are served by the app at
-``/static/...``: the Content-Security-Policy allows no inline script or style.
+The page shell, the stylesheet and escaping are :mod:`fedsynth.presentation`'s, shared with
+every other HTML page fedsynth makes. The app serves the stylesheet and its one script
+(:data:`SCRIPT`) at ``/static/...``: the Content-Security-Policy allows no inline script or style.
 """
 
 from __future__ import annotations
 
-from html import escape
 from typing import Any
 from urllib.parse import urlencode
 
+from fedsynth.presentation import PNG_DATA_URI, esc, fmt, page_shell, pct
 from fedsynth.webapp.study import COMMENT_MAX, CONFIDENCE_MAX, CONFIDENCE_MIN
-
-CSS = """
-body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d232a;background:#f5f6f8}
-header{background:#1f3a5f;color:#fff;padding:.6rem 1.2rem;display:flex;gap:1.4rem;align-items:baseline}
-header b{font-size:1.1rem} header a{color:#dbe7f5;text-decoration:none} header a:hover{text-decoration:underline}
-main{max-width:980px;margin:1rem auto;padding:0 1.2rem}
-.card{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:1rem 1.2rem;margin:0 0 1rem}
-.warn{background:#fff4d6;border:1px solid #e0b84c;border-radius:6px;padding:.6rem 1rem;margin:0 0 1rem}
-.error{background:#fde8e8;border:1px solid #d9534f;border-radius:6px;padding:.6rem 1rem;margin:0 0 1rem}
-.big{font-size:2.2rem;font-weight:700} .pos{color:#b3261e} .neg{color:#1b6e3a}
-.row{display:flex;gap:1.2rem;flex-wrap:wrap} figure{margin:0} figcaption{font-size:.85rem;color:#555}
-img.view{width:320px;height:320px;image-rendering:auto;border:1px solid #ccc;background:#000}
-img.study{width:448px;height:448px;border:1px solid #ccc;background:#000}
-img.thumb{width:96px;height:96px;border:1px solid #ccc}
-table{border-collapse:collapse} th,td{border-bottom:1px solid #e3e6ea;padding:.3rem .7rem;text-align:left}
-button{font-size:1rem;padding:.45rem 1.1rem;border-radius:5px;border:1px solid #1f3a5f;background:#1f3a5f;color:#fff;
-cursor:pointer} button.alt{background:#fff;color:#1f3a5f} input[type=text]{font-size:1rem;padding:.35rem}
-small,.muted{color:#5b6570} code{background:#eef0f3;padding:0 .25rem;border-radius:3px}
-header .run{margin-left:auto;color:#b9c8da} figure.mistaken{padding:.5rem;width:150px}
-textarea{font:inherit;width:100%;max-width:30rem;box-sizing:border-box} .comment{white-space:pre-wrap}
-fieldset{border:none;padding:0;margin:0 0 .8rem} legend{font-weight:700;padding:0}
-"""
 
 CSS_URL = "/static/fedsynth.css"
 SCRIPT_URL = "/static/fedsynth.js"
@@ -63,29 +42,17 @@ DISCLAIMER = ("Research software, not a medical device: a score here is no diagn
               "Uploaded files are deleted after scoring and never stored.")
 
 
-def fmt(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
-def pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f}%"
-
-
 def layout(title: str, body: str, *, phantom_warning: str | None, run_id: str, blind: bool = False) -> str:
     """``blind``: a phase-1 page of a two-phase study, whose header links neither the generator
     nor the results (which would tell the reader that some images are synthetic)."""
-    banner = f'<div class="warn" id="phantom-warning"><b>Phantom run.</b> {escape(phantom_warning)}</div>' \
+    banner = f'<div class="caution" id="phantom-warning"><b>Phantom run.</b> {esc(phantom_warning)}</div>' \
         if phantom_warning else ""
     links = ('<a href="/">Score an X-ray</a>\n<a href="/study">Reader study</a>' if blind else
              '<a href="/">Score an X-ray</a><a href="/generate">Generate</a>\n<a href="/study">Reader study</a>\n'
              '<a href="/study/results">Study results</a><a href="/api/health">API</a>')
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>{escape(title)} – fedsynth</title><link rel="stylesheet" href="{CSS_URL}">
-<script src="{SCRIPT_URL}" defer></script></head>
-<body><header><b>fedsynth</b>{links}
-<span class="muted run">run {escape(run_id)}</span></header>
-<main>{banner}{body}<p><small>{escape(DISCLAIMER)}</small></p></main></body></html>"""
+    bar = f'<header class="appbar"><b>fedsynth</b>{links}\n<span class="run">run {esc(run_id)}</span></header>'
+    main = f"<main>{banner}{body}<p><small>{esc(DISCLAIMER)}</small></p></main>"
+    return page_shell(f"{title} – fedsynth", f"{bar}\n{main}", stylesheet_url=CSS_URL, script_url=SCRIPT_URL)
 
 
 # ---- scoring -----------------------------------------------------------------------------------
@@ -97,27 +64,27 @@ def score_page(*, info: dict, accept: str, max_bytes: int, csrf: str, result: di
     """``csrf``: the form's CSRF token. It travels in the form's action URL, not in a hidden field:
     the upload is streamed to disk by scoring.receive_upload, which reads the file part only. It is
     no credential (useless without this browser's session cookie) and no-referrer keeps it in."""
-    err = f'<div class="error" id="error"><b>{escape(error_title)}</b> {escape(error)}</div>' if error else ""
+    err = f'<div class="error" id="error"><b>{esc(error_title)}</b> {esc(error)}</div>' if error else ""
     out = ""
     if result is not None:
         positive = result["prediction"] == "pneumonia"
         out = ood_notice(result) + f"""
 <div class="card" id="result">
-  <h2>Result{' for ' + escape(filename) if filename else ''}</h2>
+  <h2>Result{' for ' + esc(filename) if filename else ''}</h2>
   <div class="row">
     <div>
       <div class="muted">pneumonia probability</div>
       <div class="big {'pos' if positive else 'neg'}" id="probability">{result['probability']:.3f}</div>
       <p>threshold <b id="threshold">{result['threshold']:.3f}</b> &rarr;
-         prediction <b id="prediction" class="{'pos' if positive else 'neg'}">{escape(result['prediction'])}</b><br>
+         prediction <b id="prediction" class="{'pos' if positive else 'neg'}">{esc(result['prediction'])}</b><br>
          <small>scored at {result['resolution']} &times; {result['resolution']} px, preprocessed exactly as the
          classifier's training images (centre crop, resize)</small></p>
     </div>
     <figure><img class="view" id="input-image" alt="the image as the classifier sees it"
-      src="data:image/png;base64,{result['image_png_base64']}"><figcaption>what the classifier sees</figcaption>
+      src="{PNG_DATA_URI}{result['image_png_base64']}"><figcaption>what the classifier sees</figcaption>
     </figure>
     <figure><img class="view" id="overlay-image" alt="Grad-CAM heat map over the image"
-      src="data:image/png;base64,{result['overlay_png_base64']}">
+      src="{PNG_DATA_URI}{result['overlay_png_base64']}">
       <figcaption>Grad-CAM: red = regions that raised the pneumonia score</figcaption></figure>
   </div>
 </div>"""
@@ -128,8 +95,8 @@ def score_page(*, info: dict, accept: str, max_bytes: int, csrf: str, result: di
 <form method="post" action="/score?{urlencode({'csrf': csrf})}" enctype="multipart/form-data" id="score-form"
   data-max-bytes="{max_bytes}" data-max-label="{max_bytes / 2**20:.3g} MB">
   <p>PNG, JPEG or DICOM, at most {max_bytes / 2**20:.3g} MB. The run's classifier
-  ({escape(info['arch'])}, {info['resolution']} px) returns the probability of pneumonia.</p>
-  <input type="file" name="file" id="file" accept="{escape(accept)}" required>
+  ({esc(info['arch'])}, {info['resolution']} px) returns the probability of pneumonia.</p>
+  <input type="file" name="file" id="file" accept="{esc(accept)}" required>
   <button type="submit" id="score-button">Score</button>
   <span id="size-error" class="pos"></span>
 </form>
@@ -142,7 +109,7 @@ def ood_notice(result: dict) -> str:
     """The out-of-distribution warning above a result (a quiet note when the classifier cannot tell)."""
     flag = result.get("out_of_distribution")
     if flag:
-        return ('<div class="warn" id="ood-warning"><b>Out of distribution.</b> This image is unlike the '
+        return ('<div class="caution" id="ood-warning"><b>Out of distribution.</b> This image is unlike the '
                 "classifier's training images (out-of-distribution score "
                 f"{fmt(result.get('ood_score'), 2)} &gt; {fmt(result.get('ood_threshold'), 2)}): it may not be a "
                 "chest X-ray of the kind the classifier knows, and its score is unreliable.</div>")
@@ -152,19 +119,69 @@ def ood_notice(result: dict) -> str:
     return ""
 
 
+# ---- generating -------------------------------------------------------------------------------
+
+
+def generate_form(sources: list[str], classes: tuple[str, ...], req: dict[str, Any] | None = None, *,
+                  max_images: int) -> str:
+    """The request form of ``/generate``, filled in with ``req`` (the defaults when None)."""
+    req = req or {"source": next(iter(sources), ""), "label": classes[-1], "edit_to": None, "strength": 0.5,
+                  "n": 8, "seed": 0}
+
+    def options(values, chosen) -> str:
+        return "".join(f"<option value='{esc(v)}'{' selected' if v == chosen else ''}>{esc(v or '–')}"
+                       "</option>" for v in values)
+
+    return f"""
+<h1>Synthetic X-rays to a specification</h1>
+<div class="card"><form method="get" action="/generate" id="generate-form">
+  <label>generator <select name="source">{options(sources, req['source'])}</select></label>
+  <label>class <select name="label">{options(classes, req['label'])}</select></label>
+  <label>images <input type="number" name="n" min="1" max="{max_images}" value="{req['n']}"></label>
+  <label>edit to <select name="edit_to">{options(['', *classes], req['edit_to'] or '')}</select></label>
+  <label>strength <input type="number" name="strength" min="0" max="1" step="0.05" value="{req['strength']}">
+  </label>
+  <label>seed <input type="number" name="seed" min="0" value="{req['seed']}"></label>
+  <button type="submit" id="generate-button">Generate</button>
+</form>
+<p><small>Synthetic images only, sampled from the run's generators; nothing real is shown. The same seed draws
+the same images. JSON: <code>/api/generate?label=pneumonia&amp;n=4</code></small></p></div>"""
+
+
+def generated_images(result: dict[str, Any]) -> str:
+    """The images ``/generate`` drew (each beside its edit, when asked), with the classifier's scores."""
+    cells = []
+    for i, im in enumerate(result["images"]):
+        if "edited_png_base64" in im:
+            cells.append(f"""<figure class="pair"><img class="view" alt="synthetic {i + 1}"
+  src="{PNG_DATA_URI}{im['png_base64']}"><img class="view" alt="edited {i + 1}"
+  src="{PNG_DATA_URI}{im['edited_png_base64']}"><figcaption>pneumonia {fmt(im['score'])} &rarr;
+  {fmt(im['edited_score'])}; SSIM {im['ssim']:.3f}</figcaption></figure>""")
+        else:
+            cells.append(f"""<figure><img class="view" alt="synthetic {i + 1}"
+  src="{PNG_DATA_URI}{im['png_base64']}"><figcaption>pneumonia {fmt(im['score'])}</figcaption></figure>""")
+    req = result["request"]
+    what = (f"{req['label']} edited to {req['edit_to']} at strength {req['strength']:g}" if req["edit_to"]
+            else f"{req['label']}")
+    return (f"<div class='card' id='generated'><h2>{len(result['images'])} synthetic {esc(what)} "
+            f"({esc(result['family'])}, {result['resolution']} px, {esc(req['source'])})</h2>"
+            f"<div class='row'>{''.join(cells)}</div><p><small>Classifier threshold {result['threshold']:.3f}. "
+            "Synthetic images: for teaching and testing, not for diagnosis.</small></p></div>")
+
+
 # ---- reader study ------------------------------------------------------------------------------
 
 
 def study_disabled_page(reason: str) -> str:
     return f"""
 <h1>Reader study</h1>
-<div class="warn" id="study-disabled"><b>The reader study is not available here.</b> {escape(reason)}</div>"""
+<div class="caution" id="study-disabled"><b>The reader study is not available here.</b> {esc(reason)}</div>"""
 
 
 def study_invitation_page(*, n_images: int | None = None, error: str | None = None, blind: bool = False) -> str:
     """What a reader without a (valid) invitation sees; ``blind``: a two-phase study's, whose
     readers must not learn before phase 2 what the second question is."""
-    err = f'<div class="error" id="error">{escape(error)}</div>' if error else ""
+    err = f'<div class="error" id="error">{esc(error)}</div>' if error else ""
     size = f"{n_images} chest X-rays" if n_images else "chest X-rays"
     return f"""
 <h1>Reader study{'' if blind else ': real or synthetic?'}</h1>
@@ -181,10 +198,10 @@ owner invited you with. Each link is for one reader; do not share it.</p>
 def _image_form(form_id: str, csrf: str, image_id: str, position: int, controls: str) -> str:
     """A study image beside its answer controls, in one form posting to /study/answer (CSRF and image id)."""
     return f"""<form method="post" action="/study/answer" id="{form_id}">
-  <input type="hidden" name="csrf" value="{escape(csrf)}">
-  <input type="hidden" name="image_id" value="{escape(image_id)}">
+  <input type="hidden" name="csrf" value="{esc(csrf)}">
+  <input type="hidden" name="image_id" value="{esc(image_id)}">
   <div class="row">
-    <img class="study" id="study-image" alt="chest X-ray {position}" src="/study/image/{escape(image_id)}.png">
+    <img class="study" id="study-image" alt="chest X-ray {position}" src="/study/image/{esc(image_id)}.png">
     <div>
       {controls}
     </div>
@@ -193,7 +210,7 @@ def _image_form(form_id: str, csrf: str, image_id: str, position: int, controls:
 
 
 def _progress(image_id: str, position: int, n_images: int, done: str = "Answered") -> str:
-    return f"<p><small>Image id {escape(image_id)}. {done}: {position - 1} of {n_images}.</small></p>"
+    return f"<p><small>Image id {esc(image_id)}. {done}: {position - 1} of {n_images}.</small></p>"
 
 
 REAL_OR_SYNTHETIC = """<p><b>This image is</b><br>
@@ -203,8 +220,8 @@ REAL_OR_SYNTHETIC = """<p><b>This image is</b><br>
 
 def study_image_page(*, reader: str, image_id: str, position: int, n_images: int, csrf: str,
                      notice: str | None = None) -> str:
-    note = f'<div class="warn" id="notice">{escape(notice)}</div>' if notice else ""
-    r = escape(reader)
+    note = f'<div class="caution" id="notice">{esc(notice)}</div>' if notice else ""
+    r = esc(reader)
     form = _image_form("answer-form", csrf, image_id, position, f"""<p><b>Pneumonia?</b> (optional)<br>
       <label><input type="radio" name="pneumonia" value="yes"> yes</label>
       <label><input type="radio" name="pneumonia" value="no"> no</label>
@@ -224,18 +241,18 @@ answer counts. You can stop and come back later with your invitation link.</smal
 
 
 def _comment_box(label: str) -> str:
-    return f"""<p><label for="comment"><b>{escape(label)}</b> (optional, at most {COMMENT_MAX} characters)</label><br>
+    return f"""<p><label for="comment"><b>{esc(label)}</b> (optional, at most {COMMENT_MAX} characters)</label><br>
       <textarea name="comment" id="comment" rows="3" maxlength="{COMMENT_MAX}"></textarea></p>"""
 
 
 def study_grade_page(*, reader: str, image_id: str, position: int, n_images: int, csrf: str, labels: tuple,
                      notice: str | None = None) -> str:
     """Phase 1 of a two-phase study: grade the image. Not a word about synthetic images."""
-    note = f'<div class="warn" id="notice">{escape(notice)}</div>' if notice else ""
-    r = escape(reader)
+    note = f'<div class="caution" id="notice">{esc(notice)}</div>' if notice else ""
+    r = esc(reader)
     buttons = "\n      ".join(
-        f'<button type="submit" name="grade" value="{escape(c)}" id="grade-{escape(c)}" class="alt">'
-        f'{escape(c)}</button>' for c in labels)
+        f'<button type="submit" name="grade" value="{esc(c)}" id="grade-{esc(c)}" class="alt">'
+        f'{esc(c)}</button>' for c in labels)
     scale = "".join(f'<label><input type="radio" name="confidence" value="{k}"> {k}</label> '
                     for k in range(CONFIDENCE_MIN, CONFIDENCE_MAX + 1))
     form = _image_form("grade-form", csrf, image_id, position, f"""<fieldset><legend>Confidence (optional)</legend>
@@ -249,7 +266,7 @@ def study_grade_page(*, reader: str, image_id: str, position: int, n_images: int
 {note}
 <div class="card" id="phase1">
 <p><small>Phase 1 of 2: grading. You will see {n_images} chest X-rays, one at a time, in a fixed shuffled order. Grade
-each one ({' or '.join(escape(c) for c in labels)}), say how confident you are if you like ({CONFIDENCE_MIN} = guessing,
+each one ({' or '.join(esc(c) for c in labels)}), say how confident you are if you like ({CONFIDENCE_MIN} = guessing,
 {CONFIDENCE_MAX} = certain) and add a comment if you wish. Each image is graded once: the first grade counts. A
 second, shorter phase follows once every image is graded. You can stop and come back later with your invitation
 link.</small></p>
@@ -260,13 +277,13 @@ link.</small></p>
 def study_reveal_page(*, reader: str, image_id: str, position: int, n_images: int, csrf: str, intro: str,
                       notice: str | None = None) -> str:
     """Phase 2 of a two-phase study: first the truth about the images, then real or synthetic."""
-    note = f'<div class="warn" id="notice">{escape(notice)}</div>' if notice else ""
+    note = f'<div class="caution" id="notice">{esc(notice)}</div>' if notice else ""
     form = _image_form("answer-form", csrf, image_id, position, f"""{_comment_box("Comment")}
       {REAL_OR_SYNTHETIC}
       {_progress(image_id, position, n_images)}""")
     return f"""
-<h1>Reader study <small class="muted">– {escape(reader)}, phase 2 of 2, image {position} of {n_images}</small></h1>
-<div class="warn" id="phase2-intro"><b>Phase 2 of 2: real or synthetic?</b> {escape(intro)}</div>
+<h1>Reader study <small class="muted">– {esc(reader)}, phase 2 of 2, image {position} of {n_images}</small></h1>
+<div class="caution" id="phase2-intro"><b>Phase 2 of 2: real or synthetic?</b> {esc(intro)}</div>
 {note}
 <div class="card" id="phase2">
 <p><small>Each image is answered once: the first answer counts. You can stop and come back later with your
@@ -279,7 +296,7 @@ def study_done_page(*, reader: str, n_images: int, phases: int = 1) -> str:
     if phases == 2:
         return f"""
 <h1>Reader study</h1>
-<div class="card" id="study-done"><p>Thank you, {escape(reader)}: you have graded all {n_images} images and answered
+<div class="card" id="study-done"><p>Thank you, {esc(reader)}: you have graded all {n_images} images and answered
 both phases.</p>
 <p>The study's owner reads the results once every reader has finished.</p></div>"""
     return _one_phase_done(reader=reader, n_images=n_images)
@@ -288,27 +305,27 @@ both phases.</p>
 def _one_phase_done(*, reader: str, n_images: int) -> str:
     return f"""
 <h1>Reader study</h1>
-<div class="card" id="study-done"><p>Thank you, {escape(reader)}: you have answered all {n_images} images.</p>
+<div class="card" id="study-done"><p>Thank you, {esc(reader)}: you have answered all {n_images} images.</p>
 <p>The study's owner reads the results once every reader has finished.</p></div>"""
 
 
 def study_error_page(message: str) -> str:
     return f"""
 <h1>Reader study</h1>
-<div class="error" id="error">{escape(message)}</div>
+<div class="error" id="error">{esc(message)}</div>
 <p><a href="/study">Back to your next image</a></p>"""
 
 
 def denied_page(message: str) -> str:
     return f"""
 <h1>Not allowed</h1>
-<div class="error" id="error">{escape(message)}</div>"""
+<div class="error" id="error">{esc(message)}</div>"""
 
 
 def study_results_page(results: dict) -> str:
     rows = []
     for name, m in results["readers"].items():
-        rows.append(f"<tr><td>{escape(name)}</td><td>{m['answered']}{'' if m['complete'] else ' (in progress)'}</td>"
+        rows.append(f"<tr><td>{esc(name)}</td><td>{m['answered']}{'' if m['complete'] else ' (in progress)'}</td>"
                     f"<td>{pct(m['accuracy'])}</td><td>{pct(m['sensitivity'])}</td><td>{pct(m['specificity'])}</td>"
                     f"<td>{pct(m['pneumonia_accuracy'])} <small>({m['pneumonia_answered']})</small></td></tr>")
     o = results["overall"]
@@ -316,16 +333,16 @@ def study_results_page(results: dict) -> str:
                 f"<td>{pct(o['sensitivity'])}</td><td>{pct(o['specificity'])}</td>"
                 f"<td>{pct(o['pneumonia_accuracy'])} <small>({o['pneumonia_answered']})</small></td></tr>")
     mistaken = "".join(
-        f"""<figure class="card mistaken"><img class="thumb" alt="{escape(m['image_id'])}"
-  src="/study/image/{escape(m['image_id'])}.png"><figcaption><b>{escape(m['truth'])}</b>
-  {'(' + escape(m['label']) + ')' if m['label'] else ''}<br>mistaken {m['mistaken']} of {m['answers']}<br>
-  <small>{escape(m['image_id'])}</small></figcaption></figure>"""
+        f"""<figure class="card mistaken"><img class="thumb" alt="{esc(m['image_id'])}"
+  src="/study/image/{esc(m['image_id'])}.png"><figcaption><b>{esc(m['truth'])}</b>
+  {'(' + esc(m['label']) + ')' if m['label'] else ''}<br>mistaken {m['mistaken']} of {m['answers']}<br>
+  <small>{esc(m['image_id'])}</small></figcaption></figure>"""
         for m in results["most_mistaken"]
     ) or "<p class='muted'>No image mistaken yet.</p>"
     comp = results["composition"]
     return f"""
 <h1>Reader study results</h1>
-<div class="warn">These results reveal which images are real: open them only when every reader has finished.</div>
+<div class="caution">These results reveal which images are real: open them only when every reader has finished.</div>
 <div class="card">
 <p>{results['n_images']} images ({comp['real']} real, {comp['synthetic']} synthetic). <b>Synthetic is the positive
 class</b>: sensitivity = synthetic images called synthetic, specificity = real images called real. Accuracy near 50%
@@ -360,45 +377,45 @@ def study_phase_results_page(results: dict) -> str:
     rows1 = []
     for name, m in [*p1["readers"].items(), ("all readers", p1["overall"])]:
         state = "" if m.get("complete", True) else " (in progress)"
-        rows1.append(f"<tr><td>{escape(name) if name != 'all readers' else '<b>all readers</b>'}</td>"
+        rows1.append(f"<tr><td>{esc(name) if name != 'all readers' else '<b>all readers</b>'}</td>"
                      f"<td>{m['graded']}{state}</td><td>{_ci(m['accuracy'])}</td><td>{_kappa(m['kappa'])}</td>"
                      f"<td>{_kappa(m['kappa_synthetic'])}</td><td>{_kappa(m['kappa_real'])}</td>"
                      f"<td>{fmt(m['mean_confidence'], 2)} <small>({m['confidence_given']})</small></td></tr>")
     rows2 = []
     for name, m in [*p2["readers"].items(), ("all readers", p2["overall"])]:
         state = "" if m.get("complete", True) else " (in progress)"
-        rows2.append(f"<tr><td>{escape(name) if name != 'all readers' else '<b>all readers</b>'}</td>"
+        rows2.append(f"<tr><td>{esc(name) if name != 'all readers' else '<b>all readers</b>'}</td>"
                      f"<td>{m['answered']}{state}</td><td>{_ci(m['accuracy'])}</td><td>{_ci(m['sensitivity'])}</td>"
                      f"<td>{_ci(m['specificity'])}</td><td>{_p_value(m['p_value_vs_chance'])}</td></tr>")
     fk = p1["fleiss_kappa"]
     fleiss = (f"<b>{fmt(fk['kappa'], 3)}</b> ({fk['readers']} readers, {fk['images']} images graded by all)"
-              if fk["kappa"] is not None else f"– ({escape(fk.get('why_none', ''))})")
+              if fk["kappa"] is not None else f"– ({esc(fk.get('why_none', ''))})")
     unlabelled = (f"<p><small>{p1['real_images_without_label']} real images have no label (the site's data has "
                   "none): they are left out of phase 1's accuracy and kappa.</small></p>"
                   if p1["real_images_without_label"] else "")
     outside = (f"<p><small>{p2['outside_protocol']} answers were given before the reader graded the image (a "
                "one-phase study's database): left out.</small></p>" if p2["outside_protocol"] else "")
     comments = "".join(
-        f"""<tr><td><code>{escape(c['image_id'])}</code><br><small>{escape(c['origin'])}"""
-        f"""{', ' + escape(c['label']) if c['label'] else ''}</small></td><td>"""
-        + "".join(f"<p><b>{escape(n['reader'])}</b>, phase {n['phase']}: <span class='comment'>"
-                  f"{escape(n['comment'])}</span></p>" for n in c["comments"]) + "</td></tr>"
+        f"""<tr><td><code>{esc(c['image_id'])}</code><br><small>{esc(c['origin'])}"""
+        f"""{', ' + esc(c['label']) if c['label'] else ''}</small></td><td>"""
+        + "".join(f"<p><b>{esc(n['reader'])}</b>, phase {n['phase']}: <span class='comment'>"
+                  f"{esc(n['comment'])}</span></p>" for n in c["comments"]) + "</td></tr>"
         for c in results["comments"]) or "<tr><td colspan='2' class='muted'>No comments yet.</td></tr>"
     mistaken = "".join(
-        f"""<figure class="card mistaken"><img class="thumb" alt="{escape(m['image_id'])}"
-  src="/study/image/{escape(m['image_id'])}.png"><figcaption><b>{escape(m['truth'])}</b>
-  {'(' + escape(m['label']) + ')' if m['label'] else ''}<br>mistaken {m['mistaken']} of {m['answers']}<br>
-  <small>{escape(m['image_id'])}</small></figcaption></figure>"""
+        f"""<figure class="card mistaken"><img class="thumb" alt="{esc(m['image_id'])}"
+  src="/study/image/{esc(m['image_id'])}.png"><figcaption><b>{esc(m['truth'])}</b>
+  {'(' + esc(m['label']) + ')' if m['label'] else ''}<br>mistaken {m['mistaken']} of {m['answers']}<br>
+  <small>{esc(m['image_id'])}</small></figcaption></figure>"""
         for m in results["most_mistaken"]
     ) or "<p class='muted'>No image mistaken yet.</p>"
     return f"""
 <h1>Reader study results <small class="muted">– two phases</small></h1>
-<div class="warn">These results reveal which images are real: open them only when every reader has finished.</div>
+<div class="caution">These results reveal which images are real: open them only when every reader has finished.</div>
 <div class="card" id="phase1-results">
 <h2>Phase 1: blind grading</h2>
 <p>{results['n_images']} images ({comp['real']} real, {comp['synthetic']} synthetic), graded
-{' / '.join(escape(c) for c in p1['labels'])} without knowing that some are synthetic. Cohen's kappa of each reader's
-grades against the reference ({escape(p1['reference'])}), on all images, on the synthetic and on the real ones;
+{' / '.join(esc(c) for c in p1['labels'])} without knowing that some are synthetic. Cohen's kappa of each reader's
+grades against the reference ({esc(p1['reference'])}), on all images, on the synthetic and on the real ones;
 accuracy with its exact 95% interval; mean confidence (1-5; how many grades gave one).</p>
 {unlabelled}
 <table id="phase1-table"><tr><th>reader</th><th>graded</th><th>accuracy</th><th>kappa, all</th>

@@ -51,8 +51,6 @@ from fedsynth.webapp.study import (
 CONFIDENCE_LEVEL = 0.95
 CSV_DANGEROUS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may read as the start of a formula
 
-PHASE1_TITLE = "Phase 1 of 2: grading"
-PHASE2_TITLE = "Phase 2 of 2: real or synthetic?"
 PHASE2_NOTICE = ("Phase 1 is complete: thank you. Now the truth about these images: some of them were synthetic, "
                  "made by the federation's image generators; the others are this hospital's real X-rays. You will "
                  "see the same images again, in the same order. Say for each whether you think it is real or "

@@ -4,7 +4,6 @@ exactly as in training, classify, explain with Grad-CAM; the temp file is always
 
 from __future__ import annotations
 
-import base64
 import io
 import re
 import tempfile
@@ -105,11 +104,9 @@ class UploadSink:
         self._header_name = b""
         self._header_value = b""
         self._disposition = b""
-        self._parts = 0
 
     # python-multipart callbacks
     def on_part_begin(self) -> None:
-        self._parts += 1
         self._disposition = b""
         self._part_is_file = False
 
@@ -217,10 +214,6 @@ def png_bytes(rgb_or_gray: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb_or_gray).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
 def upscale(image: np.ndarray, size: int = VIEW_SIZE) -> np.ndarray:

@@ -5,10 +5,13 @@ ledgers), so ``fedsynth report RUN_DIR`` rebuilds it at any time. The package:
 
 * :mod:`~.run_data`: everything the page reads, read once (metrics through its schema,
   ledgers verified by the privacy audit's own code);
-* :mod:`~.format`: numbers, intervals, tables and plain-language text;
+* :mod:`~.wording`: the plain-language text (modes, classifiers, what each figure means);
 * :mod:`~.figures`: the ROC and precision-recall plot;
 * :mod:`~.overview`, :mod:`~.results`, :mod:`~.privacy`, :mod:`~.images`: the sections;
-* :mod:`~.page`: the sections in order, the stylesheet, and writing the file.
+* :mod:`~.page`: the sections in order, and writing the file.
+
+Escaping, tables, numbers, the page shell and the stylesheet are :mod:`fedsynth.presentation`'s,
+shared with every other HTML page.
 """
 
 from fedsynth.evaluation.report.page import render, write_report

@@ -3,12 +3,11 @@ drawn from the sites' score histograms (never per-image scores)."""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
-from fedsynth.evaluation.report.format import BASELINES, MAIN_LABEL, dig
-from fedsynth.evaluation.report.run_data import RunData
+from fedsynth.evaluation.report.run_data import RunData, dig
+from fedsynth.evaluation.report.wording import BASELINES, MAIN_LABEL
+from fedsynth.presentation import figure_png, pyplot
 
 MAX_CURVE_BOOTSTRAP = 1000  # resamples for the curve bands (the run's evaluation.bootstrap, at most this)
 
@@ -36,11 +35,7 @@ def curves_png(data: RunData) -> bytes | None:
     curves = [pooled_curves(label, list(sites.values()), n_boot=n_boot, level=data.level, seed=seed,
                             edges=edges.get(key))
               for key, label, sites in sets]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     colours = {"main": "#1f4e9c", "trtr": "#2e7d32", "real_plus_synthetic": "#c76b00"}
     styles = {"main": "-", "trtr": "--", "real_plus_synthetic": ":"}
     fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(11, 4.6))
@@ -81,7 +76,4 @@ def curves_png(data: RunData) -> bytes | None:
     if data.metrics.data.phantom:
         fig.suptitle("PHANTOM DATA - not medical images", color="#b35900", fontsize=10, fontweight="bold")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, dpi=100)

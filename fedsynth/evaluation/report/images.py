@@ -7,8 +7,8 @@ import logging
 import time
 from pathlib import Path
 
-from fedsynth.evaluation.report.format import esc, explain, img
 from fedsynth.evaluation.report.run_data import RunData
+from fedsynth.presentation import esc, explain, img
 
 log = logging.getLogger("fedsynth.report")
 

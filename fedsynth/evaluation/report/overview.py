@@ -8,21 +8,10 @@ from typing import Any
 
 import yaml
 
-from fedsynth.evaluation.report.format import (
-    EXPLAIN,
-    MODES,
-    as_number,
-    dig,
-    esc,
-    explain,
-    fmt,
-    fmt_bytes,
-    fmt_ci,
-    fmt_seconds,
-    table,
-)
-from fedsynth.evaluation.report.run_data import RunData
+from fedsynth.evaluation.report.run_data import RunData, dig
+from fedsynth.evaluation.report.wording import EXPLAIN, MODES
 from fedsynth.metrics_schema import Figures, SiteRecord
+from fedsynth.presentation import as_number, esc, explain, facts, fmt, fmt_bytes, fmt_ci, fmt_seconds, table
 
 
 @dataclass
@@ -80,7 +69,7 @@ def section_header(data: RunData) -> str:
         if len(created) > 19 and created[19] in "+-":
             created = created[:19] + " " + created[19:]
     source = m.data.source or dig(data.config, "data", "source") or "?"
-    facts = [
+    run_facts = [
         ("Run", m.run_id or data.path.name),
         ("Mode", data.mode),
         ("Data", f"{source}" + (" (phantoms: not medical images)" if m.data.phantom else "")
@@ -89,8 +78,7 @@ def section_header(data: RunData) -> str:
         ("Wall time", fmt_seconds(m.timings.total_s)),
         ("Software", f"fedsynth {m.fedsynth_version}"),
     ]
-    dl = "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in facts)
-    out = [f"<header><h1>fedsynth run report</h1><dl class='facts'>{dl}</dl>"]
+    out = [f"<header><h1>fedsynth run report</h1>{facts(run_facts)}"]
     out.append(f"<p class='mode'>{esc(MODES.get(data.mode, data.mode))}</p>")
     for b in banners(data):
         out.append(f"<div class='banner {b.kind}'><strong>{esc(b.tag)}</strong> {esc(b.text)}</div>")

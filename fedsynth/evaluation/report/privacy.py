@@ -3,73 +3,36 @@ ledger entry with its check, and the federated rounds."""
 
 from __future__ import annotations
 
-from fedsynth.evaluation.report.format import as_number, dig, esc, explain, fmt, fmt_g, fmt_seconds, table
-from fedsynth.evaluation.report.run_data import RunData
+from fedsynth.evaluation.report.run_data import RunData, dig
 from fedsynth.metrics_schema import SitePrivacy
+from fedsynth.presentation import as_number, esc, explain, fmt, fmt_g, fmt_seconds, table
+from fedsynth.privacy.audit import LedgerStatus
 
 
 def section_privacy(data: RunData) -> str:
     m = data.metrics
-    psites = m.privacy.sites
-    names = sorted(set(psites) | set(data.ledgers) | set(data.sites))
-    rows = []
-    for name in names:
-        p = psites.get(name) or SitePrivacy()
-        st = data.ledgers.get(name)
-        site = data.sites.get(name)
-        status = site.status if site is not None else None
-        trained_in_rounds = bool(site is not None and site.training)
-        eps = p.epsilon
-        if data.mode == "centralized-real":
-            eps_text = "none: real images pooled"
-        elif name not in psites:
-            eps_text = "–" if status != "ok" else "?"
-        else:
-            eps_text = "NOT PRIVATE" if eps is None else fmt_g(eps, 4)
-        budget = p.budget or (st.budget if st else None) or {}
-        spent_reported = as_number(p.spent_epsilon)
-        if not m.privacy.requested and not spent_reported:
-            spent = "– (no DP in this run)"  # a budget figure here would suggest a protection the run did not give
-        elif budget:
-            spent = (f"{fmt_g(spent_reported, 4)} / {fmt_g(budget.get('epsilon'), 4)} at delta "
-                     f"{fmt_g(budget.get('delta'), 2)}")
-        else:
-            spent = fmt_g(spent_reported, 4)
-        gate = p.gate or {}
-        if gate:
-            gate_text = (f"{gate.get('dropped', '?')} of {gate.get('requested', '?')}" if gate.get("enabled", True)
-                         else "gate off") + (f", shortfall {gate['shortfall']}" if gate.get("shortfall") else "")
-        else:
-            gate_text = "n/a (model updates)" if trained_in_rounds else "–"
-        if p.membership_auc is not None:
-            mia = fmt(p.membership_auc)
-        elif not p.model_dump(exclude_none=True):
-            mia = "–"
-        else:
-            mia = "n/a" if trained_in_rounds or not gate else "not measured"
-        if st is None:
-            ledger = "<span class='muted'>no ledger received</span>" + (
-                "<div class='reason'>the site failed before sending anything to train on</div>"
-                if status != "ok" and name not in psites else "")
-        elif st.verified is None:
-            ledger = f"<span class='warn'>UNVERIFIED</span><div class='reason'>{esc(st.note or '; '.join(st.problems))}"
-            ledger += "</div>"
-        elif st.verified:
-            spent_text = (f"spent recomputed by the accountant: {fmt_g(st.spent_epsilon, 4)}"
-                          if st.spent_epsilon else "no DP spending recorded")
-            ledger = f"<span class='ok'>VERIFIED</span><div class='reason'>{st.n_entries} entries; {spent_text}</div>"
-        else:
-            ledger = ("<span class='bad'>FAILED</span><div class='reason'>"
-                      + esc("; ".join(st.problems[:3]) + (" ..." if len(st.problems) > 3 else "")) + "</div>")
-        if st is not None and st.non_private_trainings:
-            ledger += (f"<div class='reason bad'>{st.non_private_trainings} training(s) WITHOUT DP in the "
-                       "ledger</div>")
-        rows.append([esc(name), esc(eps_text), esc(fmt_g(p.delta, 2)), esc(spent), esc(gate_text), esc(mia),
-                     ledger])
-    out = ["<section id='privacy'><h2>Privacy</h2>"]
-    req = m.privacy.requested
-    gated = any(p.gate for p in psites.values())
-    out.append(explain(
+    names = sorted(set(m.privacy.sites) | set(data.ledgers) | set(data.sites))
+    out = ["<section id='privacy'><h2>Privacy</h2>", _privacy_explained(data)]
+    out.append(table(["site", "epsilon (this training)", "delta", "spent / budget (reported)", "gate dropped",
+                      "membership-inference AUC", "ledger"], [_site_row(data, name) for name in names], "wide",
+                     raw=True))
+    cdp = [(r.get("round"), r["client_dp"]) for r in m.rounds or [] if isinstance(r.get("client_dp"), dict)]
+    if cdp:
+        out.append("<h3>Client-level DP on the averaged update</h3>")
+        out.append(explain("Noise added by the server to the average of the sites' updates protects each whole "
+                           "site's contribution (not single images); epsilon composes over the rounds."))
+        out.append(table(["after round", "epsilon", "delta", "noisy releases"],
+                         [[str(r), fmt_g(d.get("epsilon"), 4), fmt_g(d.get("delta"), 2), str(d.get("releases", "–"))]
+                          for r, d in cdp]))
+    out.append(audit_detail(data))
+    out.append("</section>")
+    return "".join(out)
+
+
+def _privacy_explained(data: RunData) -> str:
+    req = data.metrics.privacy.requested
+    gated = any(p.gate for p in data.metrics.privacy.sites.values())
+    return explain(
         "Differential privacy (DP) bounds how much anything the software outputs can reveal about any single "
         "patient's X-ray: epsilon is the bound (smaller is more private; at most a few units is considered "
         "strong) and delta the small probability that the bound fails. Each site has a total budget over all its "
@@ -83,22 +46,66 @@ def section_privacy(data: RunData) -> str:
         "Ledger: each site's append-only, hash-chained, signed record of every training and release. The report "
         "verified each ledger in ledgers/ with the privacy audit's code (chain, hashes, Ed25519 signatures) and "
         "recomputed every epsilon from its mechanism, without trusting the figures above. The privacy officer's "
-        "full audit: fedsynth audit report RUN_DIR."))
-    out.append(table(["site", "epsilon (this training)", "delta", "spent / budget (reported)", "gate dropped",
-                      "membership-inference AUC", "ledger"], rows, "wide", raw=True))
-    cdp = [(r.get("round"), r["client_dp"]) for r in m.rounds or [] if isinstance(r.get("client_dp"), dict)]
-    if cdp:
-        out.append("<h3>Client-level DP on the averaged update</h3>")
-        out.append(explain("Noise added by the server to the average of the sites' updates protects each whole "
-                           "site's contribution (not single images); epsilon composes over the rounds."))
-        out.append(table(["after round", "epsilon", "delta", "noisy releases"],
-                         [[str(r), fmt_g(d.get("epsilon"), 4), fmt_g(d.get("delta"), 2), str(d.get("releases", "–"))]
-                          for r, d in cdp]))
-    detail = audit_detail(data)
-    if detail:
-        out.append(detail)
-    out.append("</section>")
-    return "".join(out)
+        "full audit: fedsynth audit report RUN_DIR.")
+
+
+def _site_row(data: RunData, name: str) -> list[str]:
+    """One site's row of the privacy table: what it reported beside what its ledger proves (HTML cells)."""
+    m = data.metrics
+    reported = name in m.privacy.sites
+    p = m.privacy.sites.get(name) or SitePrivacy()
+    st = data.ledgers.get(name)
+    site = data.sites.get(name)
+    ok = site is not None and site.status == "ok"
+    trained_in_rounds = bool(site is not None and site.training)
+    if data.mode == "centralized-real":
+        eps_text = "none: real images pooled"
+    elif not reported:
+        eps_text = "?" if ok else "–"
+    else:
+        eps_text = "NOT PRIVATE" if p.epsilon is None else fmt_g(p.epsilon, 4)
+    budget = p.budget or (st.budget if st else None) or {}
+    spent_reported = as_number(p.spent_epsilon)
+    if not m.privacy.requested and not spent_reported:
+        spent = "– (no DP in this run)"  # a budget figure here would suggest a protection the run did not give
+    elif budget:
+        spent = (f"{fmt_g(spent_reported, 4)} / {fmt_g(budget.get('epsilon'), 4)} at delta "
+                 f"{fmt_g(budget.get('delta'), 2)}")
+    else:
+        spent = fmt_g(spent_reported, 4)
+    gate = p.gate or {}
+    if gate:
+        gate_text = (f"{gate.get('dropped', '?')} of {gate.get('requested', '?')}" if gate.get("enabled", True)
+                     else "gate off") + (f", shortfall {gate['shortfall']}" if gate.get("shortfall") else "")
+    else:
+        gate_text = "n/a (model updates)" if trained_in_rounds else "–"
+    if p.membership_auc is not None:
+        mia = fmt(p.membership_auc)
+    elif not p.model_dump(exclude_none=True):
+        mia = "–"
+    else:
+        mia = "n/a" if trained_in_rounds or not gate else "not measured"
+    return [esc(name), esc(eps_text), esc(fmt_g(p.delta, 2)), esc(spent), esc(gate_text), esc(mia),
+            _ledger_cell(st, failed_early=not ok and not reported)]
+
+
+def _ledger_cell(st: LedgerStatus | None, *, failed_early: bool) -> str:
+    """The ledger's verification as the report's own check found it (HTML)."""
+    if st is None:
+        return "<span class='muted'>no ledger received</span>" + (
+            "<div class='reason'>the site failed before sending anything to train on</div>" if failed_early else "")
+    if st.verified is None:
+        cell = f"<span class='warn'>UNVERIFIED</span><div class='reason'>{esc(st.note or '; '.join(st.problems))}</div>"
+    elif st.verified:
+        spent_text = (f"spent recomputed by the accountant: {fmt_g(st.spent_epsilon, 4)}"
+                      if st.spent_epsilon else "no DP spending recorded")
+        cell = f"<span class='ok'>VERIFIED</span><div class='reason'>{st.n_entries} entries; {spent_text}</div>"
+    else:
+        cell = ("<span class='bad'>FAILED</span><div class='reason'>"
+                + esc("; ".join(st.problems[:3]) + (" ..." if len(st.problems) > 3 else "")) + "</div>")
+    if st.non_private_trainings:
+        cell += f"<div class='reason bad'>{st.non_private_trainings} training(s) WITHOUT DP in the ledger</div>"
+    return cell
 
 
 def _mechanism(e: dict) -> str:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from fedsynth.evaluation.report.figures import _curve_sets, curves_png
-from fedsynth.evaluation.report.format import BASELINES, MAIN_LABEL, esc, explain, fmt, fmt_ci, img, table
 from fedsynth.evaluation.report.overview import metrics_row
 from fedsynth.evaluation.report.run_data import RunData
+from fedsynth.evaluation.report.wording import BASELINES, MAIN_LABEL
+from fedsynth.presentation import esc, explain, fmt, fmt_ci, img, table
 
 
 def section_curves(data: RunData) -> str:

@@ -11,14 +11,23 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fedsynth.errors import FedsynthError
-from fedsynth.evaluation.report.format import dig
 from fedsynth.metrics_schema import RunMetrics, SiteRecord
 from fedsynth.privacy.audit import LedgerStatus, check_ledger
 from fedsynth.rundir import RunDir, RunDirError
 
 log = logging.getLogger("fedsynth.report")
+
+
+def dig(d: Any, *keys: str, default: Any = None) -> Any:
+    """A value deep inside the open (untyped) parts of a run: a config mapping, a site's release info."""
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
 
 
 class ReportError(FedsynthError):
